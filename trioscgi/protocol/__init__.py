@@ -1,0 +1,55 @@
+"""A sans-I/O SCGI server-side protocol core.
+
+Bytes in, events out; events in, bytes out. It imports no trio, does no
+logging and reads no clock, so it runs under any I/O library and in tests
+with nothing but bytes::
+
+    conn = Connection()
+    conn.receive_data(sock.recv(65536))
+    event = conn.next_event()   # Request, Data, EndOfMessage, ConnectionClosed or NEED_DATA
+    sock.sendall(conn.send(Response(status=200, headers=[(b"content-type", b"text/plain")])))
+"""
+
+from ._connection import DEFAULT_MAX_HEADER_SIZE, NEED_DATA, Connection
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    Request,
+    Response,
+)
+from ._state import (
+    CLOSED,
+    DONE,
+    ERROR,
+    RECV_BODY,
+    RECV_HEADERS,
+    SEND_BODY,
+    SEND_RESPONSE,
+    State,
+)
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "DONE",
+    "ERROR",
+    "NEED_DATA",
+    "RECV_BODY",
+    "RECV_HEADERS",
+    "SEND_BODY",
+    "SEND_RESPONSE",
+    "Connection",
+    "ConnectionClosed",
+    "Data",
+    "EndOfMessage",
+    "Event",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Request",
+    "Response",
+    "State",
+]

@@ -1,0 +1,413 @@
+"""The ASGI scope built from the environs real front-ends send (trioscgi._scope)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trioscgi._scope import ScopeError, http_scope, request_target
+
+Environ = list[tuple[bytes, bytes]]
+
+
+def pairs(*items: tuple[str, str]) -> Environ:
+    return [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in items]
+
+
+def nginx_stock(
+    uri: str = "/hello?x=1",
+    *,
+    method: str = "GET",
+    length: str = "0",
+    content_type: str = "",
+    extra: Environ = (),  # type: ignore[assignment]
+) -> Environ:
+    """What nginx 1.22 sends with Debian's stock scgi_params (no SCRIPT_NAME, no PATH_INFO)."""
+    path, _, query = uri.partition("?")
+    return pairs(
+        ("CONTENT_LENGTH", length),
+        ("REQUEST_METHOD", method),
+        ("REQUEST_URI", uri),
+        ("QUERY_STRING", query),
+        ("CONTENT_TYPE", content_type),
+        ("DOCUMENT_URI", path),
+        ("DOCUMENT_ROOT", "/usr/share/nginx/html"),
+        ("SCGI", "1"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_SCHEME", "http"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "51234"),
+        ("SERVER_PORT", "8080"),
+        ("SERVER_NAME", "localhost"),
+        ("HTTP_HOST", "localhost"),
+        ("HTTP_USER_AGENT", "curl/7.88.1"),
+        ("HTTP_ACCEPT", "*/*"),
+    ) + list(extra)
+
+
+def scope_of(environ: Environ, root_path: str = "", state: dict[str, Any] | None = None) -> Any:
+    return http_scope(environ, root_path=root_path, state=state)
+
+
+# --- nginx, stock scgi_params --------------------------------------------------------------
+
+
+def test_nginx_stock_get() -> None:
+    environ = nginx_stock()
+    scope = scope_of(environ)
+    assert scope == {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/hello",
+        "raw_path": b"/hello",
+        "query_string": b"x=1",
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"user-agent", b"curl/7.88.1"),
+            (b"accept", b"*/*"),
+        ],
+        "client": ("127.0.0.1", 51234),
+        "server": ("localhost", 8080),
+        "extensions": {"scgi": {"environ": environ}},
+    }
+
+
+def test_nginx_post_with_body_and_duplicate_length_headers() -> None:
+    environ = nginx_stock(
+        "/form",
+        method="POST",
+        length="11",
+        content_type="application/x-www-form-urlencoded",
+        extra=pairs(
+            ("HTTP_CONTENT_TYPE", "application/x-www-form-urlencoded"),
+            ("HTTP_CONTENT_LENGTH", "11"),
+        ),
+    )
+    scope = scope_of(environ)
+    assert scope["method"] == "POST"
+    assert scope["query_string"] == b""
+    assert scope["headers"] == [
+        (b"host", b"localhost"),
+        (b"user-agent", b"curl/7.88.1"),
+        (b"accept", b"*/*"),
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", b"11"),
+    ]
+
+
+def test_nginx_chunked_request_drops_transfer_encoding() -> None:
+    # nginx buffers and de-chunks; CONTENT_LENGTH is the real length but
+    # HTTP_TRANSFER_ENCODING: chunked is still passed.
+    environ = nginx_stock(
+        "/up", method="PUT", length="5", extra=pairs(("HTTP_TRANSFER_ENCODING", "chunked"))
+    )
+    headers = scope_of(environ)["headers"]
+    assert (b"content-length", b"5") in headers
+    assert all(name != b"transfer-encoding" for name, _ in headers)
+
+
+def test_nginx_before_1_23_repeats_cookie() -> None:
+    environ = nginx_stock(extra=pairs(("HTTP_COOKIE", "a=1"), ("HTTP_COOKIE", "b=2")))
+    headers = scope_of(environ)["headers"]
+    assert [v for n, v in headers if n == b"cookie"] == [b"a=1", b"b=2"]
+
+
+def test_nginx_https_and_http2() -> None:
+    environ = nginx_stock(extra=pairs(("HTTPS", "on")))
+    environ = [
+        (k, b"https" if k == b"REQUEST_SCHEME" else b"HTTP/2.0" if k == b"SERVER_PROTOCOL" else v)
+        for k, v in environ
+    ]
+    scope = scope_of(environ)
+    assert scope["scheme"] == "https"
+    assert scope["http_version"] == "2"
+
+
+# --- nginx location with SCRIPT_NAME / PATH_INFO ------------------------------------------
+
+
+def test_nginx_location_with_script_name_and_path_info() -> None:
+    environ = nginx_stock("/app/items/%C3%A9t%C3%A9?q=1") + pairs(
+        ("SCRIPT_NAME", "/app"), ("PATH_INFO", "/items/été")
+    )
+    scope = scope_of(environ)
+    assert scope["root_path"] == "/app"
+    assert scope["path"] == "/app/items/été"
+    assert scope["raw_path"] == b"/app/items/%C3%A9t%C3%A9"
+    assert scope["query_string"] == b"q=1"
+
+
+# --- Apache mod_proxy_scgi ----------------------------------------------------------------
+
+
+def apache(uri: str, script_name: str) -> Environ:
+    """Apache 2.4 mod_proxy_scgi for `ProxyPass /app/ scgi://127.0.0.1:4000/`."""
+    path, _, query = uri.partition("?")
+    return pairs(
+        ("CONTENT_LENGTH", "0"),
+        ("SCGI", "1"),
+        ("HTTP_HOST", "localhost:8081"),
+        ("HTTP_USER_AGENT", "curl/7.88.1"),
+        ("HTTP_ACCEPT", "*/*"),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("SERVER_SIGNATURE", "<address>Apache/2.4.62 (Debian)</address>\n"),
+        ("SERVER_SOFTWARE", "Apache/2.4.62 (Debian)"),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_ADDR", "127.0.0.1"),
+        ("SERVER_PORT", "8081"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("DOCUMENT_ROOT", "/var/www/html"),
+        ("REQUEST_SCHEME", "http"),
+        ("CONTEXT_PREFIX", ""),
+        ("CONTEXT_DOCUMENT_ROOT", "/var/www/html"),
+        ("SERVER_ADMIN", "webmaster@localhost"),
+        ("SCRIPT_FILENAME", "proxy:scgi://127.0.0.1:4000/" + path[5:]),
+        ("REMOTE_PORT", "40000"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_METHOD", "GET"),
+        ("QUERY_STRING", query),
+        ("REQUEST_URI", uri),
+        ("SCRIPT_NAME", script_name),
+    )
+
+
+def test_apache_script_name_is_never_root_path() -> None:
+    scope = scope_of(apache("/app/a%2Fb?x=%20", "/app/a/b"))
+    assert scope["root_path"] == ""
+    assert scope["path"] == "/app/a/b"
+    assert scope["raw_path"] == b"/app/a%2Fb"
+    assert scope["query_string"] == b"x=%20"
+    assert scope["server"] == ("127.0.0.1", 8081)
+    assert scope["client"] == ("127.0.0.1", 40000)
+    assert scope["headers"][0] == (b"host", b"localhost:8081")
+
+
+def test_apache_with_configured_root_path() -> None:
+    scope = scope_of(apache("/app/a%2Fb", "/app/a/b"), root_path="/app/")
+    assert (scope["root_path"], scope["path"]) == ("/app", "/app/a/b")
+
+
+def test_apache_absolute_form_target() -> None:
+    scope = scope_of(apache("http://localhost:8081/app/x?y=1", "/app/x"))
+    assert (scope["path"], scope["raw_path"], scope["query_string"]) == (
+        "/app/x",
+        b"/app/x",
+        b"y=1",
+    )
+
+
+# --- lighttpd mod_scgi --------------------------------------------------------------------
+
+
+def lighttpd(uri: str, script_name: str, path_info: str | None) -> Environ:
+    """lighttpd 1.4 for scgi.server = ("/app" => ...): prefix split, empty values skipped."""
+    query = uri.partition("?")[2]
+    items = [
+        ("CONTENT_LENGTH", "0"),
+        ("SERVER_SOFTWARE", "lighttpd/1.4.69"),
+        ("SERVER_NAME", "localhost"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("REQUEST_SCHEME", "http"),
+        ("SERVER_PORT", "8082"),
+        ("SERVER_ADDR", "127.0.0.1"),
+        ("REMOTE_ADDR", "::1"),
+        ("REMOTE_PORT", "40001"),
+        ("SCRIPT_NAME", script_name),
+    ]
+    if path_info is not None:
+        items.append(("PATH_INFO", path_info))
+    if query:
+        items.append(("QUERY_STRING", query))
+    items += [
+        ("REQUEST_URI", uri),
+        ("REDIRECT_STATUS", "200"),
+        ("SERVER_PROTOCOL", "HTTP/1.0"),
+        ("REQUEST_METHOD", "get"),
+        ("HTTP_HOST", "localhost:8082"),
+        ("HTTP_X_WITH_UNDERSCORE", "kept"),
+        ("SCGI", "1"),
+    ]
+    return pairs(*items)
+
+
+def test_lighttpd_prefix_split() -> None:
+    scope = scope_of(lighttpd("/app/x%20y?a=b", "/app", "/x y"))
+    assert scope["root_path"] == "/app"
+    assert scope["path"] == "/app/x y"
+    assert scope["raw_path"] == b"/app/x%20y"
+    assert scope["query_string"] == b"a=b"
+    assert scope["method"] == "GET"
+    assert scope["http_version"] == "1.0"
+    assert scope["client"] == ("::1", 40001)
+    assert (b"x-with-underscore", b"kept") in scope["headers"]
+
+
+def test_lighttpd_without_query_has_empty_query_string() -> None:
+    # lighttpd skips empty values: no QUERY_STRING at all.
+    assert scope_of(lighttpd("/app/x", "/app", "/x"))["query_string"] == b""
+
+
+# --- request_target directly --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "root", "expected"),
+    [
+        ({b"REQUEST_URI": b"/"}, "", ("", "/", b"/", b"")),
+        ({b"REQUEST_URI": b"/a?"}, "", ("", "/a", b"/a", b"")),
+        ({b"REQUEST_URI": b"/a?b?c"}, "", ("", "/a", b"/a", b"b?c")),
+        ({b"REQUEST_URI": b"/app"}, "/app", ("/app", "/app", b"/app", b"")),
+        ({b"REQUEST_URI": b"/application"}, "/app", ("", "/application", b"/application", b"")),
+        ({b"REQUEST_URI": b"/other"}, "/app", ("", "/other", b"/other", b"")),
+        ({b"REQUEST_URI": b"/caf%E9"}, "", ("", "/caf\ufffd", b"/caf%E9", b"")),
+        ({b"REQUEST_URI": b"*"}, "", ("", "*", b"*", b"")),
+        ({b"REQUEST_URI": b"https://h"}, "", ("", "/", b"/", b"")),
+        ({b"PATH_INFO": b"/a b", b"SCRIPT_NAME": b""}, "", ("", "/a b", b"/a%20b", b"")),
+        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/s"}, "/cfg", ("/s", "/s/x", b"/s/x", b"")),
+        ({b"PATH_INFO": b"/cfg/x"}, "/cfg", ("/cfg", "/cfg/x", b"/cfg/x", b"")),
+        ({b"SCRIPT_NAME": b"/p q"}, "", ("", "/p q", b"/p%20q", b"")),
+        ({b"DOCUMENT_URI": b"/d", b"QUERY_STRING": b"z"}, "", ("", "/d", b"/d", b"z")),
+    ],
+)
+def test_request_target(
+    env: dict[bytes, bytes], root: str, expected: tuple[str, str, bytes, bytes]
+) -> None:
+    assert request_target(env, root) == expected
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {b"REQUEST_URI": b""}, {b"REQUEST_URI": b"a/b"}, {b"REQUEST_URI": b"://x/"}],
+)
+def test_request_target_refuses(env: dict[bytes, bytes]) -> None:
+    with pytest.raises(ScopeError):
+        request_target(env, "")
+
+
+# --- the other fields ---------------------------------------------------------------------
+
+
+def test_missing_or_empty_method_is_a_scope_error() -> None:
+    environ = [(k, v) for k, v in nginx_stock() if k != b"REQUEST_METHOD"]
+    with pytest.raises(ScopeError, match="REQUEST_METHOD"):
+        scope_of(environ)
+    with pytest.raises(ScopeError, match="REQUEST_METHOD"):
+        scope_of([*environ, (b"REQUEST_METHOD", b"")])
+
+
+def test_bad_content_length_is_a_scope_error() -> None:
+    with pytest.raises(ScopeError, match="CONTENT_LENGTH"):
+        scope_of(nginx_stock(length="-1"))
+
+
+@pytest.mark.parametrize(
+    ("method", "length", "content_type", "expected"),
+    [
+        ("GET", "0", "", []),
+        ("GET", "3", "", [(b"content-length", b"3")]),
+        ("POST", "0", "", [(b"content-length", b"0")]),
+        ("DELETE", "0", "text/plain", [(b"content-type", b"text/plain")]),
+        ("PUT", "00", "a/b", [(b"content-type", b"a/b"), (b"content-length", b"00")]),
+    ],
+)
+def test_content_headers(
+    method: str, length: str, content_type: str, expected: list[tuple[bytes, bytes]]
+) -> None:
+    environ = pairs(
+        ("CONTENT_LENGTH", length),
+        ("REQUEST_METHOD", method),
+        ("REQUEST_URI", "/"),
+        ("CONTENT_TYPE", content_type),
+    )
+    assert scope_of(environ)["headers"] == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "scheme"),
+    [
+        ({}, "http"),
+        ({"HTTPS": "on"}, "https"),
+        ({"HTTPS": "ON"}, "https"),
+        ({"HTTPS": "1"}, "https"),
+        ({"HTTPS": "off"}, "http"),
+        ({"REQUEST_SCHEME": "HTTPS"}, "https"),
+        ({"REQUEST_SCHEME": "http", "HTTPS": "on"}, "http"),
+        ({"REQUEST_SCHEME": "gopher", "HTTPS": "on"}, "https"),
+    ],
+)
+def test_scheme(extra: dict[str, str], scheme: str) -> None:
+    environ = pairs(("CONTENT_LENGTH", "0"), ("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/"))
+    assert scope_of(environ + pairs(*extra.items()))["scheme"] == scheme
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"),
+    [(None, "1.1"), ("HTTP/1.0", "1.0"), ("HTTP/1.1", "1.1"), ("HTTP/2", "2"), ("XYZ", "1.1")],
+)
+def test_http_version(protocol: str | None, version: str) -> None:
+    environ = pairs(("CONTENT_LENGTH", "0"), ("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/"))
+    if protocol is not None:
+        environ += pairs(("SERVER_PROTOCOL", protocol))
+    assert scope_of(environ)["http_version"] == version
+
+
+@pytest.mark.parametrize(
+    ("extra", "client", "server"),
+    [
+        ({}, None, None),
+        ({"REMOTE_ADDR": "10.0.0.1"}, ("10.0.0.1", 0), None),
+        ({"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "x1"}, ("10.0.0.1", 0), None),
+        ({"REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "123456"}, ("10.0.0.1", 0), None),
+        ({"SERVER_NAME": "example.org"}, None, ("example.org", None)),
+        ({"SERVER_NAME": "n", "SERVER_ADDR": "::1", "SERVER_PORT": "443"}, None, ("::1", 443)),
+        ({"SERVER_NAME": "n", "SERVER_PORT": " 80"}, None, ("n", None)),
+    ],
+)
+def test_client_and_server(
+    extra: dict[str, str], client: tuple[str, int] | None, server: tuple[str, int | None] | None
+) -> None:
+    environ = pairs(("CONTENT_LENGTH", "0"), ("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/"))
+    scope = scope_of(environ + pairs(*extra.items()))
+    assert (scope["client"], scope["server"]) == (client, server)
+
+
+def test_header_name_mapping() -> None:
+    environ = pairs(
+        ("CONTENT_LENGTH", "0"),
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/"),
+        ("HTTP_X_FORWARDED_FOR", "1.2.3.4"),
+        ("HTTP_ACCEPT_LANGUAGE", "fr"),
+        ("HTTP_", "nameless"),
+        ("HTTP_X_EMPTY", ""),
+        ("HTTPS", "on"),
+    )
+    assert scope_of(environ)["headers"] == [
+        (b"x-forwarded-for", b"1.2.3.4"),
+        (b"accept-language", b"fr"),
+        (b"x-empty", b""),
+    ]
+
+
+def test_state_is_a_shallow_copy_and_absent_without_lifespan() -> None:
+    shared = {"db": object()}
+    state = {"pool": shared}
+    scope = scope_of(nginx_stock(), state=state)
+    assert scope["state"] == state
+    assert scope["state"] is not state
+    assert scope["state"]["pool"] is shared
+    assert "state" not in scope_of(nginx_stock())
+
+
+def test_scopes_share_no_mutable_parts() -> None:
+    first, second = scope_of(nginx_stock()), scope_of(nginx_stock())
+    first["asgi"]["version"] = "2.0"
+    first["headers"].append((b"x", b"y"))
+    assert second["asgi"]["version"] == "3.0"
+    assert (b"x", b"y") not in second["headers"]

@@ -1,0 +1,280 @@
+"""Turn an SCGI environ into an ASGI HTTP scope (pure functions: no I/O, no trio, no logging).
+
+The path rules live in :func:`request_target`, shared with the WSGI environ builder so that
+``root_path``/``path`` (ASGI) and ``SCRIPT_NAME``/``PATH_INFO`` (WSGI) always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+__all__ = ["ScopeError", "http_scope", "request_target"]
+
+
+class ScopeError(Exception):
+    """The environ cannot make a scope; the server answers 400 and logs ``str(error)``."""
+
+
+# ASGI 3.0, HTTP spec 2.4: send() after the connection is gone raises an OSError subclass.
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+
+# SERVER_PROTOCOL -> ASGI http_version. nginx says "HTTP/2.0" for HTTP/2 and "HTTP/3.0" for
+# HTTP/3; anything unknown (or absent) is treated as "1.1", the protocol SCGI front-ends speak.
+_HTTP_VERSIONS = {
+    b"HTTP/1.1": "1.1",
+    b"HTTP/1.0": "1.0",
+    b"HTTP/2.0": "2",
+    b"HTTP/2": "2",
+    b"HTTP/3.0": "3",
+    b"HTTP/3": "3",
+}
+
+# REQUEST_SCHEME (nginx, Apache and lighttpd all send it), lower-cased -> ASGI scheme.
+_SCHEMES = {b"http": "http", b"https": "https"}
+
+# Interned method strings for the common methods (saves a decode + upper per request).
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+
+# Methods whose requests carry a body by definition: for them "CONTENT_LENGTH: 0" is a fact
+# worth passing on (an empty form POST); for the others SCGI's mandatory "0" means "no body",
+# not "the client sent Content-Length: 0", so it is left out.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+# Environ name -> what it means, cached: for HTTP_X_FOO the ASGI header name b"x-foo"; b""
+# for the HTTP_* names we drop; _CGI for everything else (a CGI variable). Bounded, because
+# a client chooses header names: past _NAME_CACHE_MAX entries new names are worked out
+# per request and not stored.
+_CGI = b"\x00cgi"
+_NAME_CACHE_MAX = 512
+_NAMES: dict[bytes, bytes] = {
+    # Duplicates of CONTENT_LENGTH / CONTENT_TYPE (nginx passes the client's header as well
+    # as the CGI variable); the CGI variables are the ones the front-end vouches for.
+    b"HTTP_CONTENT_LENGTH": b"",
+    b"HTTP_CONTENT_TYPE": b"",
+    # nginx de-chunks the body itself and passes HTTP_TRANSFER_ENCODING: chunked anyway;
+    # CONTENT_LENGTH is the real length, so the app must not see a chunked body announced.
+    b"HTTP_TRANSFER_ENCODING": b"",
+}
+
+
+def _classify(name: bytes) -> bytes:
+    # HTTP_X_FOO -> b"x-foo". nginx and Apache drop client header names containing "_", so
+    # "_" always stands for "-". "HTTP_" alone names no header: b"", dropped.
+    meaning = name[5:].lower().replace(b"_", b"-") if name.startswith(b"HTTP_") else _CGI
+    if len(_NAMES) < _NAME_CACHE_MAX:
+        _NAMES[name] = meaning
+    return meaning
+
+
+# RFC 3986 pchar plus "/": what a path may carry unescaped (used to rebuild raw_path when the
+# front-end sent no REQUEST_URI).
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def _decode_path(raw: bytes) -> str:
+    """Percent-decode a raw path to text.
+
+    Invalid UTF-8 after decoding becomes U+FFFD, as in uvicorn and hypercorn (urllib's
+    ``unquote`` default): the request is still served, and ``raw_path`` keeps the exact bytes
+    for an app that cares.
+    """
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    return raw.decode("utf-8", "replace")
+
+
+def _origin_path(target: bytes) -> bytes:
+    """The path part of a raw request target (query already removed).
+
+    nginx sends origin-form only (it strips the scheme and authority of an absolute-form
+    target itself); Apache copies the request line's target verbatim, so absolute-form
+    (``http://host/p``) can arrive and is reduced to its path here. ``*`` (``OPTIONS *``) is
+    kept as is. Anything else is not a request target.
+    """
+    if target[:1] == b"/" or target == b"*":
+        return target
+    scheme_end = target.find(b"://")
+    if scheme_end > 0 and target[:scheme_end].isalpha():
+        path_start = target.find(b"/", scheme_end + 3)
+        return target[path_start:] if path_start >= 0 else b"/"
+    raise ScopeError(f"REQUEST_URI {target[:200]!r} is neither a path nor an absolute URI")
+
+
+def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str, bytes, bytes]:
+    """Work out where a request goes, with the rules every front-end needs.
+
+    - ``PATH_INFO`` present (lighttpd, or an nginx location that sets SCRIPT_NAME and
+      PATH_INFO): the front-end split the path; ``root_path`` is ``SCRIPT_NAME`` and ``path``
+      is ``SCRIPT_NAME + PATH_INFO`` (both already decoded by the front-end). The
+      configured ``root_path`` is used only if ``SCRIPT_NAME`` is empty.
+    - Otherwise (nginx's stock ``scgi_params`` sends neither; Apache mod_proxy_scgi sends
+      ``SCRIPT_NAME`` = the whole decoded path, which is never a root path): ``path`` is
+      the percent-decoded path of ``REQUEST_URI``, and ``root_path`` is the configured one
+      when it is a prefix of ``path`` at a ``/`` boundary. When it is not, the request came
+      in outside the mount point: ``root_path`` is ``""`` and ``path`` is left as is.
+    - ``raw_path`` is ``REQUEST_URI`` without its query when there is one; else the path
+      re-encoded. ``query_string`` is ``QUERY_STRING`` if present, else what follows ``?``
+      in ``REQUEST_URI``.
+
+    Args:
+        env: the CGI variables (duplicates resolved; values as sent).
+        root_path: the configured root path (``Config.root_path``), ``""`` for none. A
+            trailing ``/`` is ignored.
+
+    Returns:
+        ``(root_path, path, raw_path, query_string)``; ``path`` starts with ``root_path``.
+
+    Raises:
+        ScopeError: no way to tell the path, or a ``REQUEST_URI`` that is not a request
+            target.
+    """
+    uri = env.get(b"REQUEST_URI")
+    if uri is not None:
+        raw, qmark, query = uri.partition(b"?")
+        if not qmark:
+            query = b""
+        raw_path: bytes | None = _origin_path(raw)
+    else:
+        raw_path = None
+        query = b""
+    query = env.get(b"QUERY_STRING", query)
+
+    path_info = env.get(b"PATH_INFO")
+    if path_info is not None:
+        script_name = env.get(b"SCRIPT_NAME", b"")
+        if script_name:
+            full = script_name + path_info
+            if raw_path is None:
+                raw_path = quote_from_bytes(full, _PATH_SAFE).encode("ascii")
+            return (
+                script_name.decode("utf-8", "replace"),
+                full.decode("utf-8", "replace"),
+                (raw_path),
+                query,
+            )
+        path = path_info.decode("utf-8", "replace")
+        if raw_path is None:
+            raw_path = quote_from_bytes(path_info, _PATH_SAFE).encode("ascii")
+    elif raw_path is not None:
+        path = _decode_path(raw_path)
+    else:
+        # No REQUEST_URI and no PATH_INFO: a hand-written front-end config. Apache's
+        # SCRIPT_NAME and nginx's DOCUMENT_URI are the whole decoded path.
+        decoded = env.get(b"SCRIPT_NAME") or env.get(b"DOCUMENT_URI")
+        if not decoded:
+            raise ScopeError("no REQUEST_URI, PATH_INFO or SCRIPT_NAME: cannot tell the path")
+        path = decoded.decode("utf-8", "replace")
+        raw_path = quote_from_bytes(decoded, _PATH_SAFE).encode("ascii")
+
+    if root_path:
+        root_path = root_path.rstrip("/")
+        if root_path and path.startswith(root_path):
+            end = len(root_path)
+            if len(path) == end or path[end] == "/":
+                return root_path, path, raw_path, query
+        return "", path, raw_path, query
+    return "", path, raw_path, query
+
+
+def http_scope(
+    environ: list[tuple[bytes, bytes]], *, root_path: str, state: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Build the ASGI HTTP connection scope for one SCGI request.
+
+    Args:
+        environ: the request's ``(name, value)`` pairs in wire order, duplicates kept.
+        root_path: the configured root path (``Config.root_path``); see
+            :func:`request_target` for when it applies.
+        state: the lifespan state; the scope gets a shallow copy, or no ``state`` key when
+            ``None`` (no lifespan).
+
+    Returns:
+        The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``.
+
+    Raises:
+        ScopeError: the environ cannot describe an HTTP request (no ``REQUEST_METHOD``, no
+            path, a bad ``CONTENT_LENGTH``); the message says which.
+    """
+    env: dict[bytes, bytes] = {}
+    headers: list[tuple[bytes, bytes]] = []
+    names = _NAMES
+    cgi = _CGI
+    for name, value in environ:
+        meaning = names.get(name)
+        if meaning is None:
+            meaning = _classify(name)
+        if meaning is cgi:
+            # Names are unique by the SCGI spec; if one repeats, the last one wins.
+            env[name] = value
+        elif meaning:
+            # Header values pass through as sent; nginx < 1.23 repeats a header sent twice
+            # (two HTTP_COOKIE), and ASGI keeps duplicates in order.
+            headers.append((meaning, value))
+
+    raw_method = env.get(b"REQUEST_METHOD")
+    if not raw_method:
+        raise ScopeError("the SCGI request has no REQUEST_METHOD")
+    method = _METHODS.get(raw_method)
+    if method is None:
+        method = raw_method.decode("latin-1").upper()
+
+    content_type = env.get(b"CONTENT_TYPE")
+    if content_type:  # nginx sends CONTENT_TYPE="" on a GET: empty means absent.
+        headers.append((b"content-type", content_type))
+    content_length = env.get(b"CONTENT_LENGTH")
+    if content_length is not None:
+        if not content_length.isdigit():
+            raise ScopeError(f"CONTENT_LENGTH {content_length[:40]!r} is not a number")
+        if content_length.strip(b"0") or method in _BODY_METHODS:
+            headers.append((b"content-length", content_length))
+
+    scheme_value = env.get(b"REQUEST_SCHEME")
+    scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None
+    if scheme is None:
+        # No (usable) REQUEST_SCHEME: the CGI convention, HTTPS=on (nginx, Apache) or 1.
+        https = env.get(b"HTTPS")
+        scheme = "https" if https and https.lower() in (b"on", b"1") else "http"
+
+    root, path, raw_path, query = request_target(env, root_path)
+
+    remote_addr = env.get(b"REMOTE_ADDR")
+    if remote_addr:
+        # ASGI wants an int port for the client; 0 when the front-end sent none we can read.
+        client: tuple[str, int] | None = (
+            remote_addr.decode("latin-1"),
+            _port(env.get(b"REMOTE_PORT")) or 0,
+        )
+    else:
+        client = None
+    server_host = env.get(b"SERVER_ADDR") or env.get(b"SERVER_NAME")
+    server = (
+        (server_host.decode("latin-1"), _port(env.get(b"SERVER_PORT"))) if server_host else None
+    )
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": _ASGI.copy(),
+        "http_version": _HTTP_VERSIONS.get(env.get(b"SERVER_PROTOCOL", b""), "1.1"),
+        "method": method,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root,
+        "headers": headers,
+        "client": client,
+        "server": server,
+        "extensions": {"scgi": {"environ": environ}},
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    return scope
+
+
+def _port(value: bytes | None) -> int | None:
+    """A TCP port from its digits; ``None`` for absent or unreadable digits (no crash)."""
+    if value and len(value) <= 5 and value.isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,651 @@
+"""Test harness: real nginx, Apache mod_proxy_scgi and lighttpd mod_scgi on loopback.
+
+Each front-end runs in the foreground, as the current user, from its own temp
+dir with a free port, and is stopped (and waited for) when its context exits.
+Also: a tiny HTTP client, and a blocking SCGI capture backend in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Bounded waits: a front-end that is not listening after this long is broken.
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+HTTP_TIMEOUT = 15.0
+
+FRONTEND_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+NGINX_SCGI_PARAMS_CANDIDATES = ("/etc/nginx/scgi_params", "/usr/local/nginx/conf/scgi_params")
+APACHE_MODULE_DIRS = (
+    "/usr/lib/apache2/modules",
+    "/usr/lib64/httpd/modules",
+    "/usr/libexec/apache2",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def missing(what: str) -> None:
+    """A front-end (or its part) is not installed: fail in CI, skip locally."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI but was not found", pytrace=False)
+    pytest.skip(f"{what} not installed (install it to run the end-to-end tests)")
+
+
+def find_binary(*names: str) -> str:
+    """Path of the first of ``names`` found on PATH or in the sbin dirs."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+    for name in names:
+        found = shutil.which(name, path=search)
+        if found:
+            return found
+    missing(" or ".join(names))
+    raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _connectable(address: str | tuple[str, int]) -> bool:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(address)
+        except OSError:
+            return False
+        return True
+
+
+def wait_until_accepting(
+    address: str | tuple[str, int],
+    proc: subprocess.Popen[bytes],
+    *,
+    timeout: float = START_TIMEOUT,
+    logs: Iterable[Path] = (),
+) -> None:
+    """Poll (bounded) until ``address`` accepts a connection; fail early if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{proc.args!r} exited with {proc.returncode} before listening on {address!r}\n"
+                + _tail_logs(logs)
+            )
+        if _connectable(address):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{proc.args!r} not accepting on {address!r} after {timeout}s\n" + _tail_logs(logs)
+            )
+        time.sleep(0.02)  # polling interval, not a timing assumption
+
+
+def _tail_logs(logs: Iterable[Path]) -> str:
+    out = []
+    for log in logs:
+        with contextlib.suppress(OSError):
+            out.append(f"--- {log}:\n{log.read_text(errors='replace')[-4000:]}")
+    return "\n".join(out)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Signal ``proc`` and wait (bounded); SIGKILL its whole process group on timeout."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=STOP_TIMEOUT)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def socket_dir() -> Iterator[Path]:
+    """A fresh directory for Unix sockets that a front-end worker can reach.
+
+    pytest's ``tmp_path`` lives under a 0700 dir; Apache (as root) must drop
+    to another user, so its worker runs with our group (``Group`` = our gid)
+    and needs group search permission on every directory of the path.
+    """
+    path = Path(tempfile.mkdtemp(prefix="trioscgi-test-", dir="/tmp"))
+    path.chmod(0o750)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def backend_address(backend: str) -> str | tuple[str, int]:
+    """``"unix:/p.sock"`` -> ``"/p.sock"``; ``"127.0.0.1:4000"`` -> ``("127.0.0.1", 4000)``."""
+    if backend.startswith("unix:"):
+        return backend[len("unix:") :]
+    host, _, port = backend.rpartition(":")
+    return (host.strip("[]"), int(port))
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+@dataclass
+class HTTPResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return None
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def http_request(
+    port: int,
+    method: str,
+    target: str,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes | Iterable[bytes] | None = None,
+    chunked: bool = False,
+    timeout: float = HTTP_TIMEOUT,
+) -> HTTPResponse:
+    """One HTTP/1.1 request to 127.0.0.1:port; repeated header names are sent repeatedly."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+        elif isinstance(body, bytes):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        if body is not None:
+            chunks = [body] if isinstance(body, bytes) else body
+            for chunk in chunks:
+                if chunked:
+                    if chunk:
+                        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    conn.send(chunk)
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+        resp = conn.getresponse()
+        data = resp.read()
+        return HTTPResponse(resp.status, resp.reason, resp.getheaders(), data)
+    finally:
+        conn.close()
+
+
+def raw_http(port: int, request: bytes, *, timeout: float = HTTP_TIMEOUT) -> bytes:
+    """Send raw bytes (for targets http.client refuses), read the reply until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def parse_raw_response(data: bytes) -> HTTPResponse:
+    """Split a raw ``Connection: close`` HTTP/1.x response (non-chunked body)."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    _, status, *reason = lines[0].split(" ", 2)
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip()))
+    return HTTPResponse(int(status), reason[0] if reason else "", headers, body)
+
+
+# --------------------------------------------------------------------------- front-ends
+
+
+@dataclass
+class FrontEnd:
+    """A running front-end. ``variants`` maps a config variant to its URL prefix."""
+
+    name: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    error_log: Path
+    variants: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, target: str, **kwargs: object) -> HTTPResponse:
+        return http_request(self.port, method, target, **kwargs)  # type: ignore[arg-type]
+
+    def get(self, target: str, **kwargs: object) -> HTTPResponse:
+        return self.request("GET", target, **kwargs)
+
+    def log_text(self) -> str:
+        try:
+            return self.error_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _start(
+    name: str,
+    *,
+    argv: list[str],
+    workdir: Path,
+    port: int,
+    error_log: Path,
+    variants: dict[str, str],
+) -> FrontEnd:
+    out = (workdir / "stdout.log").open("wb")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Apache passes its whole environment to the backend (PATH...): keep it small.
+            env=FRONTEND_ENV,
+            start_new_session=True,  # so a stuck one can be killed with its children
+        )
+    finally:
+        out.close()
+    fe = FrontEnd(name, port, workdir, proc, error_log, variants)
+    try:
+        wait_until_accepting(("127.0.0.1", port), proc, logs=[error_log, workdir / "stdout.log"])
+    except BaseException:
+        stop_process(proc)
+        raise
+    return fe
+
+
+@contextlib.contextmanager
+def _workdir(workdir: Path | None, name: str) -> Iterator[Path]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"trioscgi-{name}-") as d:
+            yield Path(d)
+
+
+def _nginx_pass(backend: str) -> str:
+    addr = backend_address(backend)
+    if isinstance(addr, str):
+        return f"unix:{addr}"
+    return f"{addr[0]}:{addr[1]}"
+
+
+def nginx_config(workdir: Path, port: int, backend: str, scgi_params: str) -> str:
+    """nginx.conf with three locations: stock, prefix (SCRIPT_NAME/PATH_INFO), no params."""
+    d = workdir
+    upstream = _nginx_pass(backend)
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    scgi_read_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+
+        # What users have by default: the stock scgi_params, no SCRIPT_NAME/PATH_INFO.
+        location / {{
+            include {scgi_params};
+            scgi_pass {upstream};
+        }}
+
+        # Mounted under a prefix: tell the app where it is mounted.
+        location ~ ^/app(?<app_path_info>/.*)$ {{
+            include {scgi_params};
+            scgi_param SCRIPT_NAME /app;
+            scgi_param PATH_INFO $app_path_info;
+            scgi_pass {upstream};
+        }}
+
+        # No scgi_params at all: nginx then sends CONTENT_LENGTH and HTTP_* only (no SCGI=1).
+        location /noparams/ {{
+            scgi_pass {upstream};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run nginx in front of ``backend`` (``unix:/path`` or ``host:port``).
+
+    Variants (URL prefixes): ``stock`` = "", ``prefix`` = "/app", ``noparams`` = "/noparams".
+    """
+    binary = find_binary("nginx")
+    scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if scgi_params is None:
+        missing("nginx's scgi_params file")
+    assert scgi_params is not None
+    with _workdir(workdir, "nginx") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_config(d, port, backend, scgi_params))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        fe = _start(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"stock": "", "prefix": "/app", "noparams": "/noparams"},
+        )
+        try:
+            yield fe
+        finally:
+            stop_process(fe.proc, signal.SIGQUIT)  # graceful: finish in-flight requests
+
+
+def _apache_module_dir() -> str:
+    for d in APACHE_MODULE_DIRS:
+        if os.path.exists(os.path.join(d, "mod_proxy_scgi.so")):
+            return d
+    missing("Apache mod_proxy_scgi")
+    raise AssertionError("unreachable")
+
+
+def _apache_proxy_url(backend: str) -> str:
+    addr = backend_address(backend)
+    if isinstance(addr, str):
+        return f'"unix:{addr}|scgi://localhost/"'
+    return f"scgi://{addr[0]}:{addr[1]}/"
+
+
+def apache_config(workdir: Path, port: int, backend: str, modules: str) -> str:
+    """httpd.conf: ``ProxyPass /app/`` and ``ProxyPass /`` to the SCGI backend."""
+    d = workdir
+    builtin = subprocess.run(
+        [find_binary("apache2", "httpd"), "-l"], capture_output=True, text=True, check=False
+    ).stdout
+    load = ["mpm_event", "authz_core", "proxy", "proxy_scgi"]
+    if "mod_unixd.c" not in builtin:
+        load.append("unixd")
+    lines = [f"ServerRoot {d}"]
+    lines += [f"LoadModule {m}_module {modules}/mod_{m}.so" for m in load]
+    # Apache refuses to serve as root (no BIG_SECURITY_HOLE): as root, the
+    # worker becomes an unprivileged user but keeps our group, so it can reach
+    # a 0660 Unix socket in a 0750 directory that we own.
+    if os.geteuid() == 0:
+        user = "www-data"
+        try:
+            import pwd
+
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        lines += [f"User {user}", f"Group #{os.getegid()}"]
+    lines += [
+        "ServerName 127.0.0.1",
+        f"Listen 127.0.0.1:{port}",
+        f"PidFile {d}/httpd.pid",
+        f"ErrorLog {d}/error.log",
+        "LogLevel warn",
+        f"DefaultRuntimeDir {d}",
+        f"Mutex file:{d} default",
+        "Timeout 30",
+        # Default Off answers 404 for any %2F in the path, before proxying.
+        "AllowEncodedSlashes NoDecode",
+        f"ProxyPass /app/ {_apache_proxy_url(backend)}",
+        f"ProxyPass / {_apache_proxy_url(backend)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def run_apache(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run Apache httpd (``-X``: one process, foreground) with mod_proxy_scgi.
+
+    Variants: ``root`` = "" (``ProxyPass /``), ``prefix`` = "/app" (``ProxyPass /app/``).
+    Apache sends SCRIPT_NAME = the whole decoded path in both.
+    """
+    binary = find_binary("apache2", "httpd")
+    modules = _apache_module_dir()
+    with _workdir(workdir, "apache") as d:
+        if os.geteuid() == 0:
+            d.chmod(0o755)  # the unprivileged worker writes nothing here, but must traverse
+        port = free_port()
+        conf = d / "httpd.conf"
+        conf.write_text(apache_config(d, port, backend, modules))
+        error_log = d / "error.log"
+        argv = [binary, "-X", "-f", str(conf)]
+        fe = _start(
+            "apache",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"root": "", "prefix": "/app"},
+        )
+        try:
+            yield fe
+        finally:
+            stop_process(fe.proc)
+
+
+def _lighttpd_backend(backend: str) -> str:
+    addr = backend_address(backend)
+    if isinstance(addr, str):
+        return f'"socket" => "{addr}"'
+    return f'"host" => "{addr[0]}", "port" => {addr[1]}'
+
+
+def lighttpd_config(workdir: Path, port: int, backend: str, *, fix_root: bool = True) -> str:
+    """lighttpd.conf: ``scgi.server`` for "/app" (prefix) and "/" (root).
+
+    Without ``fix-root-scriptname``, the "/" mount sends SCRIPT_NAME = the whole
+    path and no PATH_INFO (like Apache).
+    """
+    d = workdir
+    be = _lighttpd_backend(backend)
+    fix = ', "fix-root-scriptname" => "enable"' if fix_root else ""
+    return f"""\
+server.modules = ("mod_scgi")
+server.document-root = "{d}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{d}/error.log"
+server.upload-dirs = ("{d}")
+server.max-request-size = 65536
+scgi.server = (
+    "/app" => (({be}, "check-local" => "disable")),
+    "/" => (({be}, "check-local" => "disable"{fix})),
+)
+"""
+
+
+@contextlib.contextmanager
+def run_lighttpd(
+    backend: str, *, workdir: Path | None = None, fix_root: bool = True
+) -> Iterator[FrontEnd]:
+    """Run lighttpd (``-D``) with mod_scgi. Variants: ``root`` = "", ``prefix`` = "/app".
+
+    ``fix_root=False`` leaves out ``fix-root-scriptname`` on the "/" mount.
+    """
+    binary = find_binary("lighttpd")
+    with _workdir(workdir, "lighttpd") as d:
+        port = free_port()
+        conf = d / "lighttpd.conf"
+        conf.write_text(lighttpd_config(d, port, backend, fix_root=fix_root))
+        error_log = d / "error.log"
+        argv = [binary, "-D", "-f", str(conf)]
+        fe = _start(
+            "lighttpd",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"root": "", "prefix": "/app"},
+        )
+        try:
+            yield fe
+        finally:
+            stop_process(fe.proc)
+
+
+FRONTENDS = {"nginx": run_nginx, "apache": run_apache, "lighttpd": run_lighttpd}
+
+
+# --------------------------------------------------------------------------- capture backend
+
+
+CAPTURE_RESPONSE = (
+    b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
+)
+
+
+def _read_netstring_request(conn: socket.socket) -> bytes:
+    """Read one SCGI request (netstring + CONTENT_LENGTH body) and return its raw bytes."""
+    buf = b""
+    while b":" not in buf:
+        if len(buf) > 16:
+            raise ValueError(f"bad netstring length: {buf[:32]!r}")
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError(f"EOF in netstring length: {buf!r}")
+        buf += data
+    length_s, _, _ = buf.partition(b":")
+    header_end = len(length_s) + 1 + int(length_s) + 1  # digits ':' headers ','
+    while len(buf) < header_end:
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError("EOF in SCGI headers")
+        buf += data
+    headers = buf[len(length_s) + 1 : header_end - 1]
+    fields = headers.split(b"\0")
+    assert fields[0] == b"CONTENT_LENGTH", fields[:2]
+    total = header_end + int(fields[1])
+    while len(buf) < total:
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError("EOF in SCGI body")
+        buf += data
+    return buf
+
+
+class CaptureBackend:
+    """A blocking SCGI server in a thread that records every raw request.
+
+    Use as a context manager; ``bind`` is ``unix:/path`` or ``127.0.0.1:0``.
+    ``backend`` is then the address to give a front-end.
+    """
+
+    def __init__(self, bind: str = "127.0.0.1:0") -> None:
+        addr = backend_address(bind)
+        if isinstance(addr, str):
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.bind(addr)
+            os.chmod(addr, 0o660)
+            self.backend = bind
+        else:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(addr)
+            host, port = self._sock.getsockname()
+            self.backend = f"{host}:{port}"
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)  # lets the thread notice stop without a wakeup fd
+        self.requests: list[bytes] = []
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> CaptureBackend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(STOP_TIMEOUT)
+        self._sock.close()
+        addr = backend_address(self.backend)
+        if isinstance(addr, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(HTTP_TIMEOUT)
+                try:
+                    raw = _read_netstring_request(conn)
+                    with self._lock:
+                        self.requests.append(raw)
+                    conn.sendall(CAPTURE_RESPONSE)
+                except (OSError, ValueError, AssertionError) as e:
+                    with self._lock:
+                        self.errors.append(e)
+
+    def pop_all(self) -> list[bytes]:
+        with self._lock:
+            out, self.requests = self.requests, []
+            return out
+
+
+def parse_scgi(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Split a raw SCGI request into (environ pairs in wire order, body)."""
+    length_s, _, rest = raw.partition(b":")
+    n = int(length_s)
+    headers, comma, body = rest[:n], rest[n : n + 1], rest[n + 1 :]
+    assert comma == b",", "netstring not terminated by ','"
+    fields = headers.split(b"\0")
+    assert fields[-1] == b"", "header block not NUL-terminated"
+    fields = fields[:-1]
+    return list(zip(fields[::2], fields[1::2], strict=True)), body

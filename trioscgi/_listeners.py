@@ -1,0 +1,556 @@
+"""Turn ``bind`` strings into bound, listening, non-blocking sockets.
+
+Kinds: ``unix:PATH`` (and Linux abstract ``unix:@NAME``), ``HOST:PORT``,
+``[V6]:PORT``, ``fd://N`` (an inherited socket) and ``systemd`` /
+``systemd:NAME`` (socket activation). Also the ``trusted_peers`` filter.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import ipaddress
+import os
+import pwd
+import socket
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._config import Config
+
+__all__ = [
+    "BindError",
+    "BindSpec",
+    "Listener",
+    "PeerFilter",
+    "bind_all",
+    "parse_bind",
+    "parse_trusted_peers",
+]
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_UNIX_PATH_MAX = 107
+
+# sd_listen_fds(3): passed sockets start at fd 3.
+_SD_LISTEN_FDS_START = 3
+
+
+class BindError(Exception):
+    """A listener could not be created; the message names the address and the cause."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class BindSpec:
+    """One parsed ``bind`` entry.
+
+    Attributes:
+        kind: ``"unix"``, ``"tcp"``, ``"fd"`` or ``"systemd"``.
+        text: the entry as written.
+        path: unix socket path (``"@name"`` = Linux abstract namespace).
+        host: TCP host (IP literal or name), without brackets.
+        port: TCP port (0 = any free port).
+        fd: inherited file descriptor for ``fd://N``.
+        name: systemd socket name (``FileDescriptorName=``), or None for every socket.
+    """
+
+    kind: Literal["unix", "tcp", "fd", "systemd"]
+    text: str
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    fd: int | None = None
+    name: str | None = None
+
+
+def _invalid(s: str, why: str) -> ValueError:
+    return ValueError(f"invalid bind {s!r}: {why}")
+
+
+def _parse_port(s: str, port: str) -> int:
+    if not port.isdigit() or not port.isascii():
+        raise _invalid(s, f"port {port!r} is not a number")
+    n = int(port)
+    if n > 65535:
+        raise _invalid(s, f"port {n} is out of range (0-65535)")
+    return n
+
+
+def parse_bind(s: str) -> BindSpec:
+    """Parse one ``bind`` entry.
+
+    Accepted forms: ``unix:/path.sock``, ``unix:@abstract``, ``HOST:PORT``,
+    ``[V6ADDR]:PORT``, ``fd://N``, ``systemd``, ``systemd:NAME``.
+
+    Raises:
+        ValueError: ``"invalid bind 'x': why"``.
+    """
+    if not isinstance(s, str) or not s:
+        raise _invalid(str(s), "empty")
+    if s.startswith("unix:"):
+        path = s[5:]
+        if not path or path == "@":
+            raise _invalid(s, "no socket path after 'unix:'")
+        if "\0" in path:
+            raise _invalid(s, "NUL byte in the path")
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise _invalid(s, f"unix socket paths are limited to {_UNIX_PATH_MAX} bytes")
+        return BindSpec("unix", s, path=path)
+    if s.startswith("fd://"):
+        num = s[5:]
+        if not num.isdigit() or not num.isascii():
+            raise _invalid(s, "expected fd://N with N a file descriptor number")
+        return BindSpec("fd", s, fd=int(num))
+    if s == "systemd":
+        return BindSpec("systemd", s)
+    if s.startswith("systemd:"):
+        name = s[8:]
+        # systemd: "FileDescriptorName= ... may contain up to 255 ASCII characters,
+        # excluding control characters and ':'".
+        if not name or ":" in name or len(name) > 255 or not name.isprintable():
+            raise _invalid(s, "expected systemd:NAME (the socket unit's FileDescriptorName=)")
+        return BindSpec("systemd", s, name=name)
+    if s.startswith("["):
+        end = s.find("]")
+        if end == -1 or s[end + 1 : end + 2] != ":":
+            raise _invalid(s, "expected [IPV6]:PORT")
+        host = s[1:end]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _invalid(s, f"{host!r} is not an IPv6 address") from None
+        return BindSpec("tcp", s, host=host, port=_parse_port(s, s[end + 2 :]))
+    host, sep, port = s.rpartition(":")
+    if not sep or not host:
+        raise _invalid(s, "expected unix:PATH, HOST:PORT, [IPV6]:PORT, fd://N or systemd[:NAME]")
+    if ":" in host:
+        raise _invalid(s, "write IPv6 addresses in brackets: [::1]:4000")
+    return BindSpec("tcp", s, host=host, port=_parse_port(s, port))
+
+
+# --------------------------------------------------------------------------- trust
+
+
+class PeerFilter:
+    """Which TCP peers may talk to us.
+
+    SCGI hands REMOTE_ADDR, HTTPS and every header to the app as facts, so a
+    peer that can connect can claim anything: by default only loopback.
+    """
+
+    __slots__ = ("_exact", "_networks")
+
+    def __init__(
+        self,
+        exact: Iterable[str],
+        networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    ) -> None:
+        self._exact = frozenset(exact)
+        self._networks = tuple(networks)
+
+    def __call__(self, host: str) -> bool:
+        # Fast path: accept() gives the canonical inet_ntop() text, which is what
+        # str(ip_address(...)) produced for the exact entries.
+        if host in self._exact:
+            return True
+        if not self._networks and not host.startswith("::ffff:"):
+            return False
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # A dual-stack socket inherited through fd:// reports IPv4 peers as
+        # ::ffff:a.b.c.d; judge them as the IPv4 address they are.
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+            if str(ip) in self._exact:
+                return True
+        return any(ip in net for net in self._networks)
+
+
+def parse_trusted_peers(peers: Iterable[str]) -> PeerFilter | None:
+    """Parse ``trusted_peers``: addresses, CIDR networks, or ``"*"``.
+
+    Returns:
+        None when ``"*"`` is present (every peer trusted), else a PeerFilter.
+
+    Raises:
+        ValueError: an entry is neither an address, a network nor ``"*"``.
+    """
+    exact: set[str] = set()
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for p in peers:
+        if p == "*":
+            return None
+        try:
+            if "/" in p:
+                net = ipaddress.ip_network(p, strict=False)
+                if net.num_addresses == 1:
+                    exact.add(str(net.network_address))
+                else:
+                    networks.append(net)
+            else:
+                exact.add(str(ipaddress.ip_address(p)))
+        except ValueError:
+            raise ValueError(
+                f"invalid trusted_peers entry {p!r}: expected an IP address, a CIDR "
+                'network like "10.0.0.0/24", or "*"'
+            ) from None
+    return PeerFilter(exact, networks)
+
+
+# --------------------------------------------------------------------------- listener
+
+
+@dataclass
+class Listener:
+    """A bound, listening, non-blocking socket and what to say about it.
+
+    Attributes:
+        sock: the listening socket (stdlib, non-blocking).
+        description: for logs: ``"unix:/p.sock"``, ``"127.0.0.1:4000"``,
+            ``"[::1]:4000"``, ``"fd://3"``, ``"systemd:web"``.
+        unix_path: the socket file we created, removed by :meth:`close`; else None.
+        peer_filter: for TCP listeners, which peers are trusted; None = all.
+    """
+
+    sock: socket.socket
+    description: str
+    unix_path: str | None = None
+    peer_filter: PeerFilter | None = None
+    _inode: tuple[int, int] | None = field(default=None, repr=False)
+
+    def is_trusted(self, peer: Any) -> bool:
+        """Whether a peer returned by ``accept()`` may be served.
+
+        Unix-socket peers are always trusted (file permissions guard them).
+        """
+        f = self.peer_filter
+        if f is None:
+            return True
+        if isinstance(peer, tuple):
+            return f(peer[0])
+        # AF_UNIX peers arrive as '' / b'': only possible on an inherited unix
+        # socket given a filter by hand; the file permissions decide there.
+        return True
+
+    def close(self) -> None:
+        """Close the socket and remove our socket file if it is still ours."""
+        self.sock.close()
+        path, self.unix_path = self.unix_path, None
+        if path is None:
+            return
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        # Another instance may have replaced the file (a new deployment started
+        # before we stopped): only remove the inode we created.
+        if self._inode == (st.st_dev, st.st_ino) and stat.S_ISSOCK(st.st_mode):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- unix
+
+
+def _resolve_owner(config: Config) -> tuple[int, int]:
+    uid = gid = -1
+    if config.unix_socket_owner is not None:
+        o = str(config.unix_socket_owner)
+        try:
+            uid = int(o) if o.isdigit() else pwd.getpwnam(o).pw_uid
+        except KeyError:
+            raise BindError(f"unix_socket_owner: no such user {o!r}") from None
+    if config.unix_socket_group is not None:
+        g = str(config.unix_socket_group)
+        try:
+            gid = int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
+        except KeyError:
+            raise BindError(f"unix_socket_group: no such group {g!r}") from None
+    return uid, gid
+
+
+def _check_existing(path: str, desc: str) -> None:
+    """Allow replacing only a stale socket file; refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise BindError(f"can't bind {desc}: {e}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(
+            f"can't bind {desc}: {path} exists and is not a socket; refusing to remove it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return  # stale: a socket file with nobody listening; rename() replaces it
+    except OSError as e:
+        raise BindError(f"can't bind {desc}: can't tell whether {path} is in use: {e}") from None
+    else:
+        raise BindError(
+            f"can't bind {desc}: [Errno {errno.EADDRINUSE}] address in use "
+            "(another server is listening on it)"
+        )
+    finally:
+        probe.close()
+
+
+def _bind_unix(spec: BindSpec, config: Config) -> Listener:
+    path = spec.path
+    assert path is not None
+    desc = f"unix:{path}"
+    if path.startswith("@"):
+        # Linux abstract namespace: no file, no permissions (anyone in the
+        # network namespace may connect), nothing to remove on exit.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + path[1:])
+            sock.listen(config.backlog)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise BindError(f"can't bind {desc}: {e}") from None
+        return Listener(sock, desc, None)
+
+    uid, gid = _resolve_owner(config)
+    mode = config.unix_socket_mode
+    _check_existing(path, desc)
+    parent = os.path.dirname(os.path.abspath(path))
+    # Why a private directory and rename(): bind() creates the file with
+    # 0777 & ~umask, and a chmod() afterwards leaves a window with looser
+    # permissions. We bind inside a fresh 0700 directory next to the target
+    # (same file system), set mode and owner, listen(), then rename() the
+    # finished socket into place: the path appears atomically, already with
+    # its final permissions, and already accepting. Unlike os.umask() around
+    # bind() this does not touch process-wide state other threads share.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmpdir: str | None = None
+    try:
+        try:
+            tmpdir = tempfile.mkdtemp(prefix=".trioscgi-", dir=parent)
+        except OSError as e:
+            raise BindError(f"can't bind {desc}: {e}") from None
+        tmp = os.path.join(tmpdir, "s")
+        try:
+            if len(os.fsencode(tmp)) > _UNIX_PATH_MAX:
+                # The temporary path would not fit sun_path: bind in place,
+                # under a umask that leaves no permission beyond the final
+                # mode (still nobody can connect() before listen()).
+                if os.path.lexists(path):
+                    os.unlink(path)  # the stale socket _check_existing() found
+                old = os.umask(0o777 & ~mode)
+                try:
+                    sock.bind(path)
+                finally:
+                    os.umask(old)
+                where = path
+            else:
+                sock.bind(tmp)
+                where = tmp
+            os.chmod(where, mode)
+            if uid != -1 or gid != -1:
+                os.chown(where, uid, gid)
+            sock.listen(config.backlog)
+            if where != path:
+                os.rename(where, path)
+            st = os.lstat(path)
+        except OSError as e:
+            raise BindError(f"can't bind {desc}: {e}") from None
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if tmpdir is not None:
+            try:
+                tmp_s = os.path.join(tmpdir, "s")
+                if os.path.lexists(tmp_s):
+                    os.unlink(tmp_s)
+                os.rmdir(tmpdir)
+            except OSError:
+                pass
+    return Listener(sock, desc, path, _inode=(st.st_dev, st.st_ino))
+
+
+# --------------------------------------------------------------------------- tcp
+
+
+def _bind_tcp(spec: BindSpec, config: Config, peers: PeerFilter | None) -> Listener:
+    host, port = spec.host, spec.port
+    assert host is not None and port is not None
+    # Hostnames: "localhost" is 127.0.0.1 (predictable, and what the default
+    # trusted_peers expects); any other name takes getaddrinfo()'s first
+    # answer. Bind literals if you need a specific address.
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        addr: tuple[Any, ...] = (host, port)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as e:
+            raise BindError(f"can't bind {spec.text}: can't resolve {host!r}: {e}") from None
+        family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # One listener, one family: "[::]:4000" means IPv6 only; bind
+            # 0.0.0.0:4000 as well for IPv4.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(config.backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"can't bind {spec.text}: {e}") from None
+    return Listener(sock, _describe_inet(sock), None, peers)
+
+
+def _describe_inet(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
+
+
+# --------------------------------------------------------------------------- inherited
+
+
+def _adopt(fd: int, desc: str, peers: PeerFilter | None) -> Listener:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise BindError(f"can't use {desc}: {e}") from None
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise BindError(f"can't use {desc}: not a stream socket")
+        if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+            raise BindError(f"can't use {desc}: unsupported address family {sock.family!r}")
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError as e:
+            raise BindError(f"can't use {desc}: {e}") from None
+        if not listening:
+            raise BindError(f"can't use {desc}: the socket is not listening")
+    except BindError:
+        # Not ours to close: leave the inherited descriptor as we found it.
+        sock.detach()
+        raise
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    filt = None if sock.family == socket.AF_UNIX else peers
+    return Listener(sock, desc, None, filt)
+
+
+class _SystemdFds:
+    """The sockets systemd passed us, read once and removed from the environment."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.fds: list[tuple[int, str]] = []
+        self.taken: set[int] = set()
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        env = os.environ
+        pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
+        names = env.get("LISTEN_FDNAMES")
+        if pid is None or count is None:
+            return
+        self.loaded = True
+        # sd_listen_fds(3): the variables are for LISTEN_PID only; a child that
+        # inherited them must not take the sockets. Children never see them.
+        for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(k, None)
+        if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+            return
+        n = int(count)
+        name_list = names.split(":") if names is not None else []
+        for i in range(n):
+            fd = _SD_LISTEN_FDS_START + i
+            # systemd's default name for an unnamed socket is "unknown".
+            name = name_list[i] if i < len(name_list) else "unknown"
+            self.fds.append((fd, name))
+
+
+_systemd = _SystemdFds()
+
+
+def _bind_systemd(spec: BindSpec, peers: PeerFilter | None) -> list[Listener]:
+    _systemd.load()
+    if not _systemd.fds:
+        raise BindError(
+            f"can't bind {spec.text}: not socket-activated (LISTEN_PID/LISTEN_FDS not "
+            "set for this process); start it from a systemd .socket unit or "
+            "systemd-socket-activate"
+        )
+    wanted = [(fd, n) for fd, n in _systemd.fds if spec.name is None or n == spec.name]
+    if not wanted:
+        have = ", ".join(sorted({n for _, n in _systemd.fds}))
+        raise BindError(f"can't bind {spec.text}: systemd passed no socket named it (has: {have})")
+    out: list[Listener] = []
+    try:
+        for fd, name in wanted:
+            if fd in _systemd.taken:
+                raise BindError(f"can't bind {spec.text}: fd {fd} ({name}) is already in use")
+            listener = _adopt(fd, f"systemd:{name}", peers)
+            _systemd.taken.add(fd)
+            out.append(listener)
+    except BaseException:
+        for listener in out:
+            listener.close()
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------- all
+
+
+def bind_all(config: Config) -> list[Listener]:
+    """Create a listener for every ``config.bind`` entry.
+
+    Raises:
+        BindError: an entry could not be bound (everything opened so far is
+            closed first). An invalid entry or ``trusted_peers`` value is a
+            BindError too, naming it.
+    """
+    try:
+        peers = parse_trusted_peers(config.trusted_peers)
+        specs = [parse_bind(b) for b in config.bind]
+    except ValueError as e:
+        raise BindError(str(e)) from None
+    if not specs:
+        raise BindError("nothing to bind: the bind list is empty")
+    out: list[Listener] = []
+    try:
+        for spec in specs:
+            if spec.kind == "unix":
+                out.append(_bind_unix(spec, config))
+            elif spec.kind == "tcp":
+                out.append(_bind_tcp(spec, config, peers))
+            elif spec.kind == "fd":
+                assert spec.fd is not None
+                out.append(_adopt(spec.fd, spec.text, peers))
+            else:
+                out.extend(_bind_systemd(spec, peers))
+    except BaseException:
+        for listener in out:
+            listener.close()
+        raise
+    return out

@@ -144,7 +144,7 @@ def test_bind_error_names_address_and_closes_earlier(sockdir: Path) -> None:
 
 
 def test_unresolvable_host() -> None:
-    with pytest.raises(BindError, match="can't resolve 'no-such-host.invalid'"):
+    with pytest.raises(BindError, match=r"can't resolve 'no-such-host\.invalid'"):
         bind_all(Config(bind=["no-such-host.invalid:0"]))
 
 
@@ -182,7 +182,7 @@ def test_trusted_peers_networks_and_star() -> None:
     assert f("::ffff:10.0.0.3")
     assert not f("not-an-address")
     assert parse_trusted_peers(["10.0.0.1", "*"]) is None
-    with pytest.raises(ValueError, match="invalid trusted_peers entry '10.0.0.0/33'"):
+    with pytest.raises(ValueError, match=r"invalid trusted_peers entry '10\.0\.0\.0/33'"):
         parse_trusted_peers(["10.0.0.0/33"])
     with pytest.raises(ValueError, match="invalid trusted_peers entry 'nginx'"):
         parse_trusted_peers(["nginx"])
@@ -668,9 +668,7 @@ def test_systemd_several_sockets_by_name_and_all(sockdir: Path) -> None:
 
 def test_systemd_missing_name_and_reuse() -> None:
     port = _free_port()
-    proc = _activate(
-        ["-l", f"127.0.0.1:{port}", "--fdname=web"], ["systemd:web", "systemd:admin"]
-    )
+    proc = _activate(["-l", f"127.0.0.1:{port}", "--fdname=web"], ["systemd:web", "systemd:admin"])
     try:
         _wait_listening(proc, 1)
         with socket.create_connection(("127.0.0.1", port), timeout=10):

@@ -1,16 +1,268 @@
-"""The trio server: listeners, lifespan, graceful shutdown."""
+"""The trio server: listeners, lifespan, accept loops and graceful shutdown."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import random
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 import trio
+from trio.lowlevel import checkpoint, wait_readable
 
 from ._config import Config
+from ._connection import Connection
+from ._lifespan import Lifespan, LifespanFailure
+from ._listeners import Listener, bind_all
+from ._types import ASGIApp
+
+__all__ = ["LifespanFailure", "serve"]
+
+log = logging.getLogger("trioscgi")
+
+# accept() errors that mean "out of a resource for now": log, back off and
+# try again rather than end the listener.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept() errors about one connection only (it died in the backlog).
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+class Server:
+    """One server: its listeners, its lifespan and its connections.
+
+    ``serve()`` is the public face; the daemon's runner uses this class to
+    begin a graceful shutdown or to force one on a second signal.
+    """
+
+    def __init__(
+        self, app: ASGIApp, config: Config, listeners: Sequence[Listener] | None = None
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.state: dict[str, Any] = {}
+        self.access_logger: Any = None
+        if config.access_log is not None:
+            from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
+
+            self.access_logger = AccessLogger(config)
+        self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
+        self._owns_listeners = listeners is None
+        self._accepting = trio.CancelScope()
+        self._everything = trio.CancelScope()
+        self._connections: trio.Nursery | None = None
+        self._active = 0
+        self._below_limit = trio.Event()
+        self._below_limit.set()
+        self._served = 0
+        self._max_requests = 0
+        if config.max_requests > 0:
+            self._max_requests = config.max_requests + random.randint(
+                0, max(0, config.max_requests_jitter)
+            )
+        self.shutting_down = False
+        self.finished = trio.Event()
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind, start the lifespan, serve until :meth:`shutdown`, then stop cleanly.
+
+        Raises:
+            LifespanFailure: startup failed or timed out.
+            BindError: a bind failed.
+        """
+        config = self.config
+        if self._listeners is None:
+            self._listeners = bind_all(config)
+        listeners = self._listeners
+        try:
+            with self._everything:
+                async with trio.open_nursery() as lifespan_nursery:
+                    lifespan = Lifespan(self.app, config, self.state)
+                    await lifespan.startup(lifespan_nursery)
+                    try:
+                        async with trio.open_nursery() as connections:
+                            self._connections = connections
+                            with self._accepting:
+                                if self.shutting_down:
+                                    self._accepting.cancel()
+                                async with trio.open_nursery() as accepting:
+                                    for listener in listeners:
+                                        accepting.start_soon(self._accept_loop, listener)
+                                    log.info(
+                                        "listening on %s",
+                                        ", ".join(lst.description for lst in listeners),
+                                    )
+                                    task_status.started([lst.description for lst in listeners])
+                            # Stopped accepting: close the listening sockets (and
+                            # remove our Unix socket files) so the front-end sees
+                            # the stop at once, then give in-flight requests
+                            # graceful_timeout to finish.
+                            self._close_listeners()
+                            if self._active:
+                                log.info(
+                                    "waiting up to %g s for %d request(s) to finish",
+                                    config.graceful_timeout,
+                                    self._active,
+                                )
+                            connections.cancel_scope.deadline = (
+                                trio.current_time() + config.graceful_timeout
+                            )
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await lifespan.shutdown()
+        finally:
+            self._close_listeners()
+            self.finished.set()
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown: stop accepting, let requests finish."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            log.info("shutting down")
+        self._accepting.cancel()
+
+    def force_shutdown(self) -> None:
+        """Cancel everything now (a second signal); lifespan shutdown is skipped."""
+        self.shutting_down = True
+        self._accepting.cancel()
+        self._everything.cancel()
+
+    def _close_listeners(self) -> None:
+        if self._owns_listeners and self._listeners:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners = []
+        elif self._listeners:
+            # Listeners handed in (by the supervisor) stay open for the next
+            # worker generation; we only stop using them.
+            self._listeners = []
+
+    # --- accepting -------------------------------------------------------------
+
+    async def _accept_loop(self, listener: Listener) -> None:
+        sock = listener.sock
+        connections = self._connections
+        assert connections is not None
+        start_soon = connections.start_soon
+        handle = self._handle
+        limit = self.config.max_connections
+        backoff = 0.0
+        while True:
+            if self._active >= limit:
+                # At the limit, stop accepting: the kernel backlog and the
+                # front-end's own queueing and retry then apply, rather than
+                # spending work on a 503 the front-end would pass on.
+                self._below_limit = trio.Event()
+                await self._below_limit.wait()
+            try:
+                client, addr = sock.accept()
+            except BlockingIOError:
+                await wait_readable(sock)
+                continue
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    backoff = min(max(backoff * 2, 0.05), 1.0)
+                    log.warning(
+                        "accept() on %s failed: %s; retrying in %g s",
+                        listener.description,
+                        exc,
+                        backoff,
+                    )
+                    await trio.sleep(backoff)
+                    continue
+                if exc.errno in _TRANSIENT_ERRNOS:
+                    await checkpoint()
+                    continue
+                raise
+            backoff = 0.0
+            if not listener.is_trusted(addr):
+                log.warning(
+                    "refused connection from %s on %s: not in trusted_peers",
+                    addr[0] if isinstance(addr, tuple) else addr,
+                    listener.description,
+                )
+                client.close()
+                await checkpoint()
+                continue
+            client.setblocking(False)
+            self._active += 1
+            start_soon(handle, client)
+            # One schedule point per accepted connection keeps the loop fair
+            # to the connection tasks and cancellable.
+            await checkpoint()
+
+    async def _handle(self, sock: socket.socket) -> None:
+        try:
+            await Connection(sock, self).run()
+        except Exception:
+            log.exception("unexpected error while serving a connection")
+        finally:
+            self._active -= 1
+            self._below_limit.set()
+            if self._max_requests:
+                self._served += 1
+                if self._served == self._max_requests:
+                    log.info("served %d requests (max_requests): restarting", self._served)
+                    self.shutdown()
 
 
 async def serve(
-    app: Any, config: Config, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    app: ASGIApp,
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    listeners: Sequence[Listener] | None = None,
 ) -> None:
-    """Serve ``app`` as configured by ``config`` until cancelled."""
-    raise NotImplementedError
+    """Serve an ASGI application over SCGI until cancelled.
+
+    Use it inside any trio program::
+
+        config = trioscgi.Config(bind=["unix:/run/app.sock"])
+        bound = await nursery.start(trioscgi.serve, app, config)
+
+    ``task_status.started()`` is called with the bound addresses once the
+    lifespan startup is complete and every listener is listening.
+    Cancelling ``serve()`` shuts down gracefully: it stops accepting, gives
+    requests in flight ``config.graceful_timeout`` seconds, then runs the
+    lifespan shutdown (bounded by ``config.shutdown_timeout``) before
+    returning.
+
+    Args:
+        app: the ASGI 3 application.
+        config: the settings; see :class:`trioscgi.Config`.
+        task_status: given by ``nursery.start``.
+        listeners: already-bound listeners to serve on instead of
+            ``config.bind`` (the worker processes' case); they are not
+            closed on return.
+
+    Raises:
+        LifespanFailure: the application's startup failed or timed out.
+        BindError: an address in ``config.bind`` could not be bound.
+    """
+    server = Server(app, config, listeners)
+    async with trio.open_nursery() as nursery:
+        # The server runs shielded so that cancelling serve() becomes a
+        # graceful shutdown instead of cutting every request off.
+        done = trio.Event()
+
+        async def run_shielded(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                with trio.CancelScope(shield=True):
+                    await server.run(task_status=task_status)
+            finally:
+                done.set()
+
+        bound = await nursery.start(run_shielded)
+        task_status.started(bound)
+        try:
+            await done.wait()
+        finally:
+            if not done.is_set():
+                server.shutdown()
+                with trio.CancelScope(shield=True):
+                    await done.wait()

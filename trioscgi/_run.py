@@ -1,0 +1,98 @@
+"""Run one server process: trio, signals, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import trio
+
+from ._config import Config
+from ._lifespan import LifespanFailure
+from ._listeners import Listener
+from ._server import Server
+from ._types import ASGIApp
+
+log = logging.getLogger("trioscgi")
+
+EXIT_OK = 0
+EXIT_LIFESPAN = 3
+
+
+def run(
+    app: ASGIApp,
+    config: Config,
+    *,
+    listeners: Sequence[Listener] | None = None,
+    on_ready: Callable[[list[str]], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
+    on_reopen_logs: Callable[[], None] | None = None,
+) -> int:
+    """Serve ``app`` in this process until SIGINT or SIGTERM; return the exit code.
+
+    The first SIGINT/SIGTERM begins a graceful shutdown, a second one cuts
+    it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate).
+
+    Returns:
+        0 after a clean stop, 3 when the lifespan startup failed.
+
+    Raises:
+        BindError: an address could not be bound.
+    """
+    try:
+        trio.run(
+            functools.partial(
+                _main,
+                app,
+                config,
+                listeners=listeners,
+                on_ready=on_ready,
+                on_stopping=on_stopping,
+                on_reopen_logs=on_reopen_logs,
+            )
+        )
+    except LifespanFailure as exc:
+        log.critical("%s", exc)
+        return EXIT_LIFESPAN
+    return EXIT_OK
+
+
+async def _main(
+    app: ASGIApp,
+    config: Config,
+    *,
+    listeners: Sequence[Listener] | None,
+    on_ready: Callable[[list[str]], None] | None,
+    on_stopping: Callable[[], None] | None,
+    on_reopen_logs: Callable[[], None] | None,
+) -> None:
+    server = Server(app, config, listeners)
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
+    with trio.open_signal_receiver(*signals) as received:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in received:
+                    if signum == signal.SIGUSR1:
+                        if on_reopen_logs is not None:
+                            on_reopen_logs()
+                        continue
+                    if not server.shutting_down:
+                        log.info("%s received: graceful shutdown", signal.Signals(signum).name)
+                        if on_stopping is not None:
+                            on_stopping()
+                        server.shutdown()
+                    else:
+                        log.warning("%s received again: stopping now", signal.Signals(signum).name)
+                        server.force_shutdown()
+
+            nursery.start_soon(watch_signals)
+            bound = await nursery.start(server.run)
+            if on_ready is not None:
+                on_ready(bound)
+            # server.run returned only when every task it started is done;
+            # nursery.start returned at started(), so wait for the end here.
+            await server.finished.wait()
+            nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -386,6 +387,14 @@ def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd
             stop_process(fe.proc, signal.SIGQUIT)  # graceful: finish in-flight requests
 
 
+def nginx_version() -> tuple[int, ...]:
+    """nginx's version, e.g. (1, 22, 1), from ``nginx -v`` (which prints to stderr)."""
+    out = subprocess.run(
+        [find_binary("nginx"), "-v"], capture_output=True, text=True, check=True
+    ).stderr
+    return tuple(int(x) for x in out.split("nginx/", 1)[1].split()[0].split("."))
+
+
 def _apache_module_dir() -> str:
     for d in APACHE_MODULE_DIRS:
         if os.path.exists(os.path.join(d, "mod_proxy_scgi.so")):
@@ -649,3 +658,83 @@ def parse_scgi(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     assert fields[-1] == b"", "header block not NUL-terminated"
     fields = fields[:-1]
     return list(zip(fields[::2], fields[1::2], strict=True)), body
+
+
+# --------------------------------------------------------------------------- trioscgi process
+
+
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+
+
+@dataclass
+class TrioscgiProcess:
+    """A running ``python -m trioscgi``; ``backends`` maps "unix"/"tcp" to its binds."""
+
+    proc: subprocess.Popen[bytes]
+    backends: dict[str, str]
+    stdout: Path
+    stderr: Path
+
+    def logs(self) -> str:
+        return _tail_logs([self.stdout, self.stderr])
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal it, wait (bounded; SIGKILL on timeout) and return its exit code."""
+        return stop_process(self.proc, sig)
+
+
+def start_trioscgi(
+    app: str,
+    *,
+    sockdir: Path,
+    logdir: Path,
+    args: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+    name: str = "trioscgi",
+) -> TrioscgiProcess:
+    """Start ``python -m trioscgi`` on a Unix socket and a TCP port; wait until both accept."""
+    unix_path = sockdir / f"{name}.sock"
+    port = free_port()
+    backends = {"unix": f"unix:{unix_path}", "tcp": f"127.0.0.1:{port}"}
+    argv = [sys.executable, "-m", "trioscgi", "--app-dir", str(APPS_DIR)]
+    for bind in backends.values():
+        argv += ["--bind", bind]
+    argv += [*args, app]
+    stdout, stderr = logdir / f"{name}.stdout", logdir / f"{name}.stderr"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            argv,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # our signals only, not the terminal's
+        )
+    server = TrioscgiProcess(proc, backends, stdout, stderr)
+    try:
+        for bind in backends.values():
+            wait_until_accepting(backend_address(bind), proc, logs=[stdout, stderr])
+    except BaseException:
+        stop_process(proc, signal.SIGKILL)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def run_trioscgi(
+    app: str,
+    *,
+    sockdir: Path,
+    logdir: Path,
+    args: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+    name: str = "trioscgi",
+) -> Iterator[TrioscgiProcess]:
+    """``start_trioscgi``; at exit SIGTERM it and check that it exited 0."""
+    server = start_trioscgi(app, sockdir=sockdir, logdir=logdir, args=args, env=env, name=name)
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, f"trioscgi exited with {code}\n{server.logs()}"

@@ -1,0 +1,31 @@
+"""A plain FastAPI app for the end-to-end tests: typed path/query params and a JSON body."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+
+class Item(BaseModel):
+    name: str
+    price: float
+    tags: list[str] = []
+
+
+app = FastAPI()
+
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int, q: str | None = None) -> dict[str, object]:
+    return {"item_id": item_id, "q": q}
+
+
+@app.post("/items")
+async def create_item(item: Item, quantity: int = 1) -> dict[str, object]:
+    return {"name": item.name, "total": item.price * quantity, "tags": item.tags}
+
+
+@app.get("/users/{name}/greet")
+def greet(name: str, excited: bool = False) -> dict[str, str]:
+    # A sync endpoint: FastAPI runs it in a worker thread (anyio on trio).
+    return {"message": f"hello {name}" + ("!" if excited else ".")}

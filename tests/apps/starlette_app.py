@@ -1,0 +1,157 @@
+"""A plain Starlette app for the end-to-end tests (runs unmodified under any ASGI server).
+
+Routes: path params, query echo, forms (urlencoded + multipart), large bodies,
+streaming, lifespan state, root_path/path echo, and a request that waits for a
+file (so a test controls when it finishes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+# Bounds for the waits below, so a broken test cannot hang the server forever.
+WAIT_LIMIT = 30.0
+POLL = 0.01
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[dict[str, str]]:
+    yield {"greeting": "hello from lifespan"}
+    marker = os.environ.get("E2E_SHUTDOWN_MARKER")
+    if marker:
+        with open(marker, "w") as f:
+            f.write("lifespan shutdown ran\n")
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello, world\n")
+
+
+async def item(request: Request) -> JSONResponse:
+    return JSONResponse({"item_id": request.path_params["item_id"], "kind": "int"})
+
+
+async def echo(request: Request) -> JSONResponse:
+    scope = request.scope
+    return JSONResponse(
+        {
+            "method": request.method,
+            "rest": request.path_params.get("rest", ""),
+            "path": scope["path"],
+            "root_path": scope["root_path"],
+            "raw_path": scope["raw_path"].decode("latin-1"),
+            "query_string": scope["query_string"].decode("latin-1"),
+            "query": list(request.query_params.multi_items()),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            "http_version": scope["http_version"],
+            "scheme": scope["scheme"],
+            "url": str(request.url),
+            "url_for_hello": str(request.url_for("hello")),
+        }
+    )
+
+
+async def form(request: Request) -> JSONResponse:
+    out: dict[str, object] = {}
+    async with request.form(max_part_size=64 * 1024 * 1024) as data:
+        for key, value in data.multi_items():
+            if isinstance(value, UploadFile):
+                content = await value.read()
+                out[key] = {
+                    "filename": value.filename,
+                    "size": len(content),
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                }
+            else:
+                out[key] = value
+    return JSONResponse(out)
+
+
+async def body(request: Request) -> JSONResponse:
+    digest = hashlib.sha256()
+    size = 0
+    chunks = 0
+    async for chunk in request.stream():
+        digest.update(chunk)
+        size += len(chunk)
+        chunks += 1
+    return JSONResponse({"size": size, "sha256": digest.hexdigest(), "chunks": chunks})
+
+
+async def stream(request: Request) -> StreamingResponse:
+    n = int(request.query_params.get("n", "5"))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield f"chunk {i}\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain", headers={"X-Accel-Buffering": "no"})
+
+
+async def endless(request: Request) -> StreamingResponse:
+    """Stream 16 KiB chunks until the client goes away; then write ?marker=PATH."""
+    marker = request.query_params["marker"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            with anyio.fail_after(WAIT_LIMIT):
+                while True:
+                    yield b"x" * 16384
+                    sent += 1
+                    await anyio.sleep(0)
+        finally:
+            with open(marker, "w") as f:
+                f.write(f"stopped after {sent} chunks\n")
+
+    return StreamingResponse(
+        chunks(), media_type="application/octet-stream", headers={"X-Accel-Buffering": "no"}
+    )
+
+
+async def state(request: Request) -> JSONResponse:
+    return JSONResponse({"greeting": request.state.greeting})
+
+
+async def wait(request: Request) -> PlainTextResponse:
+    """Write ?started=PATH, then wait (bounded) until ?release=PATH exists."""
+    started = request.query_params["started"]
+    release = request.query_params["release"]
+    with open(started, "w") as f:
+        f.write("started\n")
+    with anyio.fail_after(WAIT_LIMIT):
+        while not os.path.exists(release):
+            await anyio.sleep(POLL)
+    return PlainTextResponse("released\n")
+
+
+async def fail(request: Request) -> PlainTextResponse:
+    raise RuntimeError("boom (on purpose)")
+
+
+app = Starlette(
+    routes=[
+        Route("/", hello, name="hello"),
+        Route("/items/{item_id:int}", item),
+        Route("/echo", echo, methods=["GET", "POST"]),
+        Route("/echo/{rest:path}", echo, methods=["GET", "POST"]),
+        Route("/form", form, methods=["POST"]),
+        Route("/body", body, methods=["POST", "PUT"]),
+        Route("/stream", stream),
+        Route("/endless", endless),
+        Route("/state", state),
+        Route("/wait", wait),
+        Route("/fail", fail),
+    ],
+    lifespan=lifespan,
+)

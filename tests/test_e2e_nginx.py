@@ -1,0 +1,94 @@
+"""End to end: real nginx in front of the real trioscgi process (Unix socket and TCP)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import e2e_checks as checks
+import pytest
+from frontends import FrontEnd, TrioscgiProcess, nginx_version, run_nginx
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["unix", "tcp"])
+def nginx(request: pytest.FixtureRequest, starlette_server: TrioscgiProcess) -> Iterator[FrontEnd]:
+    with run_nginx(starlette_server.backends[request.param]) as fe:
+        yield fe
+
+
+@pytest.fixture(scope="module", params=["unix", "tcp"])
+def nginx_fastapi(
+    request: pytest.FixtureRequest, fastapi_server: TrioscgiProcess
+) -> Iterator[FrontEnd]:
+    with run_nginx(fastapi_server.backends[request.param]) as fe:
+        yield fe
+
+
+@pytest.fixture(scope="module")
+def nginx_rooted(rooted_server: TrioscgiProcess) -> Iterator[FrontEnd]:
+    with run_nginx(rooted_server.backends["unix"]) as fe:
+        yield fe
+
+
+@pytest.mark.parametrize("prefix", ["", "/app"], ids=["stock", "prefix"])
+def test_routes(nginx: FrontEnd, prefix: str) -> None:
+    checks.check_routes(nginx, prefix)
+    checks.check_query(nginx, prefix)
+
+
+def test_stock_scgi_params_path(nginx: FrontEnd) -> None:
+    # No SCRIPT_NAME/PATH_INFO in the stock scgi_params: path from REQUEST_URI, root_path "".
+    checks.check_paths(nginx, "", root_path="")
+    got = checks.json_of(nginx.get("/echo/a%2Fb"))
+    assert (got["path"], got["raw_path"]) == ("/echo/a/b", "/echo/a%2Fb")
+
+
+def test_prefix_location_root_path(nginx: FrontEnd) -> None:
+    checks.check_paths(nginx, "/app", root_path="/app")
+
+
+def test_stock_params_with_root_path_flag(nginx_rooted: FrontEnd) -> None:
+    # The app is mounted at /app with the stock location: --root-path says where.
+    checks.check_paths(nginx_rooted, "/app", root_path="/app")
+
+
+def test_no_scgi_params_is_a_clean_400(nginx: FrontEnd) -> None:
+    # Without scgi_params nginx sends no REQUEST_METHOD/REQUEST_URI: 400, not a 502.
+    assert nginx.get("/noparams/x").status == 400
+    assert nginx.get("/").status == 200
+
+
+@pytest.mark.parametrize("prefix", ["", "/app"], ids=["stock", "prefix"])
+def test_forms_and_bodies(nginx: FrontEnd, prefix: str) -> None:
+    checks.check_form_urlencoded(nginx, prefix)
+    checks.check_form_multipart(nginx, prefix)
+    checks.check_chunked_body(nginx, prefix)
+
+
+def test_large_body(nginx: FrontEnd) -> None:
+    checks.check_large_body(nginx, "")
+
+
+def test_streaming(nginx: FrontEnd) -> None:
+    checks.check_streaming(nginx, "")
+
+
+def test_duplicate_headers(nginx: FrontEnd) -> None:
+    # nginx 1.22 (Debian 12) repeats duplicate headers; >= 1.23 joins them.
+    checks.check_duplicate_headers(nginx, "", joined=nginx_version() >= (1, 23))
+
+
+def test_client_abort_mid_stream(nginx: FrontEnd, e2e_dir: Path) -> None:
+    checks.check_client_abort(nginx, "", e2e_dir)
+
+
+@pytest.mark.parametrize("prefix", ["", "/app"], ids=["stock", "prefix"])
+def test_fastapi(nginx_fastapi: FrontEnd, prefix: str) -> None:
+    checks.check_fastapi(nginx_fastapi, prefix)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_sigterm_completes_request_in_flight(transport: str, e2e_dir: Path) -> None:
+    checks.check_sigterm_in_flight(run_nginx, transport, e2e_dir)

@@ -129,7 +129,7 @@ def compile_format(fmt: str) -> list[tuple[str, Getter]]:
             getters[atom] = _SIMPLE[atom]
         elif atom == "t":
             getters[atom] = _Clock()
-        elif len(atom) > 3 and atom[0] == "{" and atom[-2] == "}" and atom[-1] in "ie":
+        elif len(atom) >= 3 and atom[0] == "{" and atom[-2] == "}" and atom[-1] in "ie":
             name = atom[1:-2]
             if not name:
                 raise ValueError(f"empty name in atom %({atom})")

@@ -146,6 +146,9 @@ def _app_candidates(container: Any, limit: int = 5) -> list[str]:
         value = getattr(container, name, None)
         if isinstance(value, types.ModuleType) or not callable(value):
             continue
+        # Type aliases (``Receive = Callable[...]``) are callable too.
+        if type(value).__module__ in ("typing", "types", "collections.abc"):
+            continue
         # Functions and classes imported from elsewhere are rarely the app.
         if (inspect.isfunction(value) or inspect.isclass(value)) and getattr(
             value, "__module__", None

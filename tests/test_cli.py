@@ -1,0 +1,403 @@
+"""The real ``python -m trioscgi`` command: flags, config file, app loading, exit codes."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trioscgi import Config, __version__
+from trioscgi._cli import build_parser, resolve_config
+from trioscgi._config import ConfigError
+from trioscgi._importer import AppLoadError, load_app
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 30  # seconds: an upper bound for a hung child, never a timing assumption
+
+
+def env() -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p
+    )
+    for name in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    return environ
+
+
+def trioscgi(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trioscgi", *args],
+        cwd=cwd or ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Path:
+    """A project directory with good and broken application modules."""
+    (tmp_path / "good.py").write_text(
+        textwrap.dedent(
+            """
+            async def app(scope, receive, send):
+                if scope["type"] == "lifespan":
+                    message = await receive()
+                    await send({"type": "lifespan.startup.complete"})
+                    message = await receive()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"good"})
+
+            class Holder:
+                inner = app
+
+            def make():
+                return app
+
+            def make_broken():
+                raise RuntimeError("database unreachable")
+
+            async def make_async():
+                return app
+
+            not_callable = 42
+            """
+        )
+    )
+    (tmp_path / "broken_import.py").write_text("import module_that_does_not_exist_h3a\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "failing_lifespan.py").write_text(
+        textwrap.dedent(
+            """
+            async def app(scope, receive, send):
+                assert scope["type"] == "lifespan"
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": "no database"})
+            """
+        )
+    )
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "web.py").write_text("from good import app as application\n")
+    return tmp_path
+
+
+# --- usage, version, config errors ---------------------------------------------
+
+
+def test_version() -> None:
+    result = trioscgi("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"trioscgi {__version__}")
+
+
+def test_no_app_is_a_usage_error() -> None:
+    result = trioscgi("--bind", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "no application given" in result.stderr
+
+
+def test_unknown_flag_is_a_usage_error() -> None:
+    result = trioscgi("--graceful-timout", "3", "x:y")
+    assert result.returncode == 2
+    assert "unrecognized arguments" in result.stderr
+
+
+def test_config_file_with_an_unknown_key(tmp_path: Path) -> None:
+    path = tmp_path / "trioscgi.toml"
+    path.write_text("graceful_timout = 3\n")
+    result = trioscgi("-c", str(path), "examples.hello:app")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"trioscgi: config error: {path}: unknown key 'graceful_timout' "
+        "(did you mean 'graceful_timeout'?)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('workers = "two"', "key 'workers' must be an integer, got 'two' (a string)"),
+        ('lifespan = "maybe"', "key 'lifespan' must be one of 'auto', 'on', 'off'"),
+        ("graceful_timeout = -1", "key 'graceful_timeout' must be >= 0"),
+        ('bind = ["nowhere"]', "key 'bind': invalid bind 'nowhere'"),
+        ("workers = [", "invalid TOML"),
+        ('log_level = "loud"', "key 'log_level' must be one of"),
+    ],
+)
+def test_config_file_errors_exit_2_with_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "trioscgi.toml"
+    path.write_text(text + "\n")
+    result = trioscgi("-c", str(path), "--check-config")
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert result.stderr.startswith(f"trioscgi: config error: {path}: ")
+    assert result.stderr.count("\n") == 1, "one line, no traceback"
+    assert result.stdout == ""
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = trioscgi("-c", str(tmp_path / "nope.toml"), "--check-config")
+    assert result.returncode == 2
+    assert "nope.toml: cannot read: No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--workers", "0"], "--workers: must be >= 1, got 0"),
+        (["--workers", "many"], "--workers: must be an integer, got 'many'"),
+        (["--graceful-timeout", "soon"], "--graceful-timeout: must be a number"),
+        (["--unix-socket-mode", "rwx"], "--unix-socket-mode: must be an octal mode"),
+        (["--bind", "nowhere"], "--bind: invalid bind 'nowhere'"),
+        (["--trusted-peer", "10.0.0.300"], "--trusted-peer: invalid trusted_peers entry"),
+        (["--root-path", "app/"], "--root-path: must be empty or start with '/'"),
+    ],
+)
+def test_bad_flags(flags: list[str], expected: str) -> None:
+    result = trioscgi(*flags, "--check-config")
+    assert result.returncode == 2
+    assert f"trioscgi: config error: {expected}" in result.stderr
+
+
+def test_bad_lifespan_choice_is_an_argparse_error() -> None:
+    result = trioscgi("--lifespan", "sometimes", "x:y")
+    assert result.returncode == 2
+    assert "invalid choice: 'sometimes'" in result.stderr
+
+
+# --- precedence and --check-config ------------------------------------------
+
+
+def test_check_config_prints_effective_config_with_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "trioscgi.toml"
+    path.write_text(
+        'app = "examples.hello:app"\nworkers = 3\nroot_path = "/from-file"\n'
+        'bind = ["unix:/run/file.sock"]\n'
+    )
+    result = trioscgi(
+        "-c", str(path), "--workers", "2", "--bind", "127.0.0.1:5000", "-b", "[::1]:5001",
+        "--unix-socket-mode", "600", "--check-config",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "workers = 2" in lines  # flag beats file
+    assert 'root_path = "/from-file"' in lines  # file beats default
+    assert 'bind = ["127.0.0.1:5000", "[::1]:5001"]' in lines  # repeated flag replaces the list
+    assert "unix_socket_mode = 0o600" in lines
+    assert 'app = "examples.hello:app"' in lines
+    assert f"graceful_timeout = {Config().graceful_timeout!r}" in lines  # default
+    # The output is itself a valid config file.
+    again = tmp_path / "again.toml"
+    again.write_text(result.stdout)
+    assert trioscgi("-c", str(again), "--check-config").stdout == result.stdout
+
+
+def test_resolve_config_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('lifespan = "off"\nstartup_timeout = 7\naccess_log = "/tmp/a.log"\n')
+    args = build_parser().parse_args(
+        ["-c", str(path), "--lifespan", "on", "--access-log", "", "pkg:app"]
+    )
+    config = resolve_config(args)
+    assert config.lifespan == "on"
+    assert config.startup_timeout == 7.0
+    assert config.access_log is None  # "" on the command line turns a file's log off
+    assert config.app == "pkg:app"
+    assert config.header_timeout == Config().header_timeout
+
+
+def test_resolve_config_rejects_bad_flag() -> None:
+    args = build_parser().parse_args(["--max-connections", "0", "pkg:app"])
+    with pytest.raises(ConfigError, match="--max-connections: must be >= 1"):
+        resolve_config(args)
+
+
+# --- app loading ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("absent_module_h3a:app", "no module named 'absent_module_h3a'"),
+        ("good:nope", "'good' has no attribute 'nope' (candidates: 'app', 'Holder', 'make'"),
+        ("good:Holder.nope", "'good:Holder' has no attribute 'nope'"),
+        ("good:not_callable", "is not callable (got int)"),
+        ("broken_import:app", "failed inside the module: No module named"),
+        ("raises:app", "raised RuntimeError: boom at import"),
+        ("good", "app must be MODULE:ATTR"),
+    ],
+)
+def test_bad_app_paths(apps: Path, spec: str, expected: str) -> None:
+    result = trioscgi("--bind", "127.0.0.1:0", spec, cwd=apps)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+
+
+def test_import_error_inside_the_module_shows_its_traceback(apps: Path) -> None:
+    result = trioscgi("--bind", "127.0.0.1:0", "broken_import:app", cwd=apps)
+    assert "Traceback" in result.stderr
+    assert "module_that_does_not_exist_h3a" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("trioscgi: cannot import app")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("good:make_broken", "app factory 'good:make_broken' raised RuntimeError: database"),
+        ("good:make_async", "is async"),
+        ("good:not_callable", "is not callable"),
+    ],
+)
+def test_bad_factories(apps: Path, spec: str, expected: str) -> None:
+    result = trioscgi("--factory", "--bind", "127.0.0.1:0", spec, cwd=apps)
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_load_app_forms(apps: Path) -> None:
+    good = load_app("good:app", app_dir=str(apps))
+    assert load_app("good:Holder.inner", app_dir=str(apps)) is good
+    assert load_app("good:make", factory=True, app_dir=str(apps)) is good
+    assert load_app("pkg.web:application", app_dir=str(apps)) is good
+    with pytest.raises(AppLoadError, match=r"no module named 'pkg\.nothing'"):
+        load_app("pkg.nothing:app", app_dir=str(apps))
+
+
+def test_app_dir_flag(apps: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    result = trioscgi("--bind", "127.0.0.1:0", "good:nope", cwd=elsewhere)
+    assert "no module named 'good'" in result.stderr
+    result = trioscgi("--app-dir", str(apps), "--bind", "127.0.0.1:0", "good:nope", cwd=elsewhere)
+    assert "'good' has no attribute 'nope'" in result.stderr
+
+
+# --- serving: exit codes -----------------------------------------------------------
+
+
+class Server:
+    """A running ``python -m trioscgi`` whose stderr we read until it listens."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trioscgi", *args],
+            cwd=cwd,
+            env=env(),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.stderr = ""
+
+    def wait_for(self, text: str) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stderr, selectors.EVENT_READ)
+            while text not in self.stderr:
+                assert time.monotonic() < deadline, f"never saw {text!r}: {self.stderr}"
+                if sel.select(timeout=1):
+                    chunk = self.proc.stderr.readline()
+                    assert chunk, f"exited before {text!r}: {self.stderr}"
+                    self.stderr += chunk
+
+    def finish(self) -> int:
+        _stdout, stderr = self.proc.communicate(timeout=TIMEOUT)
+        self.stderr += stderr
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server_factory() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+        server.finish()
+
+
+def scgi_get(path: str) -> bytes:
+    headers = b"CONTENT_LENGTH\x000\x00SCGI\x001\x00REQUEST_METHOD\x00GET\x00REQUEST_URI\x00/\x00"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(path)
+        sock.sendall(b"%d:%s," % (len(headers), headers))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_serve_then_sigterm_exits_0(apps: Path, server_factory: list[Server]) -> None:
+    sock = str(apps / "s.sock")
+    server = Server(["--bind", f"unix:{sock}", "good:app"], apps)
+    server_factory.append(server)
+    server.wait_for("listening")
+    assert scgi_get(sock).endswith(b"good")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0, server.stderr
+    assert not os.path.exists(sock)
+
+
+def test_config_file_app_and_pid_file(apps: Path, server_factory: list[Server]) -> None:
+    sock = str(apps / "s.sock")
+    pid_file = apps / "trioscgi.pid"
+    config = apps / "trioscgi.toml"
+    config.write_text(
+        f'app = "good:make"\nfactory = true\nbind = ["unix:{sock}"]\npid_file = "{pid_file}"\n'
+    )
+    server = Server(["-c", str(config)], apps)
+    server_factory.append(server)
+    server.wait_for("listening")
+    assert pid_file.read_text() == f"{server.proc.pid}\n"
+    assert scgi_get(sock).endswith(b"good")
+    server.proc.send_signal(signal.SIGINT)
+    assert server.finish() == 0, server.stderr
+    assert not pid_file.exists()
+
+
+def test_lifespan_startup_failure_exits_3(apps: Path) -> None:
+    result = trioscgi("--bind", f"unix:{apps / 's.sock'}", "failing_lifespan:app", cwd=apps)
+    assert result.returncode == 3, result.stderr
+    assert "no database" in result.stderr
+
+
+def test_bind_failure_exits_1(apps: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = trioscgi("--bind", f"127.0.0.1:{port}", "good:app", cwd=apps)
+    assert result.returncode == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr.lower()
+
+
+def test_access_log_file(apps: Path, server_factory: list[Server]) -> None:
+    sock = str(apps / "s.sock")
+    log = apps / "access.log"
+    server = Server(
+        ["--bind", f"unix:{sock}", "--access-log", str(log),
+         "--access-log-format", "%(m)s %(U)s %(s)s %(b)s", "good:app"],
+        apps,
+    )  # fmt: skip
+    server_factory.append(server)
+    server.wait_for("listening")
+    scgi_get(sock)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0, server.stderr
+    assert log.read_text() == "GET / 200 4\n"

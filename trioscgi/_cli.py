@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from . import _config
@@ -192,17 +191,13 @@ def load_configured_app(config: Config) -> Any:
 
 
 def _adapt_interface(app: Any, config: Config) -> Any:
+    from ._wsgi import detect_interface, wrap_wsgi  # noqa: PLC0415
+
     try:
-        wsgi = importlib.import_module("trioscgi._wsgi")
-    except ImportError:  # the WSGI room has not landed: ASGI only
-        if config.interface == "wsgi":
-            raise AppLoadError("WSGI support is not available in this build") from None
-        return app
-    try:
-        interface = wsgi.detect_interface(app, config.interface)
+        interface = detect_interface(app, config.interface)
     except ValueError as exc:
         raise AppLoadError(str(exc)) from None
-    return wsgi.wrap_wsgi(app, config) if interface == "wsgi" else app
+    return wrap_wsgi(app, config) if interface == "wsgi" else app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     if config.workers > 1:
-        return _run_supervised(config)
+        return _run_supervised(config, argv)
 
     try:
         app = load_configured_app(config)
@@ -242,14 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_single(app: Any, config: Config) -> int:
+    from . import _notify  # noqa: PLC0415
     from ._listeners import BindError  # noqa: PLC0415
     from ._logging import reopen_logs  # noqa: PLC0415
     from ._run import run  # noqa: PLC0415
 
-    on_ready, on_stopping = _notify_callbacks()
     try:
         return run(
-            app, config, on_ready=on_ready, on_stopping=on_stopping, on_reopen_logs=reopen_logs
+            app,
+            config,
+            on_ready=_notify.ready,
+            on_stopping=_notify.stopping,
+            on_reopen_logs=reopen_logs,
         )
     except BindError as exc:
         _print_error(f"cannot listen: {exc}")
@@ -258,31 +257,27 @@ def _run_single(app: Any, config: Config) -> int:
         return EXIT_OK
 
 
-def _notify_callbacks() -> tuple[Callable[[list[str]], None] | None, Callable[[], None] | None]:
-    """sd_notify READY/STOPPING for ``Type=notify`` units, when NOTIFY_SOCKET is set."""
-    try:
-        _notify = importlib.import_module("trioscgi._notify")
-    except ImportError:
-        return None, None
-    ready = getattr(_notify, "ready", None)
-    stopping = getattr(_notify, "stopping", None)
-    return ready, stopping
+def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:
+    from ._supervisor import run_supervisor  # noqa: PLC0415
 
-
-def _run_supervised(config: Config) -> int:
-    run_supervisor = importlib.import_module("trioscgi._supervisor").run_supervisor
+    current = [config]
 
     def load() -> Any:
-        return load_configured_app(config)
+        # Runs in each worker, after fork: a SIGHUP-reloaded config names the app.
+        return load_configured_app(current[0])
 
     def reload_config() -> Config:
         # SIGHUP: read the same file and flags again (new code and config).
-        args = build_parser().parse_args(sys.argv[1:])
-        return resolve_config(args)
+        # Raising keeps the old configuration (the supervisor logs why).
+        new = resolve_config(build_parser().parse_args(argv))
+        from ._logging import setup_logging  # noqa: PLC0415
+
+        setup_logging(new, install_sigusr1=False)
+        current[0] = new
+        return new
 
     with _pid_file(config.pid_file):
-        code: int = run_supervisor(config, load_app=load, reload_config=reload_config)
-        return code
+        return run_supervisor(config, load_app=load, reload_config=reload_config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,3 +239,13 @@ async def test_fairness_yields_on_fast_reader(
 async def test_negative_arguments(pair: tuple[socket.socket, socket.socket]) -> None:
     with pytest.raises(ValueError):
         await sendfile(pair[0], 0, -1, 10)
+
+
+async def test_stalled_reader_times_out(
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # The peer never reads: the socket buffer fills and stays full.
+    path, _ = make_file(tmp_path, 4 * 1024 * 1024)
+    with open(path, "rb") as f, pytest.raises(TimeoutError):
+        await sendfile(pair[0], f.fileno(), 0, 4 * 1024 * 1024, patience=30)
+    assert trio.current_time() >= 30

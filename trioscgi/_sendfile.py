@@ -7,6 +7,7 @@ extensions and for WSGI's ``wsgi.file_wrapper``.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import stat
@@ -31,7 +32,9 @@ _FAIRNESS_BYTES = 4 * 1024 * 1024
 _HAVE_SENDFILE = hasattr(os, "sendfile")
 
 
-async def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
+async def sendfile(
+    sock: socket.socket, fd: int, offset: int, count: int, *, patience: float = math.inf
+) -> int:
     """Send ``count`` bytes of the file ``fd`` starting at ``offset`` to ``sock``.
 
     The socket must be a non-blocking stdlib socket: the syscall is tried
@@ -45,13 +48,16 @@ async def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int
             readable for the fallback).
         offset: where to start in the file.
         count: how many bytes to send at most.
+        patience: the longest wait for the socket to become writable (a front-end
+            that stopped reading); the whole transfer may take longer.
 
     Returns:
         The number of bytes sent: ``count``, or fewer if the file ended first.
 
     Raises:
-        OSError: the peer is gone (``BrokenPipeError``, ``ConnectionResetError``...)
-            or the file can't be read.
+        OSError: the peer is gone (``BrokenPipeError``, ``ConnectionResetError``...),
+            stopped reading for ``patience`` seconds (``TimeoutError``), or the file
+            can't be read.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     if count < 0 or offset < 0:
@@ -69,7 +75,7 @@ async def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int
             try:
                 n = os.sendfile(sock.fileno(), fd, offset + sent, count - sent)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                await _wait_writable(sock, patience)
                 since_yield = 0
                 waited = True
                 continue
@@ -91,7 +97,7 @@ async def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int
             try:
                 n = sock.send(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                await _wait_writable(sock, patience)
                 since_yield = 0
                 waited = True
                 continue
@@ -101,6 +107,13 @@ async def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int
     if not waited:
         await trio.lowlevel.cancel_shielded_checkpoint()
     return sent
+
+
+async def _wait_writable(sock: socket.socket, patience: float) -> None:
+    with trio.move_on_after(patience):
+        await trio.lowlevel.wait_writable(sock)
+        return
+    raise TimeoutError(f"the peer did not read for {patience:g} s")
 
 
 def _read(fd: int, offset: int, size: int) -> bytes:

@@ -279,3 +279,22 @@ def check_sigterm_in_flight(
     finally:
         stop_process(server.proc, signal.SIGKILL)
     assert shutdown_marker.read_text() == "lifespan shutdown ran\n"
+
+
+def check_abort_not_logged_as_error(run_frontend: Callable[[str], Any], sockdir: Path) -> None:
+    """A client abort is a client fault: no ERROR record, no traceback in the server log.
+
+    (Starlette >= 1.0 turns the OSError from ``send`` into ``ClientDisconnect``
+    and lets it escape the app.) The log is read after a clean stop, so every
+    record is in it.
+    """
+    tag = f"abortlog-{time.monotonic_ns()}"
+    server = start_trioscgi("starlette_app:app", sockdir=sockdir, logdir=sockdir, name=tag)
+    try:
+        with run_frontend(server.backends["unix"]) as fe:
+            check_client_abort(fe, "", sockdir)
+        assert server.stop() == 0, server.logs()
+    finally:
+        stop_process(server.proc, signal.SIGKILL)
+    log = server.stderr.read_text(errors="replace")
+    assert "[ERROR]" not in log and "Traceback" not in log, log[-3000:]

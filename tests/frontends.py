@@ -506,6 +506,10 @@ server.port = {port}
 server.errorlog = "{d}/error.log"
 server.upload-dirs = ("{d}")
 server.max-request-size = 65536
+# Default 0 buffers the whole response before sending any of it: no streaming,
+# no SSE, and an endless response never reaches the client. 2 = stream, with
+# backpressure on the backend when the client reads slowly.
+server.stream-response-body = 2
 scgi.server = (
     "/app" => (({be}, "check-local" => "disable")),
     "/" => (({be}, "check-local" => "disable"{fix})),

@@ -92,3 +92,7 @@ def test_fastapi(nginx_fastapi: FrontEnd, prefix: str) -> None:
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_sigterm_completes_request_in_flight(transport: str, e2e_dir: Path) -> None:
     checks.check_sigterm_in_flight(run_nginx, transport, e2e_dir)
+
+
+def test_client_abort_is_not_logged_as_an_app_error(e2e_dir: Path) -> None:
+    checks.check_abort_not_logged_as_error(run_nginx, e2e_dir)

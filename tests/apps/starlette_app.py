@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -103,13 +104,14 @@ async def endless(request: Request) -> StreamingResponse:
     marker = request.query_params["marker"]
 
     async def chunks() -> AsyncIterator[bytes]:
+        # No cancel scope (fail_after) around a yield: that corrupts trio's scope stack.
+        deadline = time.monotonic() + WAIT_LIMIT
         sent = 0
         try:
-            with anyio.fail_after(WAIT_LIMIT):
-                while True:
-                    yield b"x" * 16384
-                    sent += 1
-                    await anyio.sleep(0)
+            while time.monotonic() < deadline:
+                yield b"x" * 16384
+                sent += 1
+                await anyio.sleep(0)
         finally:
             with open(marker, "w") as f:
                 f.write(f"stopped after {sent} chunks\n")

@@ -9,7 +9,9 @@ docs/benchmarks.md). No task, channel or lock is added per request.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from http import HTTPStatus
 from typing import Any
@@ -20,6 +22,7 @@ from trio.lowlevel import checkpoint_if_cancelled, wait_readable, wait_writable
 from . import protocol as p
 from ._config import Config
 from ._scope import ScopeError, http_scope
+from ._sendfile import sendfile
 from ._types import ASGIApp, Message
 
 log = logging.getLogger("trioscgi")
@@ -140,6 +143,9 @@ class Connection:
         conn = self._conn
         try:
             try:
+                # The front-end writes the request as soon as it connects:
+                # read first rather than ask the parser about an empty buffer.
+                conn.receive_data(await self._recv(self.config.header_timeout))
                 event = conn.next_event()
                 while event is p.NEED_DATA:
                     conn.receive_data(await self._recv(self.config.header_timeout))
@@ -167,6 +173,7 @@ class Connection:
             if conn.body_remaining == 0:
                 conn.next_event()  # EndOfMessage, already known
                 self._request_done = True
+            scope["extensions"].update(_FILE_EXTENSIONS)
             self.scope = scope
             access_logger = self.server.access_logger
             if access_logger is None:
@@ -365,7 +372,84 @@ class Connection:
                 raise RuntimeError(f"invalid 'http.response.start': {exc}") from None
             await checkpoint_if_cancelled()
             return
+        if kind in _FILE_EXTENSIONS:
+            await self._send_file(message)
+            return
         raise RuntimeError(f"unexpected ASGI message type {kind!r}")
+
+    # --- the file extensions (http.response.pathsend / zerocopysend) ----------
+
+    async def _send_file(self, message: Message) -> None:
+        """Send a file with os.sendfile: ``pathsend`` {path} or ``zerocopysend``.
+
+        The application sets the headers (Content-Length included); the file
+        goes out from the kernel's page cache without passing through Python.
+        """
+        head = self._head
+        kind = message["type"]
+        if head is None:
+            raise RuntimeError(f"{kind!r} sent before 'http.response.start'")
+        if self._response_done:
+            raise RuntimeError(f"{kind!r} sent after the response was complete")
+        if self.disconnected:
+            raise ClientDisconnected("the client went away")
+        if kind == "http.response.pathsend":
+            path = message["path"]
+            if not os.path.isabs(path):
+                raise RuntimeError(f"'http.response.pathsend' needs an absolute path, not {path!r}")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await self._send_fd(head, fd, 0, os.fstat(fd).st_size, more=False)
+            finally:
+                os.close(fd)
+            return
+        fd = message["file"].fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        more = bool(message.get("more_body", False))
+        # zerocopysend: without an offset, send from the file's position and move it.
+        start = os.lseek(fd, 0, os.SEEK_CUR) if offset is None else offset
+        if count is None:
+            count = max(os.fstat(fd).st_size - start, 0)
+        sent = await self._send_fd(head, fd, start, count, more=more)
+        if offset is None:
+            os.lseek(fd, start + sent, os.SEEK_SET)
+
+    async def _send_fd(
+        self, head: p.Response, fd: int, offset: int, count: int, *, more: bool
+    ) -> int:
+        if self.status == 0:
+            self.status = head.status
+            try:
+                await self._sendall(self._conn.send(head))
+            except OSError as exc:
+                self.disconnected = True
+                raise ClientDisconnected(f"the client went away: {exc}") from None
+        if not more:
+            self._response_done = True
+        try:
+            sent = await sendfile(self._sock, fd, offset, count, patience=self.config.write_timeout)
+        except OSError as exc:
+            if not (isinstance(exc, TimeoutError) or exc.errno in _PEER_GONE):
+                raise  # the file could not be read: an application-side error
+            self.disconnected = True
+            raise ClientDisconnected(f"the client went away: {exc}") from None
+        self.response_bytes += sent
+        if sent < count:
+            # The Content-Length the app announced can't be met: the front-end
+            # must see a truncated response, not a complete-looking one.
+            raise RuntimeError(f"file ended after {sent} of {count} bytes")
+        return sent
+
+
+# Advertised in every HTTP scope (ASGI extensions); the values carry no options.
+_FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
+}
+
+# sendfile errors that mean the front-end closed the connection.
+_PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
 def _strip_framing(headers: Any) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 
 from trioscgi._scope import ScopeError, http_scope, request_target
 
@@ -411,3 +413,80 @@ def test_scopes_share_no_mutable_parts() -> None:
     first["headers"].append((b"x", b"y"))
     assert second["asgi"]["version"] == "3.0"
     assert (b"x", b"y") not in second["headers"]
+
+
+# --- property -------------------------------------------------------------------------------
+
+_KNOWN = [
+    "REQUEST_URI",
+    "PATH_INFO",
+    "SCRIPT_NAME",
+    "QUERY_STRING",
+    "DOCUMENT_URI",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "REQUEST_SCHEME",
+    "HTTPS",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "SERVER_ADDR",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "HTTP_HOST",
+    "HTTP_COOKIE",
+    "HTTP_CONTENT_LENGTH",
+    "HTTP_TRANSFER_ENCODING",
+    "HTTP_",
+]
+_printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF), max_size=30)
+_path_like = st.builds(
+    lambda parts, q: "/" + "/".join(parts) + q,
+    st.lists(st.text("ab%2Fé?./", max_size=6), max_size=4),
+    st.sampled_from(["", "?", "?a=1"]),
+)
+_value = st.one_of(_printable, _path_like, st.sampled_from(["0", "12", "on", "https", "/app"]))
+_name = st.one_of(st.sampled_from(_KNOWN), _printable.filter(bool))
+
+
+@given(
+    st.lists(st.tuples(_name, _value), max_size=12),
+    st.one_of(st.sampled_from(["GET", "post"]), _printable),
+    st.one_of(st.none(), _path_like),
+    st.one_of(_printable, st.sampled_from(["", "/app", "/app/", "/"])),
+    st.booleans(),
+)
+def test_any_printable_environ_gives_a_scope_or_a_scope_error(
+    items: list[tuple[str, str]],
+    method: str,
+    uri: str | None,
+    root_path: str,
+    with_state: bool,
+) -> None:
+    if uri is not None:
+        items = [("REQUEST_URI", uri), *items]
+    environ = pairs(("REQUEST_METHOD", method), *items)
+    try:
+        scope = http_scope(environ, root_path=root_path, state={} if with_state else None)
+    except ScopeError as error:
+        assert str(error)
+        event("ScopeError")
+        return
+    event("scope")
+    assert scope["path"].startswith(scope["root_path"])
+    assert scope["method"] == scope["method"].upper() != ""
+    assert isinstance(scope["raw_path"], bytes)
+    assert isinstance(scope["query_string"], bytes)
+    assert scope["scheme"] in ("http", "https")
+    for name, value in scope["headers"]:
+        assert name == name.lower() != b""
+        assert b"_" not in name
+        assert isinstance(value, bytes)
+    # The WSGI builder gets the same answer from the same variables.
+    env = dict(environ)
+    assert request_target(env, root_path) == (
+        scope["root_path"],
+        scope["path"],
+        scope["raw_path"],
+        scope["query_string"],
+    )

@@ -17,9 +17,6 @@ class ScopeError(Exception):
     """The environ cannot make a scope; the server answers 400 and logs ``str(error)``."""
 
 
-# ASGI 3.0, HTTP spec 2.4: send() after the connection is gone raises an OSError subclass.
-_ASGI = {"version": "3.0", "spec_version": "2.4"}
-
 # SERVER_PROTOCOL -> ASGI http_version. nginx says "HTTP/2.0" for HTTP/2 and "HTTP/3.0" for
 # HTTP/3; anything unknown (or absent) is treated as "1.1", the protocol SCGI front-ends speak.
 _HTTP_VERSIONS = {
@@ -42,11 +39,10 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELE
 # not "the client sent Content-Length: 0", so it is left out.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-# Environ name -> what it means, cached: for HTTP_X_FOO the ASGI header name b"x-foo"; b""
-# for the HTTP_* names we drop; _CGI for everything else (a CGI variable). Bounded, because
-# a client chooses header names: past _NAME_CACHE_MAX entries new names are worked out
-# per request and not stored.
-_CGI = b"\x00cgi"
+# Environ name -> ASGI header name, cached: HTTP_X_FOO -> b"x-foo"; b"" for a CGI variable
+# and for the HTTP_* names we don't pass on as headers (those stay CGI variables). Bounded,
+# because a client chooses header names: past _NAME_CACHE_MAX entries new names are worked
+# out per request and not stored.
 _NAME_CACHE_MAX = 512
 _NAMES: dict[bytes, bytes] = {
     # Duplicates of CONTENT_LENGTH / CONTENT_TYPE (nginx passes the client's header as well
@@ -56,16 +52,18 @@ _NAMES: dict[bytes, bytes] = {
     # nginx de-chunks the body itself and passes HTTP_TRANSFER_ENCODING: chunked anyway;
     # CONTENT_LENGTH is the real length, so the app must not see a chunked body announced.
     b"HTTP_TRANSFER_ENCODING": b"",
+    # "HTTP_" alone names no header.
+    b"HTTP_": b"",
 }
 
 
-def _classify(name: bytes) -> bytes:
+def _header_name(name: bytes) -> bytes:
     # HTTP_X_FOO -> b"x-foo". nginx and Apache drop client header names containing "_", so
-    # "_" always stands for "-". "HTTP_" alone names no header: b"", dropped.
-    meaning = name[5:].lower().replace(b"_", b"-") if name.startswith(b"HTTP_") else _CGI
+    # "_" always stands for "-".
+    header = name[5:].lower().replace(b"_", b"-") if name.startswith(b"HTTP_") else b""
     if len(_NAMES) < _NAME_CACHE_MAX:
-        _NAMES[name] = meaning
-    return meaning
+        _NAMES[name] = header
+    return header
 
 
 # RFC 3986 pchar plus "/": what a path may carry unescaped (used to rebuild raw_path when the
@@ -199,19 +197,19 @@ def http_scope(
     """
     env: dict[bytes, bytes] = {}
     headers: list[tuple[bytes, bytes]] = []
-    names = _NAMES
-    cgi = _CGI
+    header_name = _NAMES.get
+    add_header = headers.append
     for name, value in environ:
-        meaning = names.get(name)
-        if meaning is None:
-            meaning = _classify(name)
-        if meaning is cgi:
+        header = header_name(name)
+        if header is None:
+            header = _header_name(name)
+        if header:
+            # Values pass through as sent; nginx < 1.23 repeats a header sent twice (two
+            # HTTP_COOKIE), and ASGI keeps duplicates in order.
+            add_header((header, value))
+        else:
             # Names are unique by the SCGI spec; if one repeats, the last one wins.
             env[name] = value
-        elif meaning:
-            # Header values pass through as sent; nginx < 1.23 repeats a header sent twice
-            # (two HTTP_COOKIE), and ASGI keeps duplicates in order.
-            headers.append((meaning, value))
 
     raw_method = env.get(b"REQUEST_METHOD")
     if not raw_method:
@@ -222,13 +220,13 @@ def http_scope(
 
     content_type = env.get(b"CONTENT_TYPE")
     if content_type:  # nginx sends CONTENT_TYPE="" on a GET: empty means absent.
-        headers.append((b"content-type", content_type))
+        add_header((b"content-type", content_type))
     content_length = env.get(b"CONTENT_LENGTH")
     if content_length is not None:
         if not content_length.isdigit():
             raise ScopeError(f"CONTENT_LENGTH {content_length[:40]!r} is not a number")
         if content_length.strip(b"0") or method in _BODY_METHODS:
-            headers.append((b"content-length", content_length))
+            add_header((b"content-length", content_length))
 
     scheme_value = env.get(b"REQUEST_SCHEME")
     scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None
@@ -255,7 +253,8 @@ def http_scope(
 
     scope: dict[str, Any] = {
         "type": "http",
-        "asgi": _ASGI.copy(),
+        # ASGI 3.0, HTTP spec 2.4: send() after the connection is gone raises OSError.
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": _HTTP_VERSIONS.get(env.get(b"SERVER_PROTOCOL", b""), "1.1"),
         "method": method,
         "scheme": scheme,
@@ -274,7 +273,10 @@ def http_scope(
 
 
 def _port(value: bytes | None) -> int | None:
-    """A TCP port from its digits; ``None`` for absent or unreadable digits (no crash)."""
+    """A TCP port from its digits; ``None`` when absent or not a port (no crash, no 400:
+    the port is informational and a front-end bug there shouldn't refuse the request)."""
     if value and len(value) <= 5 and value.isdigit():
-        return int(value)
+        port = int(value)
+        if port <= 65535:
+            return port
     return None

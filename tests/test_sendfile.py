@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -249,3 +250,209 @@ async def test_stalled_reader_times_out(
     with open(path, "rb") as f, pytest.raises(TimeoutError):
         await sendfile(pair[0], f.fileno(), 0, 4 * 1024 * 1024, patience=30)
     assert trio.current_time() >= 30
+
+
+# --- the ASGI file extensions in trioscgi._connection ------------------------------------
+
+
+def scgi_request(uri: str = "/f", body: bytes = b"") -> bytes:
+    env = [
+        (b"CONTENT_LENGTH", str(len(body)).encode()),
+        (b"SCGI", b"1"),
+        (b"REQUEST_METHOD", b"GET" if not body else b"POST"),
+        (b"REQUEST_URI", uri.encode()),
+        (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+        (b"SERVER_NAME", b"localhost"),
+        (b"SERVER_PORT", b"80"),
+    ]
+    head = b"".join(k + b"\0" + v + b"\0" for k, v in env)
+    return str(len(head)).encode() + b":" + head + b"," + body
+
+
+async def serve_one(app: Any, request: bytes | None = None, quit_after: int | None = None) -> bytes:
+    """Run one trioscgi Connection on a socketpair; return what the front-end side read."""
+    from types import SimpleNamespace
+
+    from trioscgi import Config
+    from trioscgi._connection import Connection
+
+    server_sock, front = socket.socketpair()
+    server_sock.setblocking(False)
+    front.setblocking(False)
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    server = SimpleNamespace(config=Config(), app=app, state=None, access_logger=None)
+    received: list[bytes] = []
+    try:
+        front.sendall(request if request is not None else scgi_request())
+
+        async def frontend() -> None:
+            received.append(await read_all(front, quit_after or 1 << 40, chunk=100_000))
+            if quit_after is not None:
+                front.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(frontend)
+            await Connection(server_sock, server).run()
+    finally:
+        server_sock.close()
+        front.close()
+    return received[0]
+
+
+def split_response(raw: bytes) -> tuple[bytes, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_pathsend_sends_the_file(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 1024 * 1024 + 3)
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["extensions"])
+        length = str(len(data)).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    head, body = split_response(await serve_one(app))
+    assert head.startswith(b"Status: 200 OK\r\n")
+    assert b"content-length: 1048579" in head
+    assert body == data
+    assert "http.response.pathsend" in seen[0]
+    assert "http.response.zerocopysend" in seen[0]
+    assert "scgi" in seen[0]
+
+
+async def test_zerocopysend_offset_count_and_more_body(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 300_000)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"<", "more_body": True})
+        with open(path, "rb") as f:
+            await send(
+                {
+                    "type": "http.response.zerocopysend",
+                    "file": f,
+                    "offset": 1000,
+                    "count": 200_000,
+                    "more_body": True,
+                }
+            )
+            # Without offset: from the file's position, which moves.
+            f.seek(250_000)
+            await send({"type": "http.response.zerocopysend", "file": f, "more_body": True})
+            assert f.tell() == 300_000
+        await send({"type": "http.response.body", "body": b">"})
+
+    _, body = split_response(await serve_one(app))
+    assert body == b"<" + data[1000:201_000] + data[250_000:] + b">"
+
+
+async def test_pathsend_missing_file_is_a_500(tmp_path: Path) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": str(tmp_path / "nope")})
+
+    head, _ = split_response(await serve_one(app))
+    assert head.startswith(b"Status: 500")
+
+
+async def test_pathsend_relative_path_refused(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": "relative/file"})
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+
+    head, _ = split_response(await serve_one(app))
+    assert head.startswith(b"Status: 500")
+    assert "absolute" in str(errors[0])
+
+
+async def test_pathsend_before_start_refused(tmp_path: Path) -> None:
+    path, _ = make_file(tmp_path, 10)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    head, _ = split_response(await serve_one(app))
+    assert head.startswith(b"Status: 500")
+
+
+async def test_pathsend_client_gone_raises_oserror_in_app(tmp_path: Path) -> None:
+    path, _ = make_file(tmp_path, 4 * 1024 * 1024)
+    errors: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": str(path)})
+        except OSError as exc:
+            errors.append(exc)
+            raise
+
+    raw = await serve_one(app, quit_after=100_000)
+    assert len(raw) >= 100_000
+    assert len(errors) == 1
+
+
+async def test_file_shorter_than_count_closes_early(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 1000)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"5000")],
+            }
+        )
+        with open(path, "rb") as f:
+            await send({"type": "http.response.zerocopysend", "file": f, "count": 5000})
+
+    _, body = split_response(await serve_one(app))
+    assert body == data  # truncated: the front-end sees fewer bytes than Content-Length
+
+
+async def test_starlette_file_response_uses_pathsend(tmp_path: Path) -> None:
+    from starlette.responses import FileResponse
+
+    path, data = make_file(tmp_path, 200_000)
+    kinds: list[str] = []
+    response = FileResponse(path, media_type="application/octet-stream")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def recording_send(message: Any) -> None:
+            kinds.append(message["type"])
+            await send(message)
+
+        await response(scope, receive, recording_send)
+
+    head, body = split_response(await serve_one(app))
+    assert kinds == ["http.response.start", "http.response.pathsend"]
+    assert b"content-length: 200000" in head
+    assert body == data
+
+
+async def test_wsgi_file_wrapper_through_the_connection(tmp_path: Path) -> None:
+    from trioscgi import Config
+    from trioscgi._wsgi import wrap_wsgi
+
+    path, data = make_file(tmp_path, 500_000)
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the server through the wrapper
+        f.seek(100)
+        start_response("200 OK", [("Content-Length", str(len(data) - 100))])
+        return environ["wsgi.file_wrapper"](f)
+
+    head, body = split_response(await serve_one(wrap_wsgi(wsgi_app, Config())))
+    assert head.startswith(b"Status: 200 OK")
+    assert body == data[100:]

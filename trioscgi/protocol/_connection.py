@@ -45,6 +45,7 @@ DEFAULT_MAX_HEADER_SIZE: Final = 65536
 # CONTENT_LENGTH may have at most this many digits: 10**18 bytes is beyond
 # any real body, and it keeps int() on hostile input cheap.
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
+_DEFAULT_MAX_DIGITS: Final = len(str(DEFAULT_MAX_HEADER_SIZE))
 
 _REASONS: Final = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 # nginx before 1.25.3 writes a malformed status line for a Status: with no
@@ -56,6 +57,16 @@ _CLASS_REASONS: Final = {
     4: b"Client Error",
     5: b"Server Error",
 }
+
+
+# The parser's fast path for its own events (STYLE.md 3: validated
+# construction is for user code): set the slot directly, and share the two
+# field-less events, which are frozen and compare equal anyway.
+_new = object.__new__
+_set_environ = Request.__dict__["environ"].__set__
+_set_data = Data.__dict__["data"].__set__
+_END_OF_MESSAGE: Final = EndOfMessage._make()
+_CONNECTION_CLOSED: Final = ConnectionClosed._make()
 
 
 def _reason(status: int) -> bytes:
@@ -110,7 +121,11 @@ class Connection:
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         # The netstring length can't be longer than the limit's own digits.
-        self._max_digits = len(str(max_header_size))
+        self._max_digits = (
+            _DEFAULT_MAX_DIGITS
+            if max_header_size == DEFAULT_MAX_HEADER_SIZE
+            else len(str(max_header_size))
+        )
         self._their_state = RECV_HEADERS
         self._our_state = SEND_RESPONSE
         self._buf: bytes | bytearray = b""
@@ -153,7 +168,9 @@ class Connection:
                 raise LocalProtocolError("received data after EOF")
             buf = self._buf
             if not buf:
-                self._buf = data
+                # Keep a reference, not a copy, but never to a caller's
+                # mutable buffer: it may be reused for the next read.
+                self._buf = data if type(data) is bytes else bytes(data)
             elif isinstance(buf, bytearray):
                 buf += data
             else:
@@ -163,6 +180,13 @@ class Connection:
 
     def next_event(self) -> Event | _NeedData:
         """The next event of the request, or :data:`NEED_DATA`.
+
+        Returns:
+            :class:`Request` first, then :class:`Data` (all the body bytes
+            buffered so far, up to CONTENT_LENGTH) until :class:`EndOfMessage`,
+            then :class:`ConnectionClosed` once EOF is seen (and again on every
+            later call, like h11). :data:`NEED_DATA` when the buffered bytes
+            don't make the next event yet.
 
         Raises:
             RemoteProtocolError: the peer sent something invalid. The
@@ -177,45 +201,29 @@ class Connection:
             if state is DONE:
                 if self._eof:
                     self._their_state = CLOSED
-                    return ConnectionClosed._make()
+                    return _CONNECTION_CLOSED
                 return NEED_DATA
-            if state is ERROR:
-                raise RemoteProtocolError("can't receive after a protocol error")
-            raise LocalProtocolError(f"no more events in state {state!r}")
+            if state is CLOSED:
+                return _CONNECTION_CLOSED
+            raise RemoteProtocolError("can't receive after a protocol error")
         except RemoteProtocolError:
             self._their_state = ERROR
             raise
 
     def _next_head_event(self) -> Event | _NeedData:
         buf = self._buf
-        colon = buf.find(b":", 0, self._max_digits + 1)
-        if colon < 0:
-            if len(buf) > self._max_digits:
-                if buf[: self._max_digits + 1].isdigit():
-                    raise RemoteProtocolError(
-                        f"header block longer than {self.max_header_size} bytes", 431
-                    )
-                raise RemoteProtocolError(
-                    f"netstring length is not digits then ':': {bytes(buf[:16])!r}"
-                )
-            if buf and not buf.isdigit():
-                raise RemoteProtocolError(f"netstring length is not digits: {bytes(buf)!r}")
-            if self._eof:
-                if not buf:
-                    # Connected and closed without a byte: a health check or a
-                    # front-end giving up early. Not an error worth a log line.
-                    self._their_state = CLOSED
-                    return ConnectionClosed._make()
-                raise RemoteProtocolError(
-                    f"connection closed in the netstring length after {len(buf)} bytes"
-                )
-            return NEED_DATA
+        max_digits = self._max_digits
+        colon = buf.find(b":", 0, max_digits + 1)
+        if colon < 1:
+            return self._no_length_yet(buf, colon)
         digits = buf[:colon]
         # isdigit() on bytes is ASCII-only: no sign, space, '_' or other
         # scripts' digits, all of which int() would take.
         if not digits.isdigit():
-            raise RemoteProtocolError(f"netstring length is not digits: {bytes(digits)!r}")
-        if len(digits) > 1 and digits[0] == 0x30:
+            raise RemoteProtocolError(
+                f"netstring length is not digits: {bytes(digits)!r} at offset 0"
+            )
+        if colon > 1 and buf[0] == 0x30:  # '0'
             raise RemoteProtocolError(f"netstring length has a leading zero: {bytes(digits)!r}")
         size = int(digits)
         if size > self.max_header_size:
@@ -227,40 +235,116 @@ class Connection:
         if len(buf) <= end:
             if self._eof:
                 raise RemoteProtocolError(
-                    f"connection closed after {len(buf) - colon - 1} of {size} header bytes"
+                    f"connection closed in the header netstring: got {len(buf) - colon - 1}"
+                    f" of {size} bytes and its ','"
                 )
             return NEED_DATA
         if buf[end] != 0x2C:  # ','
             raise RemoteProtocolError(
-                f"netstring of {size} bytes ends in {bytes(buf[end : end + 1])!r}, not ','"
+                f"netstring of {size} bytes ends in {bytes(buf[end : end + 1])!r}"
+                f" at offset {end}, not ','"
             )
-        environ = _parse_headers(bytes(buf[colon + 1 : end]))
-        content_length = _check_environ(environ)
-        if self.max_body_size is not None and content_length > self.max_body_size:
+        block = buf[colon + 1 : end]
+        if type(block) is not bytes:
+            # Arrived in pieces: the environ is made of bytes, not bytearrays.
+            block = bytes(block)
+        if not block.endswith(b"\x00"):
+            raise RemoteProtocolError("header block does not end with NUL")
+        parts = block.split(b"\x00")
+        del parts[-1]
+        if len(parts) & 1:
+            raise RemoteProtocolError(f"header {parts[-1][:64]!r} has no value")
+        names = parts[0::2]
+        # The spec: "The first request header must have the name
+        # CONTENT_LENGTH" and its value is digits, "0" for no body.
+        if names[0] != b"CONTENT_LENGTH":
+            raise RemoteProtocolError("CONTENT_LENGTH is not the first header")
+        value = parts[1]
+        if not value.isdigit() or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
+            raise RemoteProtocolError(f"CONTENT_LENGTH is not a length: {value[:32]!r}")
+        if b"" in names:
             raise RemoteProtocolError(
-                f"body of {content_length} bytes is over the limit of {self.max_body_size}",
+                f"header with an empty name, value {parts[names.index(b'') * 2 + 1][:32]!r}"
+            )
+        if names.count(b"CONTENT_LENGTH") > 1:
+            # Two lengths: which one frames the body is ambiguous (smuggling).
+            raise RemoteProtocolError("CONTENT_LENGTH appears twice")
+        # SCGI "must" be 1, but nginx sends none when scgi_params isn't
+        # included: tolerate its absence, not another version.
+        scgi = names.count(b"SCGI")
+        if scgi and (scgi > 1 or parts[2 * names.index(b"SCGI") + 1] != b"1"):
+            for i, name in enumerate(names):
+                if name == b"SCGI" and parts[2 * i + 1] != b"1":
+                    raise RemoteProtocolError(f"SCGI version is not 1: {parts[2 * i + 1][:32]!r}")
+        content_length = int(value)
+        max_body_size = self.max_body_size
+        if max_body_size is not None and content_length > max_body_size:
+            raise RemoteProtocolError(
+                f"body of {content_length} bytes is over the limit of {max_body_size}",
                 413,
             )
         self._buf = buf[end + 1 :]
         self._body_left = content_length
         self._their_state = RECV_BODY
-        return Request._make(environ=environ)
+        request = _new(Request)
+        pairs = iter(parts)
+        _set_environ(request, list(zip(pairs, pairs, strict=True)))
+        return request
+
+    def _no_length_yet(self, buf: bytes | bytearray, colon: int) -> _NeedData | Event:
+        # No ':' within the digits the limit allows (or ':' first): either an
+        # error that the prefix alone proves, or a wait for more bytes.
+        if colon == 0:
+            raise RemoteProtocolError("netstring length is empty (':' at offset 0)")
+        max_digits = self._max_digits
+        head = buf[: max_digits + 1]
+        if not head.isdigit():
+            if not head:
+                if self._eof:
+                    # Connected and closed without a byte: a health check or a
+                    # front-end giving up early. Not an error worth a log line.
+                    self._their_state = CLOSED
+                    return _CONNECTION_CLOSED
+                return NEED_DATA
+            bad = next(i for i, b in enumerate(head) if not 0x30 <= b <= 0x39)
+            raise RemoteProtocolError(
+                f"netstring length is not digits then ':': {bytes(head)!r}"
+                f" has {bytes(head[bad : bad + 1])!r} at offset {bad}"
+            )
+        if len(head) > 1 and head[0] == 0x30:
+            raise RemoteProtocolError(f"netstring length has a leading zero: {bytes(head)!r}")
+        # Digits so far only ever grow: once they exceed the limit (or there
+        # are more of them than the limit has), no ':' can make it fit.
+        # Don't buffer a gigabyte to find out.
+        if len(head) > max_digits or int(head) > self.max_header_size:
+            raise RemoteProtocolError(
+                f"header block longer than {self.max_header_size} bytes"
+                f" (netstring length starts {bytes(head)!r})",
+                431,
+            )
+        if self._eof:
+            raise RemoteProtocolError(
+                f"connection closed in the netstring length after {len(buf)} bytes"
+            )
+        return NEED_DATA
 
     def _next_body_event(self) -> Event | _NeedData:
         left = self._body_left
         if left == 0:
             self._their_state = DONE
-            return EndOfMessage._make()
+            return _END_OF_MESSAGE
         buf = self._buf
         if buf:
             if len(buf) <= left:
-                data = buf if isinstance(buf, bytes) else bytes(buf)
+                data = buf if type(buf) is bytes else bytes(buf)
                 self._buf = b""
             else:
                 data = bytes(buf[:left])
                 self._buf = buf[left:]
             self._body_left = left - len(data)
-            return Data._make(data=data)
+            event = _new(Data)
+            _set_data(event, data)
+            return event
         if self._eof:
             raise RemoteProtocolError(f"connection closed with {left} bytes of body missing")
         return NEED_DATA
@@ -297,36 +381,6 @@ class Connection:
     def send_failed(self) -> None:
         """Note that sending failed: our side goes to ``ERROR``."""
         self._our_state = ERROR
-
-
-def _parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
-    if not block.endswith(b"\x00"):
-        raise RemoteProtocolError("header block does not end with NUL")
-    parts = block.split(b"\x00")
-    del parts[-1]
-    if len(parts) % 2:
-        raise RemoteProtocolError(f"header {parts[-1][:64]!r} has no value")
-    names = parts[0::2]
-    if b"" in names:
-        raise RemoteProtocolError("header with an empty name")
-    return list(zip(names, parts[1::2], strict=True))
-
-
-def _check_environ(environ: list[tuple[bytes, bytes]]) -> int:
-    """Check the rules SCGI puts on the headers; return CONTENT_LENGTH."""
-    if not environ or environ[0][0] != b"CONTENT_LENGTH":
-        raise RemoteProtocolError("CONTENT_LENGTH is not the first header")
-    value = environ[0][1]
-    if not value.isdigit() or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
-        raise RemoteProtocolError(f"CONTENT_LENGTH is not a length: {value[:32]!r}")
-    for name, other in environ[1:]:
-        if name == b"SCGI":
-            if other != b"1":
-                raise RemoteProtocolError(f"SCGI version is not 1: {other[:32]!r}")
-        elif name == b"CONTENT_LENGTH":
-            # Two lengths: which one frames the body is ambiguous (smuggling).
-            raise RemoteProtocolError("CONTENT_LENGTH appears twice")
-    return int(value)
 
 
 def _response_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:

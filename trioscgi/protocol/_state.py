@@ -47,6 +47,7 @@ THEIR_TRANSITIONS: Final[dict[tuple[State, str], State]] = {
     (RECV_BODY, "Data"): RECV_BODY,
     (RECV_BODY, "EndOfMessage"): DONE,
     (DONE, "ConnectionClosed"): CLOSED,
+    (CLOSED, "ConnectionClosed"): CLOSED,  # asked again: still closed (as h11)
 }
 
 OUR_TRANSITIONS: Final[dict[tuple[State, str], State]] = {

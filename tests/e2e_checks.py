@@ -21,6 +21,8 @@ from frontends import (
     HTTP_TIMEOUT,
     FrontEnd,
     HTTPResponse,
+    backend_address,
+    connectable,
     http_request,
     start_trioscgi,
     stop_process,
@@ -235,7 +237,7 @@ def check_fastapi(fe: FrontEnd, prefix: str) -> None:
 def check_sigterm_in_flight(
     run_frontend: Callable[[str], Any], transport: str, sockdir: Path, prefix: str = ""
 ) -> None:
-    """SIGTERM while a request is in flight: it completes, new connections are refused,
+    """SIGTERM while a request is in flight: it completes, the listeners close,
     lifespan shutdown runs, and the process exits 0."""
     tag = f"sigterm-{transport}-{time.monotonic_ns()}"
     started, release = sockdir / f"{tag}.started", sockdir / f"{tag}.release"
@@ -264,9 +266,11 @@ def check_sigterm_in_flight(
             try:
                 wait_for(started.exists, "the request to reach the app")
                 server.proc.send_signal(signal.SIGTERM)
-                if transport == "unix":
-                    unix_path = Path(server.backends["unix"][len("unix:") :])
-                    wait_for(lambda: not unix_path.exists(), "the socket file to be removed")
+                # Shutdown begins by closing the listeners (and removing our socket file).
+                unix_path = Path(server.backends["unix"][len("unix:") :])
+                wait_for(lambda: not unix_path.exists(), "the socket file to be removed")
+                tcp = backend_address(server.backends["tcp"])
+                wait_for(lambda: not connectable(tcp), "the TCP listener to close")
                 assert server.proc.poll() is None, "exited with a request in flight"
                 release.touch()
             finally:

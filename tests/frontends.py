@@ -67,7 +67,7 @@ def free_port() -> int:
         return port
 
 
-def _connectable(address: str | tuple[str, int]) -> bool:
+def connectable(address: str | tuple[str, int]) -> bool:
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -93,7 +93,7 @@ def wait_until_accepting(
                 f"{proc.args!r} exited with {proc.returncode} before listening on {address!r}\n"
                 + _tail_logs(logs)
             )
-        if _connectable(address):
+        if connectable(address):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from trioscgi._scope import ScopeError, http_scope, request_target
+from trioscgi.protocol import Connection, Request
 
 Environ = list[tuple[bytes, bytes]]
 
@@ -23,7 +25,7 @@ def nginx_stock(
     method: str = "GET",
     length: str = "0",
     content_type: str = "",
-    extra: Environ = (),  # type: ignore[assignment]
+    extra: Environ | None = None,
 ) -> Environ:
     """What nginx 1.22 sends with Debian's stock scgi_params (no SCRIPT_NAME, no PATH_INFO)."""
     path, _, query = uri.partition("?")
@@ -45,7 +47,7 @@ def nginx_stock(
         ("HTTP_HOST", "localhost"),
         ("HTTP_USER_AGENT", "curl/7.88.1"),
         ("HTTP_ACCEPT", "*/*"),
-    ) + list(extra)
+    ) + (extra or [])
 
 
 def scope_of(environ: Environ, root_path: str = "", state: dict[str, Any] | None = None) -> Any:
@@ -271,10 +273,17 @@ def test_lighttpd_without_query_has_empty_query_string() -> None:
         ({b"REQUEST_URI": b"*"}, "", ("", "*", b"*", b"")),
         ({b"REQUEST_URI": b"https://h"}, "", ("", "/", b"/", b"")),
         ({b"PATH_INFO": b"/a b", b"SCRIPT_NAME": b""}, "", ("", "/a b", b"/a%20b", b"")),
-        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/s"}, "/cfg", ("/s", "/s/x", b"/s/x", b"")),
+        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/s"}, "", ("/s", "/s/x", b"/s/x", b"")),
+        # The configured root wins over SCRIPT_NAME ("/" = mounted at the root).
+        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/s"}, "/", ("", "/s/x", b"/s/x", b"")),
+        ({b"PATH_INFO": b"/x", b"SCRIPT_NAME": b"/s"}, "/cfg", ("", "/s/x", b"/s/x", b"")),
+        ({b"PATH_INFO": b"/s/x", b"SCRIPT_NAME": b""}, "/s", ("/s", "/s/x", b"/s/x", b"")),
         ({b"PATH_INFO": b"/cfg/x"}, "/cfg", ("/cfg", "/cfg/x", b"/cfg/x", b"")),
         ({b"SCRIPT_NAME": b"/p q"}, "", ("", "/p q", b"/p%20q", b"")),
         ({b"DOCUMENT_URI": b"/d", b"QUERY_STRING": b"z"}, "", ("", "/d", b"/d", b"z")),
+        # lighttpd decodes %2e in QUERY_STRING: REQUEST_URI's query is the raw one.
+        ({b"REQUEST_URI": b"/?q=%2e", b"QUERY_STRING": b"q=."}, "", ("", "/", b"/", b"q=%2e")),
+        ({b"REQUEST_URI": b"/", b"QUERY_STRING": b"q"}, "", ("", "/", b"/", b"")),
     ],
 )
 def test_request_target(
@@ -490,3 +499,131 @@ def test_any_printable_environ_gives_a_scope_or_a_scope_error(
         scope["raw_path"],
         scope["query_string"],
     )
+
+
+# --- captured requests (tests/data/captures, see its README) --------------------------------
+
+CAPTURES = Path(__file__).parent / "data" / "captures"
+_ODD_RAW = b"/p/a%2Fb/x/%2e%2e/caf%C3%A9/\xc3\xbc"
+_QUERY = b"a=1&b=two%20words&a=3&empty=&plus=x+y"
+
+
+def captured_environ(name: str) -> Environ:
+    conn = Connection()
+    conn.receive_data((CAPTURES / f"{name}.scgi").read_bytes())
+    event = conn.next_event()
+    assert isinstance(event, Request)
+    return event.environ
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CAPTURES.glob("*.scgi")))
+def test_every_capture_gives_a_consistent_scope(name: str) -> None:
+    environ = captured_environ(name)
+    if name.startswith("nginx-noparams-"):
+        # No scgi_params: no REQUEST_METHOD, no REQUEST_URI. 400 with advice.
+        with pytest.raises(ScopeError, match="scgi_params"):
+            scope_of(environ)
+        return
+    scope = scope_of(environ)
+    assert scope["path"].startswith(scope["root_path"])
+    assert scope["scheme"] == "http"
+    assert scope["http_version"] == "1.1"
+    assert scope["client"][0] == "127.0.0.1"
+    assert isinstance(scope["client"][1], int)
+    assert isinstance(scope["server"][1], int)
+    names = [n for n, _ in scope["headers"]]
+    assert b"host" in names
+    assert b"transfer-encoding" not in names
+    assert names.count(b"content-length") <= 1
+    assert names.count(b"content-type") <= 1
+    assert scope["extensions"]["scgi"]["environ"] is environ
+
+
+@pytest.mark.parametrize(
+    ("name", "root_path", "expected"),
+    [
+        ("nginx-stock-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("nginx-prefix-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("apache-root-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        # Apache's SCRIPT_NAME is the whole path: root_path only from the config.
+        ("apache-prefix-get-query", "", ("", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("apache-prefix-get-query", "/app", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("lighttpd-root-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("lighttpd-prefix-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        # lighttpd at "/" without fix-root-scriptname sends SCRIPT_NAME=/echo: the trap;
+        # root_path = "/" in the config puts it right.
+        ("lighttpd-rootnofix-get-query", "", ("/echo", "/echo/path", b"/echo/path", _QUERY)),
+        ("lighttpd-rootnofix-get-query", "/", ("", "/echo/path", b"/echo/path", _QUERY)),
+        # Raw target: %2F and %2e%2e stay in raw_path; the path nginx-stock and Apache give
+        # is REQUEST_URI decoded, not normalised; with PATH_INFO it is the front-end's.
+        ("nginx-stock-odd-path", "", ("", "/p/a/b/x/../café/ü", _ODD_RAW, b"q=%2F%2e%2e")),
+        ("apache-root-odd-path", "", ("", "/p/a/b/x/../café/ü", _ODD_RAW, b"q=%2F%2e%2e")),
+        (
+            "nginx-prefix-odd-path",
+            "",
+            ("/app", "/app/p/a/b/café/ü", b"/app" + _ODD_RAW, b"q=%2F%2e%2e"),
+        ),
+        # lighttpd's QUERY_STRING is "q=%2F.." (it decoded %2e): the raw query wins.
+        ("lighttpd-root-odd-path", "", ("", "/p/a/b/café/ü", _ODD_RAW, b"q=%2F%2e%2e")),
+    ],
+)
+def test_capture_paths(name: str, root_path: str, expected: tuple[str, str, bytes, bytes]) -> None:
+    scope = scope_of(captured_environ(name), root_path)
+    assert (scope["root_path"], scope["path"], scope["raw_path"], scope["query_string"]) == expected
+    assert scope["method"] == "GET"
+
+
+@pytest.mark.parametrize(
+    ("name", "cookies", "dups"),
+    [
+        # nginx 1.22 repeats duplicate headers; Apache and lighttpd join them.
+        ("nginx-stock-dup-headers", [b"a=1", b"b=2"], [b"first", b"second"]),
+        ("apache-root-dup-headers", [b"a=1, b=2"], [b"first, second"]),
+        ("lighttpd-root-dup-headers", [b"a=1; b=2"], [b"first, second"]),
+    ],
+)
+def test_capture_duplicate_headers(name: str, cookies: list[bytes], dups: list[bytes]) -> None:
+    headers = scope_of(captured_environ(name))["headers"]
+    assert [v for n, v in headers if n == b"cookie"] == cookies
+    assert [v for n, v in headers if n == b"x-dup"] == dups
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # nginx and Apache drop names with "_" and pass empty values; lighttpd the reverse.
+        ("nginx-stock-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("apache-root-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("lighttpd-root-odd-headers", [(b"x-under-score", b"underscore"), (b"x-spaces", b"a  b")]),
+    ],
+)
+def test_capture_odd_headers(name: str, expected: list[tuple[bytes, bytes]]) -> None:
+    headers = scope_of(captured_environ(name))["headers"]
+    assert [h for h in headers if h[0].startswith(b"x-")] == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["nginx-stock-post-form", "apache-root-post-form", "lighttpd-root-post-form"],
+)
+def test_capture_post_form_content_headers(name: str) -> None:
+    scope = scope_of(captured_environ(name))
+    assert scope["method"] == "POST"
+    content = [(n, v) for n, v in scope["headers"] if n.startswith(b"content-")]
+    assert content == [
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", b"46"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["nginx-stock-chunked", "lighttpd-root-chunked"])
+def test_capture_chunked_is_announced_by_its_real_length(name: str) -> None:
+    headers = scope_of(captured_environ(name))["headers"]
+    assert (b"content-length", b"19") in headers
+    assert all(n != b"transfer-encoding" for n, _ in headers)
+
+
+def test_capture_nginx_get_has_no_content_headers() -> None:
+    # nginx sends CONTENT_TYPE="" and CONTENT_LENGTH=0 on a GET.
+    headers = scope_of(captured_environ("nginx-stock-get-query"))["headers"]
+    assert all(not n.startswith(b"content-") for n, _ in headers)

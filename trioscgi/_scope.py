@@ -103,18 +103,24 @@ def _origin_path(target: bytes) -> bytes:
 def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str, bytes, bytes]:
     """Work out where a request goes, with the rules every front-end needs.
 
-    - ``PATH_INFO`` present (lighttpd, or an nginx location that sets SCRIPT_NAME and
-      PATH_INFO): the front-end split the path; ``root_path`` is ``SCRIPT_NAME`` and ``path``
-      is ``SCRIPT_NAME + PATH_INFO`` (both already decoded by the front-end). The
-      configured ``root_path`` is used only if ``SCRIPT_NAME`` is empty.
-    - Otherwise (nginx's stock ``scgi_params`` sends neither; Apache mod_proxy_scgi sends
-      ``SCRIPT_NAME`` = the whole decoded path, which is never a root path): ``path`` is
-      the percent-decoded path of ``REQUEST_URI``, and ``root_path`` is the configured one
-      when it is a prefix of ``path`` at a ``/`` boundary. When it is not, the request came
-      in outside the mount point: ``root_path`` is ``""`` and ``path`` is left as is.
-    - ``raw_path`` is ``REQUEST_URI`` without its query when there is one; else the path
-      re-encoded. ``query_string`` is ``QUERY_STRING`` if present, else what follows ``?``
-      in ``REQUEST_URI``.
+    - ``path``: with ``PATH_INFO`` present (lighttpd; an nginx location that sets
+      SCRIPT_NAME and PATH_INFO), ``SCRIPT_NAME + PATH_INFO``, both already decoded (and
+      normalised) by the front-end. Otherwise (nginx's stock ``scgi_params`` sends neither;
+      Apache mod_proxy_scgi sends ``SCRIPT_NAME`` = the whole decoded path and no
+      PATH_INFO) the percent-decoded path of ``REQUEST_URI``, not normalised (``%2e%2e``
+      becomes ``..``), as uvicorn and hypercorn pass what the client sent.
+    - ``root_path``: the configured one when set (``"/"`` means "mounted at the root":
+      ``""``). It applies when it is a prefix of ``path`` at a ``/`` boundary; otherwise the
+      request came in outside the mount point, so ``root_path`` is ``""`` and ``path`` is
+      left as is. With no configured root, ``SCRIPT_NAME`` when ``PATH_INFO`` is present,
+      else ``""``: Apache's SCRIPT_NAME (the whole path) is never a root path. The
+      configured value wins over SCRIPT_NAME because a front-end can be wrong: lighttpd
+      mounted at ``"/"`` without ``fix-root-scriptname`` sends the first path segment as
+      SCRIPT_NAME.
+    - ``raw_path``: ``REQUEST_URI`` without its query (the raw target: ``%2F`` intact);
+      absent that, the path re-encoded.
+    - ``query_string``: what follows ``?`` in ``REQUEST_URI``; ``QUERY_STRING`` only when
+      there is no REQUEST_URI, because lighttpd decodes ``%2e`` in QUERY_STRING.
 
     Args:
         env: the CGI variables (duplicates resolved; values as sent).
@@ -130,31 +136,21 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
     """
     uri = env.get(b"REQUEST_URI")
     if uri is not None:
-        raw, qmark, query = uri.partition(b"?")
-        if not qmark:
-            query = b""
+        raw, _, query = uri.partition(b"?")
         raw_path: bytes | None = _origin_path(raw)
     else:
         raw_path = None
-        query = b""
-    query = env.get(b"QUERY_STRING", query)
+        query = env.get(b"QUERY_STRING", b"")
 
     path_info = env.get(b"PATH_INFO")
     if path_info is not None:
         script_name = env.get(b"SCRIPT_NAME", b"")
-        if script_name:
-            full = script_name + path_info
-            if raw_path is None:
-                raw_path = quote_from_bytes(full, _PATH_SAFE).encode("ascii")
-            return (
-                script_name.decode("utf-8", "replace"),
-                full.decode("utf-8", "replace"),
-                (raw_path),
-                query,
-            )
-        path = path_info.decode("utf-8", "replace")
+        full = script_name + path_info if script_name else path_info
+        path = full.decode("utf-8", "replace")
         if raw_path is None:
-            raw_path = quote_from_bytes(path_info, _PATH_SAFE).encode("ascii")
+            raw_path = quote_from_bytes(full, _PATH_SAFE).encode("ascii")
+        if not root_path:
+            return script_name.decode("utf-8", "replace"), path, raw_path, query
     elif raw_path is not None:
         path = _decode_path(raw_path)
     else:
@@ -172,7 +168,6 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
             end = len(root_path)
             if len(path) == end or path[end] == "/":
                 return root_path, path, raw_path, query
-        return "", path, raw_path, query
     return "", path, raw_path, query
 
 
@@ -213,7 +208,10 @@ def http_scope(
 
     raw_method = env.get(b"REQUEST_METHOD")
     if not raw_method:
-        raise ScopeError("the SCGI request has no REQUEST_METHOD")
+        # nginx without `include scgi_params;` sends only CONTENT_LENGTH and HTTP_*.
+        raise ScopeError(
+            "the SCGI request has no REQUEST_METHOD (nginx: is `include scgi_params;` missing?)"
+        )
     method = _METHODS.get(raw_method)
     if method is None:
         method = raw_method.decode("latin-1").upper()

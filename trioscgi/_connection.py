@@ -195,9 +195,19 @@ class Connection:
         except ClientDisconnected:
             if not self.disconnected:
                 raise
-            log.info("client went away: %s %s", scope["method"], scope["path"], exc_info=None)
+            log.info("client went away: %s %s", scope["method"], scope["path"])
             return
         except Exception as exc:
+            if self.disconnected:
+                # The app turned our ClientDisconnected into its own exception
+                # (Starlette raises ClientDisconnect): still a client fault.
+                log.info(
+                    "client went away: %s %s (%s)",
+                    scope["method"],
+                    scope["path"],
+                    type(exc).__name__,
+                )
+                return
             if self._head is None or self.status == 0:
                 log.error("exception in ASGI application before the response started", exc_info=exc)
                 await self._send_error(500)

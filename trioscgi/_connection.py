@@ -28,6 +28,9 @@ from ._types import ASGIApp, Message
 log = logging.getLogger("trioscgi")
 
 _RECV_SIZE = 65536
+# A first body chunk up to this size is copied behind the head and both go
+# out in one send(); a larger one is sent with the head by sendmsg().
+_COALESCE_LIMIT = 16384
 
 
 class ClientDisconnected(OSError):
@@ -112,7 +115,18 @@ class Connection:
         assert scope.cancelled_caught
         raise _Timeout
 
-    async def _sendall(self, data: bytes) -> None:
+    async def _send_two(self, first: bytes, second: bytes) -> None:
+        try:
+            sent = self._sock.sendmsg([first, second])
+        except BlockingIOError:
+            sent = 0
+        if sent < len(first):
+            await self._sendall(memoryview(first)[sent:])
+            await self._sendall(second)
+        elif sent - len(first) < len(second):
+            await self._sendall(memoryview(second)[sent - len(first) :])
+
+    async def _sendall(self, data: bytes | memoryview) -> None:
         sock = self._sock
         try:
             sent = sock.send(data)
@@ -352,6 +366,18 @@ class Connection:
             if self.status == 0:
                 self.status = head.status
                 data = conn.send(head)
+                if len(body) > _COALESCE_LIMIT:
+                    # A large first body goes out with the head in one
+                    # sendmsg() rather than being copied behind it.
+                    if not more:
+                        self._response_done = True
+                    try:
+                        await self._send_two(data, body)
+                    except OSError as exc:
+                        self.disconnected = True
+                        raise ClientDisconnected(f"the client went away: {exc}") from None
+                    self.response_bytes += len(body)
+                    return
                 if body:
                     data += body
             else:

@@ -429,3 +429,14 @@ def test_sigusr1_reopens_the_access_log(apps: Path, server_factory: list[Server]
     fresh = log.read_text().splitlines()
     assert rotated[0] == "/ 200"
     assert fresh and set(fresh) == {"/ 200"}
+
+
+def test_console_script_entry_point() -> None:
+    # The [project.scripts] entry, as pip installed it next to the interpreter.
+    script = Path(sys.executable).parent / "trioscgi"
+    if not script.exists():
+        pytest.skip(f"trioscgi is not installed as a script next to {sys.executable}")
+    result = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, f"trioscgi {__version__}")

@@ -189,7 +189,11 @@ class AccessLogger:
         if not logger.isEnabledFor(logging.INFO):
             return
         values = {atom: get(scope, status, size, duration) for atom, get in self._getters}
-        logger.info(self._fmt % values)
+        # handle() with a ready record skips logger.info()'s caller lookup
+        # (a stack walk): a few microseconds per request on the hot path.
+        logger.handle(
+            logging.LogRecord(logger.name, logging.INFO, "", 0, self._fmt % values, None, None)
+        )
 
     def format(self, scope: dict[str, Any], status: int, size: int, duration: float) -> str:
         """The line :meth:`log` would write (for tests and custom sinks)."""

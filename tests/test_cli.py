@@ -78,6 +78,18 @@ def apps(tmp_path: Path) -> Path:
             """
         )
     )
+    (tmp_path / "wsgi.py").write_text(
+        textwrap.dedent(
+            """
+            def application(environ, start_response):
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"wsgi ", environ["REQUEST_METHOD"].encode()]
+
+            def ambiguous(*args):
+                return None
+            """
+        )
+    )
     (tmp_path / "broken_import.py").write_text("import module_that_does_not_exist_h3a\n")
     (tmp_path / "raises.py").write_text("raise RuntimeError('boom at import')\n")
     (tmp_path / "failing_lifespan.py").write_text(
@@ -440,3 +452,19 @@ def test_console_script_entry_point() -> None:
         [str(script), "--version"], capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
     assert (result.returncode, result.stdout.strip()) == (0, f"trioscgi {__version__}")
+
+
+def test_wsgi_app_is_detected_and_served(apps: Path, server_factory: list[Server]) -> None:
+    sock = str(apps / "s.sock")
+    server = Server(["--bind", f"unix:{sock}", "wsgi:application"], apps)
+    server_factory.append(server)
+    server.wait_for("listening")
+    assert scgi_get(sock).endswith(b"wsgi GET")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0, server.stderr
+
+
+def test_ambiguous_interface_asks_for_the_flag(apps: Path) -> None:
+    result = trioscgi("--bind", f"unix:{apps / 's.sock'}", "wsgi:ambiguous", cwd=apps)
+    assert result.returncode == 2
+    assert "--interface" in result.stderr

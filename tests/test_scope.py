@@ -312,6 +312,17 @@ def test_missing_or_empty_method_is_a_scope_error() -> None:
         scope_of([*environ, (b"REQUEST_METHOD", b"")])
 
 
+@pytest.mark.parametrize("method", ["GET /", "G\u00c9T", "GE\tT", "(GET)"])
+def test_method_that_is_not_a_token_is_a_scope_error(method: str) -> None:
+    with pytest.raises(ScopeError, match="not an HTTP token"):
+        scope_of(nginx_stock(method=method))
+
+
+@pytest.mark.parametrize(("method", "expected"), [("get", "GET"), ("PROPFIND", "PROPFIND")])
+def test_method_is_upper_case(method: str, expected: str) -> None:
+    assert scope_of(nginx_stock(method=method))["method"] == expected
+
+
 def test_bad_content_length_is_a_scope_error() -> None:
     with pytest.raises(ScopeError, match="CONTENT_LENGTH"):
         scope_of(nginx_stock(length="-1"))

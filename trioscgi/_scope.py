@@ -34,6 +34,9 @@ _SCHEMES = {b"http": "http", b"https": "https"}
 # Interned method strings for the common methods (saves a decode + upper per request).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
+# RFC 9110 tchar: what a method may be made of.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
 # Methods whose requests carry a body by definition: for them "CONTENT_LENGTH: 0" is a fact
 # worth passing on (an empty form POST); for the others SCGI's mandatory "0" means "no body",
 # not "the client sent Content-Length: 0", so it is left out.
@@ -71,18 +74,6 @@ def _header_name(name: bytes) -> bytes:
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
-def _decode_path(raw: bytes) -> str:
-    """Percent-decode a raw path to text.
-
-    Invalid UTF-8 after decoding becomes U+FFFD, as in uvicorn and hypercorn (urllib's
-    ``unquote`` default): the request is still served, and ``raw_path`` keeps the exact bytes
-    for an app that cares.
-    """
-    if b"%" in raw:
-        raw = unquote_to_bytes(raw)
-    return raw.decode("utf-8", "replace")
-
-
 def _origin_path(target: bytes) -> bytes:
     """The path part of a raw request target (query already removed).
 
@@ -91,7 +82,7 @@ def _origin_path(target: bytes) -> bytes:
     (``http://host/p``) can arrive and is reduced to its path here. ``*`` (``OPTIONS *``) is
     kept as is. Anything else is not a request target.
     """
-    if target[:1] == b"/" or target == b"*":
+    if target.startswith(b"/") or target == b"*":
         return target
     scheme_end = target.find(b"://")
     if scheme_end > 0 and target[:scheme_end].isalpha():
@@ -136,8 +127,10 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
     """
     uri = env.get(b"REQUEST_URI")
     if uri is not None:
-        raw, _, query = uri.partition(b"?")
-        raw_path: bytes | None = _origin_path(raw)
+        raw_path: bytes | None
+        raw_path, _, query = uri.partition(b"?")
+        if not raw_path.startswith(b"/"):
+            raw_path = _origin_path(raw_path)
     else:
         raw_path = None
         query = env.get(b"QUERY_STRING", b"")
@@ -152,7 +145,11 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
         if not root_path:
             return script_name.decode("utf-8", "replace"), path, raw_path, query
     elif raw_path is not None:
-        path = _decode_path(raw_path)
+        # Invalid UTF-8 after decoding becomes U+FFFD, as in uvicorn and hypercorn (urllib's
+        # unquote default): the request is still served, and raw_path keeps the exact bytes.
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode(
+            "utf-8", "replace"
+        )
     else:
         # No REQUEST_URI and no PATH_INFO: a hand-written front-end config. Apache's
         # SCRIPT_NAME and nginx's DOCUMENT_URI are the whole decoded path.
@@ -214,7 +211,10 @@ def http_scope(
         )
     method = _METHODS.get(raw_method)
     if method is None:
-        method = raw_method.decode("latin-1").upper()
+        if raw_method.translate(None, _TCHAR):
+            # Front-ends check the request line; this guards apps that echo or log the method.
+            raise ScopeError(f"REQUEST_METHOD {raw_method[:40]!r} is not an HTTP token")
+        method = raw_method.decode("ascii").upper()
 
     content_type = env.get(b"CONTENT_TYPE")
     if content_type:  # nginx sends CONTENT_TYPE="" on a GET: empty means absent.

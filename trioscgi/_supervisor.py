@@ -1,0 +1,472 @@
+"""Run ``workers`` server processes on sockets bound once; restart, reload and stop them.
+
+The supervisor itself runs no trio: a blocking ``select()`` loop over a
+signal wake-up pipe and a readiness pipe the workers write to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import Config
+from ._listeners import BindError, Listener, bind_all
+from ._notify import notify, watchdog_interval
+
+__all__ = ["run_supervisor"]
+
+log = logging.getLogger("trioscgi")
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_APP_LOAD = 2
+EXIT_LIFESPAN = 3
+
+# Crash handling: a worker that dies unexpectedly is replaced after
+# 0.1 s, 0.2 s, 0.4 s ... (capped at BACKOFF_MAX) depending on how many
+# crashes happened within CRASH_WINDOW; CRASH_LIMIT crashes within that window
+# is a crash loop, which ends the daemon: restarting forever would hide a
+# broken deployment behind a service that looks "active".
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+CRASH_WINDOW = 10.0
+CRASH_LIMIT = 5
+
+# After the graceful and shutdown timeouts, a little slack for the worker's
+# own exit before SIGKILL.
+KILL_SLACK = 2.0
+# A second SIGTERM/SIGINT: workers are told to stop at once; those that still
+# run after this long are killed.
+IMMEDIATE_GRACE = 2.0
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+
+
+@dataclass
+class _Worker:
+    pid: int
+    generation: int
+    started: float
+    ready: bool = False
+    stopping: bool = False
+    kill_at: float | None = None  # SIGKILL if still running then
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[Listener],
+        load_app: Callable[[], Any],
+        reload_config: Callable[[], Config] | None,
+    ) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.load_app = load_app
+        self.reload_config = reload_config
+        self.workers: dict[int, _Worker] = {}
+        self.generation = 0
+        self.ready_once = False  # the first generation has been ready
+        self.reloading: int | None = None  # generation being started by SIGHUP
+        self.stopping = False
+        self.previous: Config | None = None  # the config before a reload in progress
+        self.crashes: list[float] = []
+        self.pending_spawns: list[float] = []  # times at which to start a replacement
+        self.exit_code = EXIT_OK
+        self.watchdog = watchdog_interval()
+        self.next_ping = 0.0
+        # Signals arrive as bytes on this pipe (signal.set_wakeup_fd).
+        self.wake_r, self.wake_w = os.pipe()
+        # Workers write "<pid>\n" here once listening (lines < PIPE_BUF: atomic).
+        self.ready_r, self.ready_w = os.pipe()
+        # Workers watch the read end: EOF means the supervisor is gone.
+        self.alive_r, self.alive_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w, self.ready_r):
+            os.set_blocking(fd, False)
+        self.ready_buf = b""
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        old_handlers = {s: signal.signal(s, _no_op) for s in _SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        try:
+            self._spawn_generation(self.config)
+            notify(f"STATUS=starting {self.config.workers} workers")
+            while self.workers or (self.pending_spawns and not self.stopping):
+                self._step()
+            return self.exit_code
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w):
+                os.close(fd)
+            os.close(self.alive_r)
+            os.close(self.alive_w)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        deadlines = [*self.pending_spawns] if not self.stopping else []
+        deadlines += [w.kill_at for w in self.workers.values() if w.kill_at is not None]
+        if self.watchdog is not None:
+            deadlines.append(self.next_ping)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        readable, _, _ = select.select([self.wake_r, self.ready_r], [], [], timeout)
+        if self.wake_r in readable:
+            self._on_signals()
+        if self.ready_r in readable:
+            self._on_ready_lines()
+        self._reap()
+        now = time.monotonic()
+        if self.watchdog is not None and now >= self.next_ping:
+            notify("WATCHDOG=1")
+            self.next_ping = now + self.watchdog
+        for w in self.workers.values():
+            if w.kill_at is not None and now >= w.kill_at:
+                log.warning("worker %d did not stop in time: killing it", w.pid)
+                w.kill_at = None
+                _kill(w.pid, signal.SIGKILL)
+        due = [t for t in self.pending_spawns if t <= now]
+        if due and not self.stopping:
+            self.pending_spawns = [t for t in self.pending_spawns if t > now]
+            for _ in due:
+                self._spawn(self.config, self.generation)
+
+    # ------------------------------------------------------------------ signals
+
+    def _on_signals(self) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop(f"{signal.Signals(signum).name} received")
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGUSR1:
+                _reopen_logs()
+                self._signal_all(signal.SIGUSR1)
+            # SIGCHLD: _reap() runs after every wake-up anyway.
+
+    def _stop(self, why: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.pending_spawns.clear()
+            log.info("%s: stopping %d workers gracefully", why, len(self.workers))
+            notify("STOPPING=1", "STATUS=stopping: workers finish requests in flight")
+            for w in self.workers.values():
+                self._stop_worker(w)
+        else:
+            log.warning("%s again: stopping workers now", why)
+            # Each worker's run() treats a second SIGTERM as "stop now".
+            now = time.monotonic()
+            for w in self.workers.values():
+                _kill(w.pid, signal.SIGTERM)
+                w.kill_at = min(w.kill_at or now, now + IMMEDIATE_GRACE)
+
+    def _stop_worker(self, w: _Worker) -> None:
+        """SIGTERM (graceful), and SIGKILL once its timeouts have certainly passed."""
+        if w.stopping:
+            return
+        w.stopping = True
+        c = self.config
+        w.kill_at = time.monotonic() + c.graceful_timeout + c.shutdown_timeout + KILL_SLACK
+        _kill(w.pid, signal.SIGTERM)
+
+    def _reload(self) -> None:
+        if self.stopping:
+            return
+        if self.reloading is not None:
+            log.warning("SIGHUP received while a reload is in progress: ignored")
+            return
+        new = self.config
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except Exception as exc:
+                log.error("SIGHUP: can't reload the configuration, keeping the old one: %s", exc)
+                return
+            if list(new.bind) != list(self.config.bind):
+                log.warning(
+                    "SIGHUP: 'bind' changed; listening sockets are kept as they are "
+                    "(restart the service to change them)"
+                )
+                new = new.replace(bind=self.config.bind)
+        log.info("SIGHUP received: starting %d new workers", new.workers)
+        notify(
+            "RELOADING=1",
+            f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+            "STATUS=reloading: starting new workers",
+        )
+        self.pending_spawns.clear()
+        self.previous, self.config = self.config, new
+        self.generation += 1
+        self.reloading = self.generation
+        self._spawn_generation(new)
+
+    def _signal_all(self, signum: int) -> None:
+        for w in self.workers.values():
+            _kill(w.pid, signum)
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn_generation(self, config: Config) -> None:
+        for _ in range(config.workers):
+            self._spawn(config, self.generation)
+
+    def _spawn(self, config: Config, generation: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported by exit code
+            self._child(config)
+        self.workers[pid] = _Worker(pid, generation, time.monotonic())
+        log.debug("started worker %d (generation %d)", pid, generation)
+
+    def _child(self, config: Config) -> None:
+        code = EXIT_RUNTIME
+        try:
+            # Ctrl-C in a terminal signals the whole process group; the
+            # supervisor forwards it, so workers would see it twice (= stop
+            # now). Their own group lets the supervisor alone decide.
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for s in _SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
+            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):
+                os.close(fd)
+            # Only the supervisor talks to systemd (NotifyAccess=main works).
+            for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                os.environ.pop(k, None)
+            threading.Thread(target=_exit_with_parent, args=(self.alive_r,), daemon=True).start()
+            try:
+                app = self.load_app()
+            except Exception as exc:
+                details = getattr(exc, "details", None)
+                log.critical(
+                    "worker %d: can't load the application: %s%s",
+                    os.getpid(),
+                    exc,
+                    f"\n{details}" if details else "",
+                    exc_info=details is None,
+                )
+                code = EXIT_APP_LOAD
+                return
+            from ._logging import reopen_logs  # noqa: PLC0415
+            from ._run import run  # noqa: PLC0415
+
+            ready_w = self.ready_w
+
+            def on_ready(bound: list[str]) -> None:
+                os.write(ready_w, b"%d\n" % os.getpid())
+
+            # The supervisor owns the socket files: a worker must never unlink them.
+            mine = [dataclasses.replace(lst, unix_path=None) for lst in self.listeners]
+            code = run(app, config, listeners=mine, on_ready=on_ready, on_reopen_logs=reopen_logs)
+        except BaseException as exc:
+            if _is_lifespan_failure(exc):
+                # run() maps LifespanFailure to 3, but trio's strict exception
+                # groups can deliver it wrapped: keep the exit code meaningful.
+                log.critical("worker %d: %s", os.getpid(), _is_lifespan_failure(exc))
+                code = EXIT_LIFESPAN
+            else:
+                log.exception("worker %d failed", os.getpid())
+                code = EXIT_RUNTIME
+        finally:
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+
+    def _on_ready_lines(self) -> None:
+        try:
+            self.ready_buf += os.read(self.ready_r, 4096)
+        except BlockingIOError:
+            return
+        *lines, self.ready_buf = self.ready_buf.split(b"\n")
+        for line in lines:
+            w = self.workers.get(int(line)) if line.isdigit() else None
+            if w is not None:
+                w.ready = True
+        self._check_generation_ready()
+
+    def _check_generation_ready(self) -> None:
+        gen = self.generation
+        current = [w for w in self.workers.values() if w.generation == gen and not w.stopping]
+        if not current or not all(w.ready for w in current):
+            return
+        if len(current) < self.config.workers and not self.ready_once:
+            return
+        status = (
+            f"STATUS={len(current)} workers serving on "
+            f"{', '.join(lst.description for lst in self.listeners)}"
+        )
+        if not self.ready_once:
+            self.ready_once = True
+            log.info("%d workers ready", len(current))
+            notify("READY=1", status)
+        elif self.reloading == gen:
+            self.reloading = None
+            old = [w for w in self.workers.values() if w.generation != gen and not w.stopping]
+            log.info("reload: new workers ready; stopping %d old workers", len(old))
+            for w in old:
+                self._stop_worker(w)
+            self.previous = None
+            notify("READY=1", status)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            self._on_exit(w, os.waitstatus_to_exitcode(status))
+        # (the loop only ends through its returns)
+
+    def _on_exit(self, w: _Worker, code: int) -> None:
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if w.stopping or self.stopping:
+            log.debug("worker %d stopped (%s)", w.pid, how)
+            return
+        if not w.ready and not self.ready_once:
+            # The first start failed: no use retrying a broken app or a failing
+            # lifespan startup. 3 stays 3 (lifespan), 2 (app load) stays 2.
+            log.critical("worker %d failed to start (%s): stopping", w.pid, how)
+            self.exit_code = code if code in (EXIT_APP_LOAD, EXIT_LIFESPAN) else EXIT_RUNTIME
+            self._stop("startup failure")
+            return
+        if not w.ready and self.reloading == w.generation:
+            log.error(
+                "reload failed: new worker %d exited before it was ready (%s); "
+                "the old workers keep serving",
+                w.pid,
+                how,
+            )
+            for other in self.workers.values():
+                if other.generation == w.generation:
+                    self._stop_worker(other)
+            self.reloading = None
+            assert self.previous is not None
+            self.config, self.previous = self.previous, None
+            self.generation -= 1
+            # Old workers that died meanwhile were not replaced: top up.
+            alive = [o for o in self.workers.values() if o.generation == self.generation]
+            for _ in range(self.config.workers - len(alive)):
+                self._spawn(self.config, self.generation)
+            notify("READY=1", "STATUS=reload failed; the old workers keep serving")
+            return
+        if w.generation != self.generation:
+            # An old worker (during a reload) that died: its replacement is
+            # the new generation.
+            log.warning("old worker %d exited (%s)", w.pid, how)
+            return
+        if code == 0:
+            # max_requests recycling: a clean exit, replace at once.
+            log.info("worker %d exited cleanly; starting a replacement", w.pid)
+            self._spawn(self.config, self.generation)
+            return
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+        if len(self.crashes) >= CRASH_LIMIT:
+            log.critical(
+                "worker %d died (%s): %d crashes within %g s, giving up",
+                w.pid,
+                how,
+                len(self.crashes),
+                CRASH_WINDOW,
+            )
+            self.exit_code = EXIT_RUNTIME
+            self._stop("crash loop")
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (len(self.crashes) - 1), BACKOFF_MAX)
+        log.error("worker %d died (%s); replacing it in %g s", w.pid, how, delay)
+        self.pending_spawns.append(now + delay)
+
+
+def _is_lifespan_failure(exc: BaseException) -> str:
+    """The LifespanFailure message inside ``exc`` (possibly an exception group), or ""."""
+    from ._lifespan import LifespanFailure  # noqa: PLC0415
+
+    if isinstance(exc, LifespanFailure):
+        return str(exc)
+    for sub in getattr(exc, "exceptions", ()):
+        found = _is_lifespan_failure(sub)
+        if found:
+            return found
+    return ""
+
+
+def _no_op(signum: int, frame: object) -> None:
+    """A Python-level handler, so that set_wakeup_fd() receives the signal."""
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _reopen_logs() -> None:
+    from ._logging import reopen_logs  # noqa: PLC0415
+
+    reopen_logs()
+
+
+def _exit_with_parent(fd: int) -> None:  # pragma: no cover - runs in the child
+    """In a worker: when the supervisor dies (EOF on its pipe), stop gracefully."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_supervisor(
+    config: Config,
+    *,
+    load_app: Callable[[], Any],
+    reload_config: Callable[[], Config] | None = None,
+) -> int:
+    """Serve with ``config.workers`` processes until SIGTERM/SIGINT; return the exit code.
+
+    The sockets are bound here, once, and shared by every worker, so a
+    restart never closes them. Each worker loads the app itself (SIGHUP then
+    picks up new code) and runs ``trioscgi._run.run``.
+
+    Signals: SIGTERM/SIGINT stop the workers gracefully (a second one: at
+    once); SIGHUP reloads the config and replaces the workers, old ones
+    stopping only once the new ones are ready; SIGUSR1 reopens log files.
+
+    Returns:
+        0 after a clean stop; 1 on a bind failure or a crash loop; 2 or 3 when
+        the first workers could not load the app or failed lifespan startup.
+    """
+    try:
+        listeners = bind_all(config)
+    except BindError as exc:
+        log.critical("cannot listen: %s", exc)
+        return EXIT_RUNTIME
+    try:
+        return _Supervisor(config, listeners, load_app, reload_config).run()
+    finally:
+        for listener in listeners:
+            listener.close()

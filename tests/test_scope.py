@@ -417,6 +417,17 @@ def test_header_name_mapping() -> None:
     ]
 
 
+def test_header_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioscgi import _scope
+
+    monkeypatch.setattr(_scope, "_NAMES", dict(_scope._NAMES))
+    many = [(f"HTTP_X_H{i}".encode(), b"v") for i in range(3 * _scope._NAME_CACHE_MAX)]
+    for _ in range(2):  # second round: past the bound, names are worked out, not stored
+        headers = scope_of([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/"), *many])["headers"]
+        assert headers == [(f"x-h{i}".encode(), b"v") for i in range(3 * _scope._NAME_CACHE_MAX)]
+        assert len(_scope._NAMES) == _scope._NAME_CACHE_MAX
+
+
 def test_state_is_a_shallow_copy_and_absent_without_lifespan() -> None:
     shared = {"db": object()}
     state = {"pool": shared}

@@ -62,7 +62,8 @@ _NAMES: dict[bytes, bytes] = {
 
 def _header_name(name: bytes) -> bytes:
     # HTTP_X_FOO -> b"x-foo". nginx and Apache drop client header names containing "_", so
-    # "_" always stands for "-".
+    # there "_" always stands for "-"; lighttpd passes them, and "X_Foo" and "X-Foo" both
+    # arrive as HTTP_X_FOO (joined with ", " if both were sent): nothing here can tell.
     header = name[5:].lower().replace(b"_", b"-") if name.startswith(b"HTTP_") else b""
     if len(_NAMES) < _NAME_CACHE_MAX:
         _NAMES[name] = header

@@ -570,3 +570,70 @@ async def test_truncated_head_then_eof_closes(bind: str, caplog: pytest.LogCaptu
         ok = await request(srv.address)
     assert ok.status == 200
     no_errors(caplog)
+
+
+# --- more app faults and concurrency -------------------------------------------------
+
+
+async def test_exception_without_reading_body_still_drains_and_answers_500(
+    bind: str, autojump_clock: Any
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    body = b"q" * (4 * 1024 * 1024)
+    async with (
+        serving(app, bind) as srv,
+        await connect(srv.address) as s,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(s.send_all, encode_request(environ("POST", "/", body=body), body))
+        data = await read_all(s)
+    assert parse_response(data).status == 500
+
+
+async def test_streaming_app_learns_disconnect_through_receive(
+    bind: str, autojump_clock: Any
+) -> None:
+    """SSE style: a task waits on receive() while the app streams; a client close ends it."""
+    seen: list[tuple[float, dict[str, Any]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["more_body"] is False
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                msg = await receive()
+                seen.append((trio.current_time(), msg))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            for _ in range(1000):
+                await trio.sleep(60)  # a quiet stream: nothing to send for a while
+                await send({"type": "http.response.body", "body": b"ping\n", "more_body": True})
+
+    async with serving(app, bind) as srv:
+        s = await connect(srv.address)
+        await s.send_all(encode_request(environ()))
+        await trio.sleep(10)
+        closed_at = trio.current_time()
+        await s.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+    assert seen == [(closed_at, {"type": "http.disconnect"})]
+
+
+async def test_slow_request_does_not_block_others(bind: str, autojump_clock: Any) -> None:
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await release.wait()
+        await hello(scope, receive, send)
+
+    async with serving(app, bind) as srv, await connect(srv.address) as slow:
+        await slow.send_all(encode_request(environ("GET", "/slow")))
+        for _ in range(5):
+            assert (await request(srv.address, environ("GET", "/fast"))).status == 200
+        release.set()
+        assert parse_response(await read_all(slow)).status == 200

@@ -202,3 +202,13 @@ def test_lifespan_startup_failure_exits_3(start_server: Callable[..., Server]) -
 def test_lifespan_startup_failure_under_auto_exits_3(start_server: Callable[..., Server]) -> None:
     srv = start_server("failing")
     assert srv.wait_exit() == 3, srv.text()
+
+
+def test_bind_error_exits_1_with_one_line(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    (tmp_path / "s.sock").write_text("not a socket")
+    srv = start_server("app")
+    assert srv.wait_exit() == 1, srv.text()
+    assert "not a socket" in srv.text()
+    assert "Traceback" not in srv.text()

@@ -20,6 +20,7 @@ from scgi_client import (
 )
 
 import trioscgi
+from trioscgi._listeners import BindError
 
 
 async def hello(scope: Any, receive: Any, send: Any) -> None:
@@ -51,6 +52,14 @@ async def test_serve_as_plain_call_returns_when_cancelled(
         await trioscgi.serve(hello, config)
     assert scope.cancelled_caught
     assert not os.path.exists(f"{tmp_path}/s.sock")
+
+
+async def test_bind_error_is_raised_bare(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a socket")
+    config = trioscgi.Config(bind=[f"unix:{tmp_path}/file"], lifespan="off")
+    with pytest.raises(BindError, match="not a socket"):
+        await trioscgi.serve(hello, config)
+    assert (tmp_path / "file").read_text() == "not a socket"
 
 
 # --- the scope through the server ------------------------------------------------------

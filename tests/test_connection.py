@@ -302,11 +302,6 @@ async def test_invalid_message_raises_in_app_and_client_gets_500(
     assert r.status == 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a str body raises a bare TypeError after the head is committed: "
-    "the client gets an empty response instead of a 500",
-)
 async def test_str_body_raises_clear_error(bind: str) -> None:
     caught: list[BaseException] = []
 
@@ -445,18 +440,16 @@ async def test_header_timeout_idle_connection(bind: str, autojump_clock: Any) ->
     assert waited == pytest.approx(7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: header_timeout restarts at every recv, so a byte every few seconds "
-    "(slowloris) holds the connection forever",
-)
 async def test_header_timeout_bounds_the_whole_head(bind: str, autojump_clock: Any) -> None:
     head = encode_head(environ(), 0)
     async with serving(hello, bind, header_timeout=7) as srv, await connect(srv.address) as s:
         start = trio.current_time()
         with trio.move_on_after(60):
             for i in range(len(head)):
-                await s.send_all(head[i : i + 1])
+                try:
+                    await s.send_all(head[i : i + 1])
+                except trio.BrokenResourceError:
+                    break  # the server answered and closed: what we want
                 await trio.sleep(2)
         data = await read_all(s)
         waited = trio.current_time() - start

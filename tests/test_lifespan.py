@@ -115,20 +115,11 @@ async def test_startup_failed_message(tmp_path: Path) -> None:
     assert "database unreachable" in str(exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: serve() raises LifespanFailure wrapped in ExceptionGroups (the lifespan "
-    "nursery and serve()'s own nursery), not the LifespanFailure its docstring promises",
-)
 async def test_serve_raises_bare_lifespan_failure(tmp_path: Path) -> None:
     with pytest.raises(LifespanFailure, match="database unreachable"):
         await trioscgi.serve(App(startup="failed"), make_config(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: nursery.start(serve, ...) raises the LifespanFailure inside ExceptionGroups",
-)
 async def test_startup_failure_through_nursery_start(tmp_path: Path) -> None:
     """The embedding pattern: ``await nursery.start(serve, ...)`` raises the failure."""
     async with trio.open_nursery() as nursery:

@@ -182,14 +182,6 @@ def test_second_sigterm_exits_at_once(start_server: Callable[..., Server]) -> No
     assert "Traceback" not in srv.text()
 
 
-XFAIL_EXIT_3 = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LifespanFailure reaches run() inside ExceptionGroups, so `except LifespanFailure` "
-    "misses it: exit 1 with a traceback instead of exit 3 (see test_lifespan)",
-)
-
-
-@XFAIL_EXIT_3
 def test_lifespan_startup_failure_exits_3(start_server: Callable[..., Server]) -> None:
     srv = start_server("failing", "--lifespan", "on")
     code = srv.wait_exit()
@@ -198,7 +190,6 @@ def test_lifespan_startup_failure_exits_3(start_server: Callable[..., Server]) -
     assert "Traceback" not in srv.text()
 
 
-@XFAIL_EXIT_3
 def test_lifespan_startup_failure_under_auto_exits_3(start_server: Callable[..., Server]) -> None:
     srv = start_server("failing")
     assert srv.wait_exit() == 3, srv.text()

@@ -237,11 +237,6 @@ async def test_max_connections_counts_across_listeners(tmp_path: Path, autojump_
             await read_all(s2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: each accept loop at the limit replaces Server._below_limit, so the event "
-    "an earlier loop waits on is never set: that listener stops accepting for good",
-)
 async def test_every_listener_resumes_after_the_limit(tmp_path: Path, autojump_clock: Any) -> None:
     gates = {"/a": trio.Event(), "/b": trio.Event()}
 

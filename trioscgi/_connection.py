@@ -33,6 +33,9 @@ _RECV_SIZE = 65536
 _COALESCE_LIMIT = 16384
 
 
+_Bytes = bytes | bytearray | memoryview
+
+
 class ClientDisconnected(OSError):
     """The front-end closed the connection (its client went away).
 
@@ -99,13 +102,16 @@ class Connection:
 
     # --- socket primitives --------------------------------------------------
 
-    async def _recv(self, patience: float) -> bytes:
+    async def _recv(self, patience: float, deadline: float | None = None) -> bytes:
+        """Read what is there; wait at most ``patience`` s (or until ``deadline``)."""
         sock = self._sock
         try:
             return sock.recv(_RECV_SIZE)
         except BlockingIOError:
             pass
-        with trio.move_on_after(patience) as scope:
+        if deadline is None:
+            deadline = trio.current_time() + patience
+        with trio.move_on_at(deadline) as scope:
             while True:
                 await wait_readable(sock)
                 try:
@@ -115,7 +121,7 @@ class Connection:
         assert scope.cancelled_caught
         raise _Timeout
 
-    async def _send_two(self, first: bytes, second: bytes) -> None:
+    async def _send_two(self, first: bytes, second: _Bytes) -> None:
         try:
             sent = self._sock.sendmsg([first, second])
         except BlockingIOError:
@@ -126,7 +132,7 @@ class Connection:
         elif sent - len(first) < len(second):
             await self._sendall(memoryview(second)[sent - len(first) :])
 
-    async def _sendall(self, data: bytes | memoryview) -> None:
+    async def _sendall(self, data: _Bytes) -> None:
         sock = self._sock
         try:
             sent = sock.send(data)
@@ -159,10 +165,13 @@ class Connection:
             try:
                 # The front-end writes the request as soon as it connects:
                 # read first rather than ask the parser about an empty buffer.
-                conn.receive_data(await self._recv(self.config.header_timeout))
+                # header_timeout bounds the whole head, not each read: a
+                # byte every few seconds (slowloris) must not hold us.
+                deadline = trio.current_time() + self.config.header_timeout
+                conn.receive_data(await self._recv(0.0, deadline))
                 event = conn.next_event()
                 while event is p.NEED_DATA:
-                    conn.receive_data(await self._recv(self.config.header_timeout))
+                    conn.receive_data(await self._recv(0.0, deadline))
                     event = conn.next_event()
             except p.RemoteProtocolError as exc:
                 await self._reject(exc.error_status_hint, f"bad request: {exc}")
@@ -361,8 +370,13 @@ class Connection:
             if self.disconnected:
                 raise ClientDisconnected("the client went away")
             body = message.get("body", b"")
+            if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
+                raise RuntimeError(
+                    f"'http.response.body' body must be bytes, got {type(body).__name__}"
+                )
             more = message.get("more_body", False)
             conn = self._conn
+            data: _Bytes
             if self.status == 0:
                 self.status = head.status
                 data = conn.send(head)
@@ -379,7 +393,7 @@ class Connection:
                     self.response_bytes += len(body)
                     return
                 if body:
-                    data += body
+                    data = data + body
             else:
                 data = body
             if not more:

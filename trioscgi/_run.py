@@ -11,7 +11,7 @@ import trio
 
 from ._config import Config
 from ._lifespan import LifespanFailure
-from ._listeners import Listener
+from ._listeners import BindError, Listener
 from ._server import Server
 from ._types import ASGIApp
 
@@ -69,6 +69,7 @@ async def _main(
     on_reopen_logs: Callable[[], None] | None,
 ) -> None:
     server = Server(app, config, listeners)
+    failure: Exception | None = None
     signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
@@ -89,10 +90,18 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
-            bound = await nursery.start(server.run)
-            if on_ready is not None:
-                on_ready(bound)
-            # server.run returned only when every task it started is done;
-            # nursery.start returned at started(), so wait for the end here.
-            await server.finished.wait()
-            nursery.cancel_scope.cancel()
+            try:
+                bound = await nursery.start(server.run)
+            except (LifespanFailure, BindError) as exc:
+                # Raised bare by nursery.start; re-raised outside this
+                # nursery so run() sees it unwrapped.
+                failure = exc
+                nursery.cancel_scope.cancel()
+            else:
+                if on_ready is not None:
+                    on_ready(bound)
+                # nursery.start returned at started(): wait for the end here.
+                await server.finished.wait()
+                nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure

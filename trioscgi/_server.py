@@ -39,6 +39,7 @@ class Server:
     def __init__(
         self, app: ASGIApp, config: Config, listeners: Sequence[Listener] | None = None
     ) -> None:
+        config.validate()
         self.app = app
         self.config = config
         self.state: dict[str, Any] = {}
@@ -79,45 +80,55 @@ class Server:
         if self._listeners is None:
             self._listeners = bind_all(config)
         listeners = self._listeners
+        failure: LifespanFailure | None = None
         try:
             with self._everything:
                 async with trio.open_nursery() as lifespan_nursery:
                     lifespan = Lifespan(self.app, config, self.state)
-                    await lifespan.startup(lifespan_nursery)
                     try:
-                        async with trio.open_nursery() as connections:
-                            self._connections = connections
-                            with self._accepting:
-                                if self.shutting_down:
-                                    self._accepting.cancel()
-                                async with trio.open_nursery() as accepting:
-                                    for listener in listeners:
-                                        accepting.start_soon(self._accept_loop, listener)
-                                    log.info(
-                                        "listening on %s",
-                                        ", ".join(lst.description for lst in listeners),
-                                    )
-                                    task_status.started([lst.description for lst in listeners])
-                            # Stopped accepting: close the listening sockets (and
-                            # remove our Unix socket files) so the front-end sees
-                            # the stop at once, then give in-flight requests
-                            # graceful_timeout to finish.
-                            self._close_listeners()
-                            if self._active:
-                                log.info(
-                                    "waiting up to %g s for %d request(s) to finish",
-                                    config.graceful_timeout,
-                                    self._active,
-                                )
-                            connections.cancel_scope.deadline = (
-                                trio.current_time() + config.graceful_timeout
-                            )
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await lifespan.shutdown()
+                        await lifespan.startup(lifespan_nursery)
+                    except LifespanFailure as exc:
+                        # Raised after the nursery, so callers get the bare
+                        # exception rather than an ExceptionGroup.
+                        failure = exc
+                    else:
+                        try:
+                            await self._serve(listeners, task_status)
+                        finally:
+                            with trio.CancelScope(shield=True):
+                                await lifespan.shutdown()
         finally:
             self._close_listeners()
             self.finished.set()
+        if failure is not None:
+            raise failure
+
+    async def _serve(
+        self, listeners: list[Listener], task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        config = self.config
+        async with trio.open_nursery() as connections:
+            self._connections = connections
+            with self._accepting:
+                if self.shutting_down:
+                    self._accepting.cancel()
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener)
+                    descriptions = [lst.description for lst in listeners]
+                    log.info("listening on %s", ", ".join(descriptions))
+                    task_status.started(descriptions)
+            # Stopped accepting: close the listening sockets (and remove our
+            # Unix socket files) so the front-end sees the stop at once, then
+            # give in-flight requests graceful_timeout to finish.
+            self._close_listeners()
+            if self._active:
+                log.info(
+                    "waiting up to %g s for %d request(s) to finish",
+                    config.graceful_timeout,
+                    self._active,
+                )
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown: stop accepting, let requests finish."""
@@ -153,11 +164,13 @@ class Server:
         limit = self.config.max_connections
         backoff = 0.0
         while True:
-            if self._active >= limit:
+            while self._active >= limit:
                 # At the limit, stop accepting: the kernel backlog and the
                 # front-end's own queueing and retry then apply, rather than
-                # spending work on a 503 the front-end would pass on.
-                self._below_limit = trio.Event()
+                # spending work on a 503 the front-end would pass on. Every
+                # listener's loop waits on the same event.
+                if self._below_limit.is_set():
+                    self._below_limit = trio.Event()
                 await self._below_limit.wait()
             try:
                 client, addr = sock.accept()
@@ -245,6 +258,7 @@ async def serve(
         BindError: an address in ``config.bind`` could not be bound.
     """
     server = Server(app, config, listeners)
+    failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
         # The server runs shielded so that cancelling serve() becomes a
         # graceful shutdown instead of cutting every request off.
@@ -257,12 +271,21 @@ async def serve(
             finally:
                 done.set()
 
-        bound = await nursery.start(run_shielded)
-        task_status.started(bound)
         try:
-            await done.wait()
-        finally:
-            if not done.is_set():
-                server.shutdown()
-                with trio.CancelScope(shield=True):
-                    await done.wait()
+            bound = await nursery.start(run_shielded)
+        except BaseException as exc:
+            # nursery.start raises the bare exception (LifespanFailure,
+            # BindError); re-raise it outside the nursery so the caller
+            # does not get it wrapped in an ExceptionGroup.
+            failure = exc
+        else:
+            task_status.started(bound)
+            try:
+                await done.wait()
+            finally:
+                if not done.is_set():
+                    server.shutdown()
+                    with trio.CancelScope(shield=True):
+                        await done.wait()
+    if failure is not None:
+        raise failure

@@ -152,13 +152,15 @@ def workdir() -> Iterator[Path]:
 def start(workdir: Path) -> Iterator[object]:
     started: list[Daemon] = []
 
-    def start(*flags: str, workers: int = 2, ready: bool = True) -> Daemon:
+    def start(
+        *flags: str, workers: int = 2, ready: bool = True, env_extra: dict[str, str] | None = None
+    ) -> Daemon:
         sock = str(workdir / "app.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_path = str(workdir / f"notify{len(started)}")
         notify.bind(notify_path)
         env = dict(os.environ)
-        env.update(NOTIFY_SOCKET=notify_path, PYTHONPATH=str(REPO))
+        env.update(NOTIFY_SOCKET=notify_path, PYTHONPATH=str(REPO), **(env_extra or {}))
         log = workdir / f"log{len(started)}"
         with open(log, "wb") as logf:
             args = ["--app-dir", str(workdir / "app"), "--bind", f"unix:{sock}"]
@@ -434,3 +436,13 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_supervisor_pings_the_watchdog(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start(workers=2, env_extra={"WATCHDOG_USEC": "200000"})
+    for _ in range(3):
+        d.expect("WATCHDOG=1")
+    d.proc.send_signal(signal.SIGTERM)
+    d.expect("STOPPING=1")
+    assert d.wait() == 0

@@ -240,11 +240,6 @@ async def _ask(address: str, answers: list[int]) -> None:
     answers.append((await request(address)).status)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cancelling serve() during a hanging startup waits the whole startup_timeout "
-    "(serve() runs shielded) and then raises LifespanFailure instead of stopping",
-)
 async def test_cancel_during_startup_stops_promptly(tmp_path: Path, autojump_clock: Any) -> None:
     app = App(startup="hang")
     t0 = trio.current_time()

@@ -50,6 +50,7 @@ class Server:
             self.access_logger = AccessLogger(config)
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
         self._owns_listeners = listeners is None
+        self._starting = trio.CancelScope()
         self._accepting = trio.CancelScope()
         self._everything = trio.CancelScope()
         self._connections: trio.Nursery | None = None
@@ -86,11 +87,16 @@ class Server:
                 async with trio.open_nursery() as lifespan_nursery:
                     lifespan = Lifespan(self.app, config, self.state)
                     try:
-                        await lifespan.startup(lifespan_nursery)
+                        # A shutdown asked for during startup cancels the wait.
+                        with self._starting:
+                            await lifespan.startup(lifespan_nursery)
                     except LifespanFailure as exc:
                         # Raised after the nursery, so callers get the bare
                         # exception rather than an ExceptionGroup.
                         failure = exc
+                    if failure is not None or self._starting.cancelled_caught:
+                        with trio.CancelScope(shield=True):
+                            await lifespan.shutdown()
                     else:
                         try:
                             await self._serve(listeners, task_status)
@@ -135,6 +141,7 @@ class Server:
         if not self.shutting_down:
             self.shutting_down = True
             log.info("shutting down")
+        self._starting.cancel()
         self._accepting.cancel()
 
     def force_shutdown(self) -> None:
@@ -258,34 +265,44 @@ async def serve(
         BindError: an address in ``config.bind`` could not be bound.
     """
     server = Server(app, config, listeners)
+    # The server runs shielded, so that cancelling serve() becomes a graceful
+    # shutdown instead of cutting every request off; this task watches for
+    # the cancellation and asks the server to stop.
+    progress = trio.Event()
+    done = trio.Event()
+    bound: list[str] | None = None
     failure: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        # The server runs shielded so that cancelling serve() becomes a
-        # graceful shutdown instead of cutting every request off.
-        done = trio.Event()
 
-        async def run_shielded(task_status: trio.TaskStatus[list[str]]) -> None:
+    class _Started:
+        def started(self, value: list[str] | None = None) -> None:
+            nonlocal bound
+            bound = value or []
+            progress.set()
+
+    async def run_shielded() -> None:
+        nonlocal failure
+        with trio.CancelScope(shield=True):
             try:
-                with trio.CancelScope(shield=True):
-                    await server.run(task_status=task_status)
+                await server.run(task_status=_Started())
+            except BaseException as exc:
+                # Re-raised outside the nursery: callers get LifespanFailure
+                # or BindError bare, not inside an ExceptionGroup.
+                failure = exc
             finally:
+                progress.set()
                 done.set()
 
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_shielded)
         try:
-            bound = await nursery.start(run_shielded)
-        except BaseException as exc:
-            # nursery.start raises the bare exception (LifespanFailure,
-            # BindError); re-raise it outside the nursery so the caller
-            # does not get it wrapped in an ExceptionGroup.
-            failure = exc
-        else:
-            task_status.started(bound)
-            try:
+            await progress.wait()
+            if bound is not None:
+                task_status.started(bound)
                 await done.wait()
-            finally:
-                if not done.is_set():
-                    server.shutdown()
-                    with trio.CancelScope(shield=True):
-                        await done.wait()
+        finally:
+            if not done.is_set():
+                server.shutdown()
+                with trio.CancelScope(shield=True):
+                    await done.wait()
     if failure is not None:
         raise failure

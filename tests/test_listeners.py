@@ -121,6 +121,8 @@ def test_tcp_v4_and_v6_listen_non_blocking() -> None:
             with socket.create_connection((host, port), timeout=5) as c:
                 select.select([listener.sock], [], [], 5)
                 conn, peer = listener.sock.accept()
+                # Inherited from the listener: no Nagle delay on responses.
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 conn.close()
                 assert listener.is_trusted(peer)
                 assert c.fileno() != -1
@@ -235,6 +237,14 @@ def test_unix_mode_owner_and_cleanup(sockdir: Path) -> None:
     finally:
         listener.close()
     assert not path.exists()
+
+
+def test_missing_directory(sockdir: Path) -> None:
+    with pytest.raises(
+        BindError,
+        match=f"can't bind unix:{sockdir}/no/a.sock: can't create a socket in {sockdir}/no",
+    ):
+        bind_all(Config(bind=[f"unix:{sockdir}/no/a.sock"]))
 
 
 def test_unknown_owner_and_group(sockdir: Path) -> None:

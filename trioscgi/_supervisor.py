@@ -226,7 +226,14 @@ class _Supervisor:
             self._spawn(config, self.generation)
 
     def _spawn(self, config: Config, generation: int) -> None:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            # EAGAIN/ENOMEM: out of processes or memory. Try again later
+            # rather than take the running workers down with us.
+            log.error("can't start a worker: %s; retrying in %g s", exc, BACKOFF_MAX)
+            self.pending_spawns.append(time.monotonic() + BACKOFF_MAX)
+            return
         if pid == 0:  # pragma: no cover - runs in the child, reported by exit code
             self._child(config)
         self.workers[pid] = _Worker(pid, generation, time.monotonic())

@@ -414,11 +414,6 @@ async def test_ten_thousand_malformed_requests(server: HostileServer) -> None:
     assert not problems, "client faults logged as errors:\n" + "\n".join(problems[:20])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: header_timeout applies to each recv, not to the whole head:"
-    " a drip-fed head is never cut (BUGS.md)",
-)
 async def test_drip_fed_head_cut_at_header_timeout_total(tmp_path: Path) -> None:
     """header_timeout bounds the whole head, not each read: one byte per second is slowloris."""
     config = {"header_timeout": 1.0}

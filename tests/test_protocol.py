@@ -252,6 +252,22 @@ def test_names_appearing_as_values_are_values() -> None:
     assert events[0] == Request(environ=environ)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"HTTP_CONTENT_LENGTH", b"5")],  # nginx passes it next to CONTENT_LENGTH
+        [(b"XSCGI", b"2")],
+        [(b"X", b"SCGI"), (b"Y", b"2")],
+        [(b"SCGIX", b"2"), (b"X", b"ASCGI")],
+        [(b"X", b"CONTENT_LENGTH"), (b"CONTENT_LENGTHX", b"1")],
+    ],
+)
+def test_lookalike_names_and_values(extra: list[tuple[bytes, bytes]]) -> None:
+    wire = request_bytes(b"", *extra)
+    for split in SPLITS.values():
+        assert parse(wire, split)[0] == Request(environ=[*GET_ENV, *extra])
+
+
 def test_empty_values_and_binary_values() -> None:
     extra = [(b"CONTENT_TYPE", b""), (b"HTTP_X", b"\xff\x01:,"), (b"HTTP_Y", b"")]
     events, _ = feed([request_bytes(b"", *extra)])
@@ -525,6 +541,10 @@ def raw_block(block: bytes) -> bytes:
         (b"CONTENT_LENGTH\x000\x00SCGI\x00\x00", "SCGI version"),
         (b"CONTENT_LENGTH\x000\x00SCGI\x001\x00SCGI\x002\x00", "SCGI version"),
         (b"CONTENT_LENGTH\x000\x00SCGI\x002\x00SCGI\x001\x00", "SCGI version"),
+        # "SCGI" as a value right before an SCGI name, and SCGI=SCGI.
+        (b"CONTENT_LENGTH\x000\x00X\x00SCGI\x00SCGI\x002\x00", "SCGI version"),
+        (b"CONTENT_LENGTH\x000\x00SCGI\x00SCGI\x00A\x00B\x00SCGI\x001\x00", "SCGI version"),
+        (b"CONTENT_LENGTH\x000\x00SCGI\x00SCGI\x00SCGI\x001\x00", "SCGI version"),
     ],
 )
 def test_header_block_errors(

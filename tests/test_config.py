@@ -139,8 +139,8 @@ def test_wrong_type_names_key_expected_type_and_value(
         ("max_requests = -5", "key 'max_requests' must be >= 0"),
         ("max_body_size = -1", "key 'max_body_size' must be >= 0"),
         ('log_level = "verbose"', "key 'log_level' must be one of 'critical'"),
-        ('root_path = "app"', "key 'root_path' must be empty or start with '/'"),
-        ('root_path = "/app/"', "key 'root_path' must be empty or start with '/'"),
+        ('root_path = "app"', "key 'root_path' must be empty, '/', or start with '/'"),
+        ('root_path = "/app/"', "key 'root_path' must be empty, '/', or start with '/'"),
         ("bind = []", "key 'bind' must name at least one address"),
         ('bind = ["localhost"]', "key 'bind': invalid bind 'localhost'"),
         ('trusted_peers = ["10.0.0.0/33"]', "key 'trusted_peers': invalid trusted_peers entry"),
@@ -247,3 +247,9 @@ def test_the_example_file_loads_to_the_defaults() -> None:
     # (keys without a default are commented out).
     root = Path(__file__).resolve().parent.parent
     assert load_config(root / "config.example.toml") == Config()
+
+
+def test_root_path_slash_means_mounted_at_the_root() -> None:
+    # "/" overrides a SCRIPT_NAME the front-end sends (lighttpd on "/" without
+    # fix-root-scriptname), so it must pass validation.
+    Config(root_path="/").validate()

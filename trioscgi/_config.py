@@ -244,9 +244,11 @@ def _check_value(key: str, value: Any) -> None:
             wanted = ", ".join(repr(v) for v in _LOG_LEVELS)
             raise ConfigError(f"key 'log_level' must be one of {wanted}, got {value!r}")
     elif key == "root_path":
-        if value and (not value.startswith("/") or value.endswith("/")):
+        # "/" is allowed: "mounted at the root", overriding a SCRIPT_NAME the
+        # front-end sends (lighttpd on "/" without fix-root-scriptname).
+        if value not in ("", "/") and (not value.startswith("/") or value.endswith("/")):
             raise ConfigError(
-                f"key 'root_path' must be empty or start with '/' and not end with '/' "
+                f"key 'root_path' must be empty, '/', or start with '/' and not end with '/' "
                 f"(like '/app'), got {value!r}"
             )
     elif key == "app":

@@ -26,6 +26,8 @@ log = logging.getLogger("trioscgi")
 # try again rather than end the listener.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # accept() errors about one connection only (it died in the backlog).
+# Connections accepted in a row before the accept loop yields.
+_ACCEPT_BURST = 8
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -170,6 +172,7 @@ class Server:
         handle = self._handle
         limit = self.config.max_connections
         backoff = 0.0
+        burst = 0
         while True:
             while self._active >= limit:
                 # At the limit, stop accepting: the kernel backlog and the
@@ -182,6 +185,7 @@ class Server:
             try:
                 client, addr = sock.accept()
             except BlockingIOError:
+                burst = 0
                 await wait_readable(sock)
                 continue
             except OSError as exc:
@@ -212,9 +216,13 @@ class Server:
             client.setblocking(False)
             self._active += 1
             start_soon(handle, client)
-            # One schedule point per accepted connection keeps the loop fair
-            # to the connection tasks and cancellable.
-            await checkpoint()
+            burst += 1
+            if burst == _ACCEPT_BURST:
+                # A schedule point every few connections keeps the loop fair
+                # to the connection tasks and cancellable, while a backlog
+                # is taken in one scheduler pass instead of one per socket.
+                burst = 0
+                await checkpoint()
 
     async def _handle(self, sock: socket.socket) -> None:
         try:

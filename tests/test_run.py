@@ -203,3 +203,21 @@ def test_bind_error_exits_1_with_one_line(
     assert srv.wait_exit() == 1, srv.text()
     assert "not a socket" in srv.text()
     assert "Traceback" not in srv.text()
+
+
+def test_sighup_does_not_kill_a_single_process_server(
+    start_server: Callable[..., Server],
+) -> None:
+    # SIGHUP's default action would end the process; with workers = 1 there
+    # is no supervisor to restart, so it is logged and serving goes on.
+    srv = start_server("app")
+    srv.wait_for("listening on")
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_for("SIGHUP ignored")
+    sock, got = start_request(srv.address)
+    with sock:
+        sock.sendall(b"67890")
+        got += read_all_sync(sock)
+    assert parse_response(got).body == b"first\ndone\n"
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0

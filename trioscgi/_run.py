@@ -70,7 +70,9 @@ async def _main(
 ) -> None:
     server = Server(app, config, listeners)
     failure: Exception | None = None
-    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
+    # SIGHUP is caught so that it can't kill a single-process server (its
+    # default action): the graceful restart it asks for needs the supervisor.
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
 
@@ -79,6 +81,12 @@ async def _main(
                     if signum == signal.SIGUSR1:
                         if on_reopen_logs is not None:
                             on_reopen_logs()
+                        continue
+                    if signum == signal.SIGHUP:
+                        log.warning(
+                            "SIGHUP ignored: a graceful restart needs workers >= 2"
+                            " (the supervisor); restart the service instead"
+                        )
                         continue
                     if not server.shutting_down:
                         log.info("%s received: graceful shutdown", signal.Signals(signum).name)

@@ -226,20 +226,27 @@ class _Supervisor:
             self._spawn(config, self.generation)
 
     def _spawn(self, config: Config, generation: int) -> None:
+        # Until the child has reset them, it shares our handlers and our
+        # wake-up pipe: a SIGTERM sent to a just-forked worker would be
+        # written to that pipe and read by us as our own SIGTERM. So the
+        # signals stay blocked across fork() until the child is clean.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # EAGAIN/ENOMEM: out of processes or memory. Try again later
             # rather than take the running workers down with us.
             log.error("can't start a worker: %s; retrying in %g s", exc, BACKOFF_MAX)
             self.pending_spawns.append(time.monotonic() + BACKOFF_MAX)
             return
         if pid == 0:  # pragma: no cover - runs in the child, reported by exit code
-            self._child(config)
+            self._child(config, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[pid] = _Worker(pid, generation, time.monotonic())
         log.debug("started worker %d (generation %d)", pid, generation)
 
-    def _child(self, config: Config) -> None:
+    def _child(self, config: Config, mask: set[int | signal.Signals]) -> None:
         code = EXIT_RUNTIME
         try:
             # Ctrl-C in a terminal signals the whole process group; the
@@ -249,6 +256,8 @@ class _Supervisor:
             signal.set_wakeup_fd(-1)
             for s in _SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
+            # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):
                 os.close(fd)
             # Only the supervisor talks to systemd (NotifyAccess=main works).

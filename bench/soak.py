@@ -543,6 +543,15 @@ def main() -> None:
         ("server log lines", ", ".join(f"{k} {v}" for k, v in sorted(levels.items())) or "none"),
         ("RSS start / end", f"{rss_start} KiB / {rss_end} KiB"),
         ("RSS max during soak", f"{max((s[0] for s in samples), default=0)} KiB"),
+        (
+            "RSS at 1/4, 1/2, 3/4, end of soak",
+            " / ".join(
+                f"{samples[min(len(samples) - 1, len(samples) * q // 4)][0]}" for q in (1, 2, 3, 4)
+            )
+            + " KiB"
+            if samples
+            else "-",
+        ),
         ("fds start / end", f"{fds_start} / {fds_end}"),
         ("fds max during soak", str(max((s[1] for s in samples), default=0))),
         ("exit code after SIGTERM", str(code)),

@@ -8,6 +8,7 @@ The harness (process, raw SCGI client, recording app) is tests/hostile_harness.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import selectors
@@ -452,6 +453,61 @@ async def test_drip_fed_head_cut_at_header_timeout_total(tmp_path: Path) -> None
         assert len(results) == 5
         # Cut after header_timeout (1 s) plus one drip interval and scheduling slack.
         assert all(r is not None and r < 2.5 for r in results), results
+
+
+def test_limits_answer_without_waiting_for_the_rest(server: HostileServer) -> None:
+    """413 / 431 come as soon as the length says so, while the client still holds the rest."""
+    for data, status in (
+        (b"70000:CONTENT_LENGTH\x00", 431),  # the netstring length alone is over the limit
+        (scgi_request(b"/", content_length=2**20 + 1), 413),  # CONTENT_LENGTH alone is
+    ):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)  # far below header_timeout / read_timeout (2 s)
+            s.connect(server.unix)
+            s.sendall(data)
+            assert parse_reply(s.recv(4096)).status == status
+
+
+def test_write_and_drain_timeouts(tmp_path: Path) -> None:
+    """A front-end that stops reading the response, or keeps sending an unread body, is cut."""
+    config = {"write_timeout": 1.0, "drain_timeout": 1.0}
+    with running_server(tmp_path, config) as server:
+        base = baseline_fds(server)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(server.unix)
+            s.sendall(scgi_request(b"/_t/download?stuck"))
+            # Never read: the server's send buffer fills, write_timeout ends it.
+            seen = server.wait_record("stuck", timeout=10)
+        assert seen["oserror"] is True, seen
+        # An app that never reads a body the client keeps trickling: drained for
+        # drain_timeout, then closed.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(server.unix)
+            s.sendall(scgi_request(b"/_t/fault?no-read", content_length=10**6) + b"x" * 1000)
+            start = time.monotonic()
+            chunks = []
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                while True:
+                    s.sendall(b"x" * 100)
+                    try:
+                        s.settimeout(0.2)
+                        chunk = s.recv(4096)
+                    except TimeoutError:
+                        if time.monotonic() - start > 8:
+                            raise
+                        continue
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            elapsed = time.monotonic() - start
+        reply = parse_reply(b"".join(chunks))
+        assert (reply.status, reply.body) == (200, b"did not read")
+        assert 0.8 < elapsed < 5, elapsed
+        assert_healthy(server)
+        assert_fds_back(server, base)
+        assert not log_problems(server.stderr())
 
 
 # --------------------------------------------------------------------------- slowloris

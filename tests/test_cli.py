@@ -176,7 +176,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
         (["--unix-socket-mode", "rwx"], "--unix-socket-mode: must be an octal mode"),
         (["--bind", "nowhere"], "--bind: invalid bind 'nowhere'"),
         (["--trusted-peer", "10.0.0.300"], "--trusted-peer: invalid trusted_peers entry"),
-        (["--root-path", "app/"], "--root-path: must be empty or start with '/'"),
+        (["--root-path", "app/"], "--root-path: must be empty, '/', or start with '/'"),
     ],
 )
 def test_bad_flags(flags: list[str], expected: str) -> None:

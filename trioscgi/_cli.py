@@ -260,12 +260,6 @@ def _run_single(app: Any, config: Config) -> int:
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:
     from ._supervisor import run_supervisor  # noqa: PLC0415
 
-    current = [config]
-
-    def load() -> Any:
-        # Runs in each worker, after fork: a SIGHUP-reloaded config names the app.
-        return load_configured_app(current[0])
-
     def reload_config() -> Config:
         # SIGHUP: read the same file and flags again (new code and config).
         # Raising keeps the old configuration (the supervisor logs why).
@@ -273,11 +267,12 @@ def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:
         from ._logging import setup_logging  # noqa: PLC0415
 
         setup_logging(new, install_sigusr1=False)
-        current[0] = new
         return new
 
+    # Each worker loads the app named by the config of its own generation
+    # (after fork), so a reload that fails leaves the old app in place.
     with _pid_file(config.pid_file):
-        return run_supervisor(config, load_app=load, reload_config=reload_config)
+        return run_supervisor(config, load_app=load_configured_app, reload_config=reload_config)
 
 
 if __name__ == "__main__":  # pragma: no cover

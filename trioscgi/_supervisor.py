@@ -66,7 +66,7 @@ class _Supervisor:
         self,
         config: Config,
         listeners: list[Listener],
-        load_app: Callable[[], Any],
+        load_app: Callable[[Config], Any],
         reload_config: Callable[[], Config] | None,
     ) -> None:
         self.config = config
@@ -265,7 +265,7 @@ class _Supervisor:
                 os.environ.pop(k, None)
             threading.Thread(target=_exit_with_parent, args=(self.alive_r,), daemon=True).start()
             try:
-                app = self.load_app()
+                app = self.load_app(config)
             except Exception as exc:
                 details = getattr(exc, "details", None)
                 log.critical(
@@ -459,7 +459,7 @@ def _exit_with_parent(fd: int) -> None:  # pragma: no cover - runs in the child
 def run_supervisor(
     config: Config,
     *,
-    load_app: Callable[[], Any],
+    load_app: Callable[[Config], Any],
     reload_config: Callable[[], Config] | None = None,
 ) -> int:
     """Serve with ``config.workers`` processes until SIGTERM/SIGINT; return the exit code.

@@ -398,6 +398,13 @@ class HostileServer:
                 raise AssertionError(f"no log line matching {pattern!r}:\n{text[-3000:]}")
             time.sleep(0.05)  # polling interval
 
+    def remove_socket_dir(self) -> None:
+        """Remove the Unix socket (if the server left it) and its temp dir."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.unix)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.unix))
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -519,10 +526,7 @@ def running_server(
         yield server
     finally:
         code = server.stop()
-        with contextlib.suppress(OSError):
-            os.unlink(server.unix)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(server.unix))
+        server.remove_socket_dir()
     if expect_exit is not None:
         assert code == expect_exit, f"trioscgi exited with {code}\n{server.stderr()[-3000:]}"
 

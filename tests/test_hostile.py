@@ -752,6 +752,7 @@ async def test_sigterm_during_hundred_uploads(tmp_path: Path) -> None:
         assert not log_problems(server.stderr())
     finally:
         server.stop(signal.SIGKILL)
+        server.remove_socket_dir()
 
 
 # --------------------------------------------------------------------------- fd exhaustion

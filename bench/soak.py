@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import random
 import re
@@ -225,6 +226,9 @@ def classify(raw: bytes) -> str:
     return m.group(1).decode() if m else "unparsable"
 
 
+# The server rejected early and closed (or reset): read what it said, if anything.
+PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
+
 # An exchange that neither answers nor closes within this is a hang: the soak
 # server runs with read_timeout 15 s and header_timeout 10 s.
 HANG = 40.0
@@ -241,13 +245,16 @@ async def exchange(path: str, data: bytes, *, eof: bool = True) -> bytes:
                     view = view[await sock.send(view) :]
                 if eof:
                     sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            except OSError as exc:
+                if exc.errno not in PEER_GONE:
+                    raise
             chunks = []
             while True:
                 try:
                     chunk = await sock.recv(65536)
-                except ConnectionResetError:
+                except OSError as exc:
+                    if exc.errno not in PEER_GONE:
+                        raise
                     break
                 if not chunk:
                     break

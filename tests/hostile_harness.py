@@ -8,6 +8,7 @@ check what the application observed (``http.disconnect``, ``send`` raising).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -299,6 +300,10 @@ def blocking_exchange(
     return parse_reply(b"".join(chunks))
 
 
+# The server rejected early and closed (or reset): read what it said, if anything.
+PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
+
+
 async def exchange(
     address: str | tuple[str, int],
     data: bytes,
@@ -320,13 +325,16 @@ async def exchange(
                     view = view[await sock.send(view[:262144]) :]
                 if eof:
                     sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the server rejected early and closed: read what it said
+            except OSError as exc:
+                if exc.errno not in PEER_GONE:
+                    raise
             chunks = []
             while True:
                 try:
                     chunk = await sock.recv(65536)
-                except ConnectionResetError:
+                except OSError as exc:
+                    if exc.errno not in PEER_GONE:
+                        raise
                     break
                 if not chunk:
                     break

@@ -672,11 +672,6 @@ async def test_client_aborts_mid_upload_and_mid_download(server: HostileServer) 
     assert not log_problems(server.stderr()[log_start:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: receive() after the client went away returns the unread empty http.request"
-    " before http.disconnect (BUGS.md)",
-)
 def test_receive_after_send_raised_is_disconnect(server: HostileServer) -> None:
     """ASGI: receive() once the connection is closed returns http.disconnect (uvicorn does)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -787,10 +782,6 @@ def test_fd_exhaustion_recovers_by_itself(tmp_path: Path) -> None:
 
 
 @pytest.mark.hostile
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: accept() resource errors log a WARNING on every back-off retry (BUGS.md)",
-)
 def test_fd_exhaustion_logs_one_line_per_episode(tmp_path: Path) -> None:
     """Issue 6: EMFILE & co. -> *one* log line, back off; not a line per retry while it lasts."""
     nofile = 40

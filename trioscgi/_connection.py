@@ -301,7 +301,9 @@ class Connection:
 
     async def receive(self) -> Message:
         """ASGI ``receive``: the request body in chunks, then ``http.disconnect``."""
-        if self._app_has_body:
+        if self._app_has_body or self.disconnected:
+            # ASGI: once the connection is gone, receive() says so, even if
+            # the app never read the (empty) body.
             await self._wait_disconnect()
             return {"type": "http.disconnect"}
         if self._request_done:

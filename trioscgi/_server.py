@@ -190,20 +190,24 @@ class Server:
                 continue
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
+                    if backoff == 0.0:
+                        # One line per episode, not per retry: under an fd
+                        # exhaustion attack a line a second is a log flood.
+                        log.warning(
+                            "accept() on %s failed: %s; backing off until it works again",
+                            listener.description,
+                            exc,
+                        )
                     backoff = min(max(backoff * 2, 0.05), 1.0)
-                    log.warning(
-                        "accept() on %s failed: %s; retrying in %g s",
-                        listener.description,
-                        exc,
-                        backoff,
-                    )
                     await trio.sleep(backoff)
                     continue
                 if exc.errno in _TRANSIENT_ERRNOS:
                     await checkpoint()
                     continue
                 raise
-            backoff = 0.0
+            if backoff:
+                backoff = 0.0
+                log.info("accept() on %s works again", listener.description)
             if not listener.is_trusted(addr):
                 log.warning(
                     "refused connection from %s on %s: not in trusted_peers",

@@ -267,7 +267,7 @@ class Connection:
         value = parts[1]
         if not value.isdigit() or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
             raise RemoteProtocolError(f"CONTENT_LENGTH is not a length: {value[:32]!r}")
-        if not all(names):
+        if b"" in names:
             raise RemoteProtocolError(
                 f"header with an empty name, value {parts[names.index(b'') * 2 + 1][:32]!r}"
             )
@@ -282,8 +282,14 @@ class Connection:
         # included: tolerate its absence, not another version. "SCGI\0"
         # can't overlap itself, so if every string ending in SCGI is followed
         # by the string "1", every SCGI name has the value 1.
-        scgi = block.count(b"SCGI\x00")
-        if scgi and scgi != block.count(b"SCGI\x001\x00"):
+        # CONTENT_LENGTH comes first, so an SCGI name is always preceded by
+        # a NUL. One occurrence followed by "1" (the front-ends' case) is
+        # settled by two searches; anything else (a value "SCGI", several,
+        # another version) by a scan of the names.
+        scgi = block.find(b"\x00SCGI\x00")
+        if scgi >= 0 and (
+            not block.startswith(b"1\x00", scgi + 6) or block.find(b"\x00SCGI\x00", scgi + 6) >= 0
+        ):
             for i, name in enumerate(names):
                 if name == b"SCGI" and parts[2 * i + 1] != b"1":
                     raise RemoteProtocolError(f"SCGI version is not 1: {parts[2 * i + 1][:32]!r}")

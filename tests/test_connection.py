@@ -633,3 +633,90 @@ async def test_slow_request_does_not_block_others(bind: str, autojump_clock: Any
             assert (await request(srv.address, environ("GET", "/fast"))).status == 200
         release.set()
         assert parse_response(await read_all(slow)).status == 200
+
+
+# --- found in review --------------------------------------------------------------
+
+
+async def test_cancelled_receive_loses_no_body_bytes(bind: str) -> None:
+    # Starlette's request.is_disconnected() calls receive() in a scope that is
+    # already cancelled; the chunk waiting in the parser must not be lost.
+    got = bytearray()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await receive()
+        while True:
+            msg = await receive()
+            got.extend(msg["body"])
+            if not msg["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % len(got)})
+
+    body = bytes(range(256)) * 400
+    async with serving(app, bind) as srv:
+        r = await request(srv.address, environ("POST", "/", body=body), body)
+    assert r.body == b"%d" % len(body)
+    assert bytes(got) == body
+
+
+async def test_headers_as_an_iterator_and_str_transfer_encoding(bind: str) -> None:
+    # ASGI headers are "an iterable"; a generator must not be walked twice,
+    # and a str Transfer-Encoding is dropped like a bytes one.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = (
+            (n, v) for n, v in [("X-A", "1"), ("Transfer-Encoding", "chunked"), (b"x-b", b"2")]
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(app, bind) as srv:
+        r = await request(srv.address, environ("GET", "/"))
+    assert (r.status, r.body) == (200, b"ok")
+    assert r.header("x-a") == "1"
+    assert r.header("x-b") == "2"
+    assert r.header("transfer-encoding") is None
+
+
+async def test_pathsend_of_a_missing_file_is_not_an_oserror(bind: str, tmp_path: Path) -> None:
+    # An OSError from send() tells an ASGI 2.4 app that the client went away:
+    # the app's own mistake must not look like that.
+    seen: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": str(tmp_path / "nope")})
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    async with serving(app, bind) as srv:
+        r = await request(srv.address, environ("GET", "/"))
+    assert r.status == 500
+    assert len(seen) == 1
+    assert not isinstance(seen[0], OSError)
+    assert "nope" in str(seen[0])
+
+
+async def test_start_after_disconnect_raises_oserror(bind: str) -> None:
+    seen: list[BaseException] = []
+    done = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the empty body
+        assert (await receive())["type"] == "http.disconnect"
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        except OSError as exc:
+            seen.append(exc)
+        done.set()
+
+    async with serving(app, bind) as srv:
+        stream = await connect(srv.address)
+        await stream.send_all(encode_head(environ("GET", "/"), 0))
+        await stream.aclose()
+        await done.wait()
+    assert len(seen) == 1

@@ -314,7 +314,13 @@ class Connection:
     # --- the ASGI callables --------------------------------------------------
 
     async def receive(self) -> Message:
-        """ASGI ``receive``: the request body in chunks, then ``http.disconnect``."""
+        """ASGI ``receive``: the request body in chunks, then ``http.disconnect``.
+
+        The cancellation point comes first: a caller cancelled at the call
+        (Starlette's ``is_disconnected()`` does that) loses no body bytes.
+        Once a chunk is taken from the parser, nothing can raise.
+        """
+        await checkpoint_if_cancelled()
         if self._app_has_body or self.disconnected:
             # ASGI: once the connection is gone, receive() says so, even if
             # the app never read the (empty) body.
@@ -323,7 +329,6 @@ class Connection:
         if self._request_done:
             # An empty body (known at the head), or one the server drained.
             self._app_has_body = True
-            await checkpoint_if_cancelled()
             return {"type": "http.request", "body": b"", "more_body": False}
         conn = self._conn
         try:
@@ -350,11 +355,9 @@ class Connection:
                 conn.next_event()  # EndOfMessage: no I/O needed to know it
                 self._request_done = self._app_has_body = True
                 return {"type": "http.request", "body": event.data, "more_body": False}
-            await checkpoint_if_cancelled()
             return {"type": "http.request", "body": event.data, "more_body": True}
         # EndOfMessage (only reached for an empty final read)
         self._request_done = self._app_has_body = True
-        await checkpoint_if_cancelled()
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def _wait_disconnect(self) -> None:
@@ -433,9 +436,12 @@ class Connection:
             except KeyError:
                 raise RuntimeError("'http.response.start' without 'status'") from None
             try:
-                self._head = p.Response(status=status, headers=_strip_framing(headers))
+                head = p.Response(status=status, headers=headers)
             except p.LocalProtocolError as exc:
                 raise RuntimeError(f"invalid 'http.response.start': {exc}") from None
+            self._head = _strip_framing(head)
+            if self.disconnected:
+                raise ClientDisconnected("the client went away")
             await checkpoint_if_cancelled()
             return
         if kind in _FILE_EXTENSIONS:
@@ -463,7 +469,12 @@ class Connection:
             path = message["path"]
             if not os.path.isabs(path):
                 raise RuntimeError(f"'http.response.pathsend' needs an absolute path, not {path!r}")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                # Not an OSError: to the app (ASGI 2.4) that would mean the
+                # client went away, hiding its own mistake.
+                raise RuntimeError(f"'http.response.pathsend' can't open {path!r}: {exc}") from exc
             try:
                 await self._send_fd(head, fd, 0, os.fstat(fd).st_size, more=False)
             finally:
@@ -497,7 +508,9 @@ class Connection:
             sent = await sendfile(self._sock, fd, offset, count, patience=self.config.write_timeout)
         except OSError as exc:
             if not (isinstance(exc, TimeoutError) or exc.errno in _PEER_GONE):
-                raise  # the file could not be read: an application-side error
+                # The file could not be read: the application's error, not
+                # an OSError that would tell it the client went away.
+                raise RuntimeError(f"reading the file to send failed: {exc}") from exc
             self.disconnected = True
             raise ClientDisconnected(f"the client went away: {exc}") from None
         self.response_bytes += sent
@@ -518,11 +531,13 @@ _FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
 _PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
-def _strip_framing(headers: Any) -> Any:
+def _strip_framing(head: p.Response) -> p.Response:
     # The front-end frames the response to its client itself; an app's
     # Transfer-Encoding would describe a framing we do not apply (ASGI spec:
-    # servers ignore it).
-    for pair in headers:
-        if pair[0].lower() == b"transfer-encoding":
-            return [h for h in headers if h[0].lower() != b"transfer-encoding"]
-    return headers
+    # servers ignore it). Done on the validated headers: bytes, and a list
+    # even when the app gave an iterator.
+    for name, _ in head.headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            kept = [h for h in head.headers if h[0].lower() != b"transfer-encoding"]
+            return p.Response._make(status=head.status, headers=kept)
+    return head

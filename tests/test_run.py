@@ -45,6 +45,13 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"done\\n"})
 
 
+async def slow(scope, receive, send):
+    import trio
+    await receive()
+    print("starting up", flush=True)
+    await trio.sleep_forever()
+
+
 async def failing(scope, receive, send):
     assert scope["type"] == "lifespan"
     await receive()
@@ -221,3 +228,15 @@ def test_sighup_does_not_kill_a_single_process_server(
     assert parse_response(got).body == b"first\ndone\n"
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit() == 0
+
+
+def test_sigterm_during_a_slow_startup_is_a_clean_stop(
+    start_server: Callable[..., Server],
+) -> None:
+    # systemctl stop while the app is still starting: exit 0 at once, no
+    # traceback, not the startup_timeout and not exit 3.
+    srv = start_server("slow", "--lifespan", "on", "--startup-timeout", "600")
+    srv.wait_for("starting up")
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0, srv.text()
+    assert "Traceback" not in srv.text()

@@ -12,7 +12,7 @@ import trio
 from ._config import Config
 from ._lifespan import LifespanFailure
 from ._listeners import BindError, Listener
-from ._server import Server
+from ._server import CallOnStarted, Server
 from ._types import ASGIApp
 
 log = logging.getLogger("trioscgi")
@@ -98,18 +98,18 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
+            # Run in this task, not through nursery.start: a SIGTERM during a
+            # slow startup makes server.run return without started(), which
+            # is a clean stop, not an error.
             try:
-                bound = await nursery.start(server.run)
+                await server.run(task_status=CallOnStarted(on_ready or _ignore))
             except (LifespanFailure, BindError) as exc:
-                # Raised bare by nursery.start; re-raised outside this
-                # nursery so run() sees it unwrapped.
+                # Re-raised outside the nursery so run() sees it unwrapped.
                 failure = exc
-                nursery.cancel_scope.cancel()
-            else:
-                if on_ready is not None:
-                    on_ready(bound)
-                # nursery.start returned at started(): wait for the end here.
-                await server.finished.wait()
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+def _ignore(bound: list[str]) -> None:
+    pass

@@ -6,7 +6,7 @@ import errno
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -243,6 +243,20 @@ class Server:
                     self.shutdown()
 
 
+class CallOnStarted:
+    """A ``task_status`` for :meth:`Server.run` that calls a function.
+
+    For running the server in the caller's own task, where ``nursery.start``
+    would turn "stopped before it started" into an error.
+    """
+
+    def __init__(self, callback: Callable[[list[str]], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: list[str] | None = None) -> None:
+        self._callback(value or [])
+
+
 async def serve(
     app: ASGIApp,
     config: Config,
@@ -285,17 +299,16 @@ async def serve(
     bound: list[str] | None = None
     failure: BaseException | None = None
 
-    class _Started:
-        def started(self, value: list[str] | None = None) -> None:
-            nonlocal bound
-            bound = value or []
-            progress.set()
+    def on_started(value: list[str]) -> None:
+        nonlocal bound
+        bound = value
+        progress.set()
 
     async def run_shielded() -> None:
         nonlocal failure
         with trio.CancelScope(shield=True):
             try:
-                await server.run(task_status=_Started())
+                await server.run(task_status=CallOnStarted(on_started))
             except BaseException as exc:
                 # Re-raised outside the nursery: callers get LifespanFailure
                 # or BindError bare, not inside an ExceptionGroup.

@@ -26,6 +26,17 @@ TIMEOUT = 20.0  # an upper bound for a hung child, never a timing assumption
 
 APP = '''
 """Test app: streams "first" once the first body chunk is in, "done" after the rest."""
+import os as _os
+import time as _time
+
+_gate = _os.environ.get("TESTAPP_GATE")
+if _gate:
+    # A slow import: wait (bounded) until the test creates the gate file.
+    print("importing", flush=True)
+    for _ in range(2000):
+        if _os.path.exists(_gate):
+            break
+        _time.sleep(0.01)
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -240,3 +251,29 @@ def test_sigterm_during_a_slow_startup_is_a_clean_stop(
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit() == 0, srv.text()
     assert "Traceback" not in srv.text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigusr1_while_the_app_imports_does_not_kill(
+    start_server: Callable[..., Server],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: str,
+) -> None:
+    # logrotate's kill -USR1 can land while the app is still importing,
+    # before trio handles signals: SIGUSR1's default action would end the
+    # process (or, with workers, the worker and so the daemon's first start).
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("TESTAPP_GATE", str(gate))
+    srv = start_server("app", "--workers", workers)
+    srv.wait_for("importing")
+    srv.proc.send_signal(signal.SIGUSR1)
+    gate.touch()
+    srv.wait_for("listening on")
+    sock, got = start_request(srv.address)
+    with sock:
+        sock.sendall(b"67890")
+        got += read_all_sync(sock)
+    assert parse_response(got).body == b"first\ndone\n"
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0, srv.text()

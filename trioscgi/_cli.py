@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         from ._logging import setup_logging  # noqa: PLC0415
 
-        setup_logging(config, install_sigusr1=False)
+        setup_logging(config)
     except ConfigError as exc:
         _print_error(f"config error: {exc}")
         return EXIT_USAGE

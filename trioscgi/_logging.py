@@ -123,8 +123,17 @@ def setup_logging(config: Config, *, install_sigusr1: bool = True) -> None:
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise ConfigError(f"[logging] table: {exc}") from None
 
-    if install_sigusr1 and hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, _on_sigusr1)
+    if install_sigusr1:
+        reopen_on_sigusr1()
+
+
+def reopen_on_sigusr1() -> None:
+    """Make SIGUSR1 reopen the log files until trio takes the signal over.
+
+    SIGUSR1's default action ends the process: logrotate's ``kill -USR1``
+    must not kill a process still importing its application.
+    """
+    signal.signal(signal.SIGUSR1, _on_sigusr1)
 
 
 def _on_sigusr1(signum: int, frame: object) -> None:

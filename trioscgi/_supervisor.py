@@ -20,6 +20,7 @@ from typing import Any
 
 from ._config import Config
 from ._listeners import BindError, Listener, bind_all
+from ._logging import reopen_on_sigusr1
 from ._notify import notify, watchdog_interval
 
 __all__ = ["run_supervisor"]
@@ -256,6 +257,9 @@ class _Supervisor:
             signal.set_wakeup_fd(-1)
             for s in _SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
+            # Not SIG_DFL for SIGUSR1: it would kill a worker still loading
+            # the app when logrotate signals (the supervisor forwards it).
+            reopen_on_sigusr1()
             # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):

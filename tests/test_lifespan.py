@@ -248,3 +248,19 @@ async def test_cancel_during_startup_stops_promptly(tmp_path: Path, autojump_clo
     assert scope.cancelled_caught
     assert trio.current_time() - t0 < 10
     assert not (tmp_path / "s.sock").exists()
+
+
+async def test_failed_then_raised_logs_the_failure_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Starlette sends lifespan.startup.failed and then re-raises: one failure,
+    # not an extra "raised after startup" error with a traceback.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        raise RuntimeError("no database")
+
+    exc = await serve_failure(app, make_config(tmp_path, lifespan="auto"))
+    assert "no database" in str(exc)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not any("after startup" in m for m in errors), errors

@@ -90,7 +90,12 @@ class Lifespan:
             except trio.Cancelled:
                 raise
             except BaseException as exc:
-                if self._startup_done.is_set() and not self._shutdown_asked.is_set():
+                if self._failure is not None:
+                    # It reported startup.failed (or shutdown.failed) and then
+                    # raised, as Starlette does: the failure is already logged
+                    # with its message; the traceback adds nothing.
+                    log.debug("lifespan task raised after reporting a failure", exc_info=exc)
+                elif self._startup_done.is_set() and not self._shutdown_asked.is_set():
                     # Raising after a good startup and before shutdown: the
                     # app's lifespan task died; serving goes on.
                     log.error("lifespan task raised after startup", exc_info=exc)

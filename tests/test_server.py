@@ -266,3 +266,37 @@ async def test_every_listener_resumes_after_the_limit(tmp_path: Path, autojump_c
                 assert r.status == 200
             return
         pytest.fail("a listener stopped accepting after max_connections was reached")
+
+
+async def _from(source: str, address: str, data: bytes) -> bytes:
+    host, _, port = address.rpartition(":")
+    sock = trio.socket.socket()
+    with sock:
+        await sock.bind((source, 0))
+        await sock.connect((host, int(port)))
+        await sock.send(data)
+        out = b""
+        while chunk := await sock.recv(65536):
+            out += chunk
+        return out
+
+
+async def test_untrusted_peers_are_refused_with_bounded_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Loopback only: the listener on 127.0.0.2, a trusted peer from 127.0.0.1
+    # and an untrusted one from 127.0.0.3 (the default trusted_peers is
+    # exactly 127.0.0.1 and ::1).
+    data = encode_request(environ("GET", "/"))
+    async with serving(hello, "127.0.0.2:0") as srv:
+        for _ in range(5):
+            # Closed unread: an EOF or, with our bytes unread, a reset.
+            try:
+                assert await _from("127.0.0.3", srv.address, data) == b""
+            except ConnectionResetError:
+                pass
+        assert parse_response(await _from("127.0.0.1", srv.address, data)).status == 200
+    refused = [r for r in caplog.records if "not in trusted_peers" in r.getMessage()]
+    # Whoever can connect must not decide how much we log.
+    assert len(refused) == 1
+    assert "127.0.0.3" in refused[0].getMessage()

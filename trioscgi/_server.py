@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import random
 import socket
 from collections.abc import Callable, Sequence
@@ -25,9 +26,11 @@ log = logging.getLogger("trioscgi")
 # accept() errors that mean "out of a resource for now": log, back off and
 # try again rather than end the listener.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# accept() errors about one connection only (it died in the backlog).
+# At most one "refused connection" warning per this many seconds.
+_REFUSED_LOG_INTERVAL = 10.0
 # Connections accepted in a row before the accept loop yields.
 _ACCEPT_BURST = 8
+# accept() errors about one connection only (it died in the backlog).
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
 
@@ -67,6 +70,8 @@ class Server:
             )
         self.shutting_down = False
         self.finished = trio.Event()
+        self._refused = 0
+        self._refused_quiet_until = -math.inf
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -209,12 +214,8 @@ class Server:
                 backoff = 0.0
                 log.info("accept() on %s works again", listener.description)
             if not listener.is_trusted(addr):
-                log.warning(
-                    "refused connection from %s on %s: not in trusted_peers",
-                    addr[0] if isinstance(addr, tuple) else addr,
-                    listener.description,
-                )
                 client.close()
+                self._log_refused(listener, addr)
                 await checkpoint()
                 continue
             client.setblocking(False)
@@ -228,6 +229,24 @@ class Server:
                 burst = 0
                 await checkpoint()
 
+    def _log_refused(self, listener: Listener, addr: Any) -> None:
+        # One line per peer the first time, then at most one line per
+        # interval with a count: whoever can connect must not decide how
+        # much we log.
+        self._refused += 1
+        now = trio.current_time()
+        if now < self._refused_quiet_until:
+            return
+        self._refused_quiet_until = now + _REFUSED_LOG_INTERVAL
+        more = f" ({self._refused - 1} more refused before it)" if self._refused > 1 else ""
+        self._refused = 0
+        log.warning(
+            "refused connection from %s on %s: not in trusted_peers%s",
+            addr[0] if isinstance(addr, tuple) else addr,
+            listener.description,
+            more,
+        )
+
     async def _handle(self, sock: socket.socket) -> None:
         try:
             await Connection(sock, self).run()
@@ -239,7 +258,11 @@ class Server:
             if self._max_requests:
                 self._served += 1
                 if self._served == self._max_requests:
-                    log.info("served %d requests (max_requests): restarting", self._served)
+                    log.info(
+                        "served %d connections (max_requests): stopping this process"
+                        " so the supervisor can start a fresh one",
+                        self._served,
+                    )
                     self.shutdown()
 
 

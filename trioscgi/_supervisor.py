@@ -174,7 +174,8 @@ class _Supervisor:
             now = time.monotonic()
             for w in self.workers.values():
                 _kill(w.pid, signal.SIGTERM)
-                w.kill_at = min(w.kill_at or now, now + IMMEDIATE_GRACE)
+                soon = now + IMMEDIATE_GRACE
+                w.kill_at = soon if w.kill_at is None else min(w.kill_at, soon)
 
     def _stop_worker(self, w: _Worker) -> None:
         """SIGTERM (graceful), and SIGKILL once its timeouts have certainly passed."""

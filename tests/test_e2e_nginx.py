@@ -96,3 +96,21 @@ def test_sigterm_completes_request_in_flight(transport: str, e2e_dir: Path) -> N
 
 def test_client_abort_is_not_logged_as_an_app_error(e2e_dir: Path) -> None:
     checks.check_abort_not_logged_as_error(run_nginx, e2e_dir)
+
+
+def test_app_failing_mid_stream_is_not_a_complete_response(
+    request: pytest.FixtureRequest, nginx: FrontEnd
+) -> None:
+    # Over TCP trioscgi resets the connection, and nginx aborts its client's
+    # chunked response: no terminating chunk. (A Unix socket has no reset;
+    # nginx then sees a plain EOF: see docs/deploy-nginx.md.)
+    from frontends import raw_http
+
+    reply = raw_http(
+        nginx.port, b"GET /broken-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"partial\n" in reply
+    complete = reply.endswith(b"\r\n0\r\n\r\n")
+    if "tcp" in request.node.callspec.id:
+        assert not complete, reply[-200:]

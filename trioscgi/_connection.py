@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from http import HTTPStatus
 from typing import Any
 
@@ -36,6 +37,8 @@ _COALESCE_LIMIT = 16384
 # Linux) get a bigger one, up to _MAX_SNDBUF.
 _BIG_RESPONSE = 262144
 _MAX_SNDBUF = 4 << 20
+# SO_LINGER on with a zero timeout: close() sends a reset.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 _Bytes = bytes | bytearray | memoryview
@@ -72,6 +75,7 @@ class Connection:
     """Serve one request on an accepted socket; the task that runs it owns the socket."""
 
     __slots__ = (
+        "_abort",
         "_app_has_body",
         "_conn",
         "_head",
@@ -99,6 +103,7 @@ class Connection:
         self._head: p.Response | None = None
         self._request_done = False
         self._app_has_body = False
+        self._abort = False
         self._response_done = False
         self.disconnected = False
         self.status = 0
@@ -224,20 +229,22 @@ class Connection:
                         scope, self.status, self.response_bytes, trio.current_time() - start
                     )
         finally:
+            if self._abort:
+                # A response cut short must not look complete: a normal close
+                # is a clean EOF, which nginx (reading to EOF when there is no
+                # Content-Length) passes on as the end of the response. A
+                # reset makes the front-end abort its client's response.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.close()
 
     async def _run_app(self, scope: dict[str, Any]) -> None:
         try:
             await self.app(scope, self.receive, self.send)
-        except ClientDisconnected:
-            if not self.disconnected:
-                raise
-            log.info("client went away: %s %s", scope["method"], scope["path"])
-            return
         except Exception as exc:
             if self.disconnected:
-                # The app turned our ClientDisconnected into its own exception
-                # (Starlette raises ClientDisconnect): still a client fault.
+                # Our ClientDisconnected, or the app's own exception made of
+                # it (Starlette raises ClientDisconnect): a client fault.
                 log.info(
                     "client went away: %s %s (%s)",
                     scope["method"],
@@ -245,11 +252,13 @@ class Connection:
                     type(exc).__name__,
                 )
                 return
-            if self._head is None or self.status == 0:
+            if self.status == 0:
                 log.error("exception in ASGI application before the response started", exc_info=exc)
                 await self._send_error(500)
             else:
                 log.error("exception in ASGI application after the response started", exc_info=exc)
+                # Cut short: reset. Complete already: nothing to undo.
+                self._abort = not self._response_done
             return
         if self.disconnected:
             return
@@ -259,6 +268,7 @@ class Connection:
                 await self._send_error(500)
                 return
             log.error("ASGI application returned before the response was complete")
+            self._abort = True
             return
         if not self._request_done:
             await self._drain()

@@ -121,6 +121,16 @@ async def endless(request: Request) -> StreamingResponse:
     )
 
 
+async def broken_stream(request: Request) -> StreamingResponse:
+    """Stream one chunk, then fail: the client must see an incomplete response."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"partial\n"
+        raise RuntimeError("broken stream (on purpose)")
+
+    return StreamingResponse(chunks(), media_type="text/plain", headers={"X-Accel-Buffering": "no"})
+
+
 async def state(request: Request) -> JSONResponse:
     return JSONResponse({"greeting": request.state.greeting})
 
@@ -151,6 +161,7 @@ app = Starlette(
         Route("/body", body, methods=["POST", "PUT"]),
         Route("/stream", stream),
         Route("/endless", endless),
+        Route("/broken-stream", broken_stream),
         Route("/state", state),
         Route("/wait", wait),
         Route("/fail", fail),

@@ -884,3 +884,31 @@ async def test_wsgi_threads_limits_concurrency() -> None:
         gate.set()
     assert peak == 2
     assert all(conn.body == b"ok" for conn in conns)
+
+
+async def test_hung_view_does_not_hold_the_shutdown(tmp_path: Path, autojump_clock: Any) -> None:
+    # A thread can't be interrupted; past graceful_timeout the server stops
+    # waiting for it instead of hanging the shutdown (or a second SIGTERM).
+    from scgi_client import connect, encode_head, environ, serving
+
+    started = threading.Event()
+    gate = threading.Event()
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        started.set()
+        gate.wait(30)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    wrapped = wrap_wsgi(app, Config(wsgi_threads=2))
+    try:
+        async with serving(wrapped, f"unix:{tmp_path}/s.sock", graceful_timeout=5) as srv:
+            stream = await connect(srv.address)
+            await stream.send_all(encode_head(environ("GET", "/"), 0))
+            assert await trio.to_thread.run_sync(started.wait, 10)
+            srv.stop()
+            await srv.stopped.wait()
+            assert not gate.is_set()  # stopped while the view still hangs
+            await stream.aclose()
+    finally:
+        gate.set()

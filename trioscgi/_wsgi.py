@@ -620,6 +620,11 @@ class _WSGIAdapter:
                 environ,
                 "http.response.zerocopysend" in extensions,
                 limiter=self.limiter,
+                # A thread can't be interrupted: when the request is
+                # cancelled (graceful_timeout passed, or a second signal) the
+                # task stops waiting for it, so a hung view can't hold the
+                # shutdown. Its later calls into trio fail and end it.
+                abandon_on_cancel=True,
             )
         except OSError:
             if request.client_gone:

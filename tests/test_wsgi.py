@@ -893,10 +893,12 @@ async def test_hung_view_does_not_hold_the_shutdown(tmp_path: Path, autojump_clo
 
     started = threading.Event()
     gate = threading.Event()
+    view_done = threading.Event()
 
     def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
         started.set()
         gate.wait(30)
+        view_done.set()
         start_response("200 OK", [])
         return [b"late"]
 
@@ -908,7 +910,7 @@ async def test_hung_view_does_not_hold_the_shutdown(tmp_path: Path, autojump_clo
             assert await trio.to_thread.run_sync(started.wait, 10)
             srv.stop()
             await srv.stopped.wait()
-            assert not gate.is_set()  # stopped while the view still hangs
+            assert not view_done.is_set()  # stopped while the view still hangs
             await stream.aclose()
     finally:
         gate.set()

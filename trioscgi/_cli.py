@@ -17,12 +17,8 @@ from typing import Any, NoReturn
 from . import _config
 from ._config import Config, ConfigError
 from ._importer import AppLoadError, load_app
+from ._types import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from ._version import __version__
-
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_USAGE = 2
-EXIT_LIFESPAN = 3
 
 # Fields with no command-line flag: ``app`` is the positional argument,
 # ``logging`` is a table that only makes sense in the file.

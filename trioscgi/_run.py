@@ -13,12 +13,9 @@ from ._config import Config
 from ._lifespan import LifespanFailure
 from ._listeners import BindError, Listener
 from ._server import CallOnStarted, Server
-from ._types import ASGIApp
+from ._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
 
 log = logging.getLogger("trioscgi")
-
-EXIT_OK = 0
-EXIT_LIFESPAN = 3
 
 
 def run(

@@ -22,15 +22,12 @@ from ._config import Config
 from ._listeners import BindError, Listener, bind_all
 from ._logging import reopen_on_sigusr1
 from ._notify import notify, watchdog_interval
+from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["run_supervisor"]
 
 log = logging.getLogger("trioscgi")
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1
-EXIT_APP_LOAD = 2
-EXIT_LIFESPAN = 3
 
 # Crash handling: a worker that dies unexpectedly is replaced after
 # 0.1 s, 0.2 s, 0.4 s ... (capped at BACKOFF_MAX) depending on how many
@@ -280,7 +277,7 @@ class _Supervisor:
                     f"\n{details}" if details else "",
                     exc_info=details is None,
                 )
-                code = EXIT_APP_LOAD
+                code = EXIT_USAGE
                 return
             from ._logging import reopen_logs  # noqa: PLC0415
             from ._run import run  # noqa: PLC0415
@@ -370,7 +367,7 @@ class _Supervisor:
             # The first start failed: no use retrying a broken app or a failing
             # lifespan startup. 3 stays 3 (lifespan), 2 (app load) stays 2.
             log.critical("worker %d failed to start (%s): stopping", w.pid, how)
-            self.exit_code = code if code in (EXIT_APP_LOAD, EXIT_LIFESPAN) else EXIT_RUNTIME
+            self.exit_code = code if code in (EXIT_USAGE, EXIT_LIFESPAN) else EXIT_RUNTIME
             self._stop("startup failure")
             return
         if not w.ready and self.reloading == w.generation:

@@ -10,7 +10,7 @@ import inspect
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
@@ -18,14 +18,10 @@ from urllib.parse import unquote_to_bytes
 import trio
 
 from ._config import Config
+from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FileWrapper", "detect_interface", "wrap_wsgi"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

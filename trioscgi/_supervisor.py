@@ -290,15 +290,11 @@ class _Supervisor:
             # The supervisor owns the socket files: a worker must never unlink them.
             mine = [dataclasses.replace(lst, unix_path=None) for lst in self.listeners]
             code = run(app, config, listeners=mine, on_ready=on_ready, on_reopen_logs=reopen_logs)
-        except BaseException as exc:
-            if _is_lifespan_failure(exc):
-                # run() maps LifespanFailure to 3, but trio's strict exception
-                # groups can deliver it wrapped: keep the exit code meaningful.
-                log.critical("worker %d: %s", os.getpid(), _is_lifespan_failure(exc))
-                code = EXIT_LIFESPAN
-            else:
-                log.exception("worker %d failed", os.getpid())
-                code = EXIT_RUNTIME
+        except BaseException:
+            # run() itself returns 3 for a lifespan failure; anything else
+            # that escapes is a crash of this worker.
+            log.exception("worker %d failed", os.getpid())
+            code = EXIT_RUNTIME
         finally:
             logging.shutdown()
             for stream in (sys.stdout, sys.stderr):
@@ -416,19 +412,6 @@ class _Supervisor:
         delay = min(BACKOFF_FIRST * 2 ** (len(self.crashes) - 1), BACKOFF_MAX)
         log.error("worker %d died (%s); replacing it in %g s", w.pid, how, delay)
         self.pending_spawns.append(now + delay)
-
-
-def _is_lifespan_failure(exc: BaseException) -> str:
-    """The LifespanFailure message inside ``exc`` (possibly an exception group), or ""."""
-    from ._lifespan import LifespanFailure  # noqa: PLC0415
-
-    if isinstance(exc, LifespanFailure):
-        return str(exc)
-    for sub in getattr(exc, "exceptions", ()):
-        found = _is_lifespan_failure(sub)
-        if found:
-            return found
-    return ""
 
 
 def _no_op(signum: int, frame: object) -> None:

@@ -136,9 +136,9 @@ class Connection:
         if total > _BIG_RESPONSE:
             # A send buffer that holds the whole response lets one sendmsg()
             # hand it to the kernel: fewer wake-ups here and bigger reads for
-            # the front-end (measured: 1 MiB responses behind nginx at 1.46x
-            # aioscgi instead of 1.06x). The kernel caps it at
-            # net.core.wmem_max.
+            # the front-end (measured: 1 MiB responses behind nginx at 1.35x
+            # aioscgi instead of 1.06x, docs/benchmarks.md). The kernel caps
+            # it at net.core.wmem_max.
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(total, _MAX_SNDBUF))
         try:

@@ -77,6 +77,15 @@ def trioscgi(d, app, *extra):
     )
 
 
+# The last CPU: the bench's nginx and wrk are free to use the others.
+PIN_CPU = str(max(os.sched_getaffinity(0)))
+
+
+def pinned(backend):
+    loc, sock, argv = backend
+    return loc, sock, ["taskset", "-c", PIN_CPU, *argv]
+
+
 def fcgisgi(d, app):
     code = (
         "import asyncio, fcgisgi, files_apps; asyncio.run(fcgisgi.run_wsgi_server("
@@ -99,6 +108,14 @@ GROUPS = {
         ("trioscgi-wsgi-hello", False, lambda d: trioscgi(d, "wsgi_hello", "--interface", "wsgi")),
         ("fcgisgi-flask-hello", False, lambda d: fcgisgi(d, "flask_hello")),
         ("trioscgi-flask-hello", False, lambda d: trioscgi(d, "flask_hello")),
+        # cpu_affinity keeps the thread hand-offs on one CPU; fcgisgi pinned
+        # the same way (taskset) for a fair comparison.
+        ("fcgisgi-wsgi-hello-pinned", False, lambda d: pinned(fcgisgi(d, "wsgi_hello"))),
+        (
+            "trioscgi-wsgi-hello-pinned",
+            False,
+            lambda d: trioscgi(d, "wsgi_hello", "--interface", "wsgi", "--cpu-affinity", PIN_CPU),
+        ),
     ],
 }
 

@@ -253,3 +253,21 @@ def test_root_path_slash_means_mounted_at_the_root() -> None:
     # "/" overrides a SCRIPT_NAME the front-end sends (lighttpd on "/" without
     # fix-root-scriptname), so it must pass validation.
     Config(root_path="/").validate()
+
+
+def test_cpu_affinity_lists() -> None:
+    from trioscgi._config import parse_cpu_list
+
+    assert parse_cpu_list("") == []
+    assert parse_cpu_list("0") == [0]
+    assert parse_cpu_list(" 0 , 0-0 ") == [0]
+    Config(cpu_affinity="0").validate()
+    for bad, why in [
+        ("a", "not a list of CPU numbers"),
+        ("1-0", "runs backwards"),
+        ("0-", "not a list of CPU numbers"),
+        ("-1", "not a list of CPU numbers"),
+        ("4096", "CPU 4096 does not exist here"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            Config(cpu_affinity=bad).validate()

@@ -277,3 +277,42 @@ def test_sigusr1_while_the_app_imports_does_not_kill(
     assert parse_response(got).body == b"first\ndone\n"
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit() == 0, srv.text()
+
+
+def _cpus(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def _threads_cpus(pid: int) -> set[str]:
+    return {_cpus(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_cpu_affinity_pins_the_process_and_its_threads(
+    start_server: Callable[..., Server],
+) -> None:
+    cpu = str(max(os.sched_getaffinity(0)))
+    srv = start_server("app", "--cpu-affinity", cpu)
+    srv.wait_for("listening on")
+    assert _threads_cpus(srv.proc.pid) == {cpu}
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to spread over")
+def test_cpu_affinity_spreads_workers(start_server: Callable[..., Server]) -> None:
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    srv = start_server("app", "--workers", "2", "--cpu-affinity", f"{first},{second}")
+    srv.wait_for("listening on")
+    pid = srv.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        workers = [int(p) for p in f.read().split()]
+    assert len(workers) == 2
+    assert sorted(_cpus(w) for w in workers) == [str(first), str(second)]
+    assert _cpus(pid) != str(first)  # the supervisor itself is not pinned
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0

@@ -35,6 +35,7 @@ _METAVARS = {
     "error_log": "PATH",
     "access_log": "PATH",
     "app_dir": "DIR",
+    "cpu_affinity": "CPUS",
 }
 _HELP = {
     "bind": "address to listen on: unix:PATH, HOST:PORT, [V6]:PORT, fd://N, systemd, "
@@ -47,6 +48,7 @@ _HELP = {
     "error_log": "error log file, '-' = stderr",
     "lifespan": "run the ASGI lifespan protocol",
     "interface": "application interface (auto detects; ambiguous apps need the flag)",
+    "cpu_affinity": "pin each worker process to one of these CPUs, e.g. 0,1 or 0-3 ('' = off)",
 }
 
 
@@ -219,6 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         return _run_supervised(config, argv)
 
+    from ._run import pin_to_cpu  # noqa: PLC0415
+
+    # Before the app is imported: threads it starts inherit the affinity.
+    cpu = next(iter(_config.parse_cpu_list(config.cpu_affinity)), None)
+    try:
+        pin_to_cpu(cpu)
+    except OSError as exc:  # a CPU outside this process's cgroup cpuset
+        _print_error(f"config error: cpu_affinity: can't run on CPU {cpu}: {exc}")
+        return EXIT_USAGE
     try:
         app = load_configured_app(config)
     except AppLoadError as exc:

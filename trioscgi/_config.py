@@ -71,6 +71,7 @@ class Config:
     max_requests: int = 0
     max_requests_jitter: int = 0
     pid_file: str | None = None
+    cpu_affinity: str = ""
 
     # --- logging -------------------------------------------------------------
     log_level: str = "info"
@@ -262,6 +263,11 @@ def _check_value(key: str, value: Any) -> None:
     elif key in ("error_log", "access_log", "pid_file", "app_dir"):
         if value == "":
             raise ConfigError(f"key {key!r} must not be an empty string")
+    elif key == "cpu_affinity":
+        try:
+            parse_cpu_list(value)
+        except ValueError as exc:
+            raise ConfigError(f"key 'cpu_affinity': {exc}") from None
     elif key == "access_log_format":
         from ._accesslog import compile_format  # noqa: PLC0415
 
@@ -269,6 +275,30 @@ def _check_value(key: str, value: Any) -> None:
             compile_format(value)
         except ValueError as exc:
             raise ConfigError(f"key 'access_log_format': {exc}") from None
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """CPU numbers from ``"0,2-3"`` (taskset's syntax); ``""`` is none.
+
+    Raises:
+        ValueError: not that syntax, or a CPU the machine does not have.
+    """
+    cpus: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f'{text!r} is not a list of CPU numbers like "0,2-3"')
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"range {part!r} runs backwards")
+        cpus.extend(c for c in range(low, high + 1) if c not in cpus)
+    # Checked against the machine, not this process's current affinity: a
+    # worker already pinned to one CPU validates the same config.
+    count = os.cpu_count() or 1
+    outside = [c for c in cpus if c >= count]
+    if outside:
+        raise ValueError(f"CPU {outside[0]} does not exist here (CPUs 0-{count - 1})")
+    return cpus
 
 
 def check_value(key: str, value: Any) -> Any:

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import Config
+from ._config import Config, parse_cpu_list
 from ._listeners import BindError, Listener, bind_all
 from ._logging import reopen_on_sigusr1
 from ._notify import notify, watchdog_interval
+from ._run import pin_to_cpu
 from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["run_supervisor"]
@@ -57,6 +58,7 @@ class _Worker:
     ready: bool = False
     stopping: bool = False
     kill_at: float | None = None  # SIGKILL if still running then
+    cpu: int | None = None  # the CPU it is pinned to (cpu_affinity)
 
 
 class _Supervisor:
@@ -229,6 +231,7 @@ class _Supervisor:
         # wake-up pipe: a SIGTERM sent to a just-forked worker would be
         # written to that pipe and read by us as our own SIGTERM. So the
         # signals stay blocked across fork() until the child is clean.
+        cpu = self._next_cpu(config)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             pid = os.fork()
@@ -240,14 +243,27 @@ class _Supervisor:
             self.pending_spawns.append(time.monotonic() + BACKOFF_MAX)
             return
         if pid == 0:  # pragma: no cover - runs in the child, reported by exit code
-            self._child(config, mask)
+            self._child(config, mask, cpu)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.workers[pid] = _Worker(pid, generation, time.monotonic())
+        self.workers[pid] = _Worker(pid, generation, time.monotonic(), cpu=cpu)
         log.debug("started worker %d (generation %d)", pid, generation)
 
-    def _child(self, config: Config, mask: set[int | signal.Signals]) -> None:
+    def _next_cpu(self, config: Config) -> int | None:
+        # cpu_affinity: the listed CPU with the fewest live workers, so that
+        # replacements and reloads keep the workers spread.
+        cpus = parse_cpu_list(config.cpu_affinity)
+        if not cpus:
+            return None
+        load = {cpu: 0 for cpu in cpus}
+        for worker in self.workers.values():
+            if worker.cpu in load and not worker.stopping:
+                load[worker.cpu] += 1
+        return min(cpus, key=lambda cpu: load[cpu])
+
+    def _child(self, config: Config, mask: set[int | signal.Signals], cpu: int | None) -> None:
         code = EXIT_RUNTIME
         try:
+            pin_to_cpu(cpu)
             # Ctrl-C in a terminal signals the whole process group; the
             # supervisor forwards it, so workers would see it twice (= stop
             # now). Their own group lets the supervisor alone decide.

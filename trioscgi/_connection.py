@@ -388,7 +388,13 @@ class Connection:
         self.disconnected = True
 
     async def send(self, message: Message) -> None:
-        """ASGI ``send``: the response head is held until the first body message."""
+        """ASGI ``send``: the response head is held until the first body message.
+
+        A cancellation point before anything changes: an app streaming to a
+        fast reader (every send() going straight out) can still be cancelled
+        at graceful_timeout.
+        """
+        await checkpoint_if_cancelled()
         kind = message["type"]
         if kind == "http.response.body":
             head = self._head
@@ -434,8 +440,6 @@ class Connection:
                     self.disconnected = True
                     raise ClientDisconnected(f"the client went away: {exc}") from None
                 self.response_bytes += len(body)
-            else:
-                await checkpoint_if_cancelled()
             return
         if kind == "http.response.start":
             if self._head is not None:
@@ -452,7 +456,6 @@ class Connection:
             self._head = _strip_framing(head)
             if self.disconnected:
                 raise ClientDisconnected("the client went away")
-            await checkpoint_if_cancelled()
             return
         if kind in _FILE_EXTENSIONS:
             await self._send_file(message)

@@ -1,7 +1,8 @@
 """End to end: Flask and Django (WSGI) and Starlette's FileResponse behind real nginx.
 
 The real ``python -m trioscgi`` process serves the apps in tests/apps; nginx (stock
-scgi_params, and a prefix location with SCRIPT_NAME/PATH_INFO) is in front.
+scgi_params, and a prefix location with SCRIPT_NAME/PATH_INFO) is in front. Flask's
+paths are also checked behind Apache mod_proxy_scgi and lighttpd mod_scgi.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from frontends import HTTP_TIMEOUT, FrontEnd, TrioscgiProcess, run_nginx, run_trioscgi
+from frontends import (
+    HTTP_TIMEOUT,
+    FrontEnd,
+    TrioscgiProcess,
+    run_apache,
+    run_lighttpd,
+    run_nginx,
+    run_trioscgi,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -141,6 +150,31 @@ def test_flask_routes_and_paths(flask_nginx: FrontEnd) -> None:
     assert (got["script_root"], got["path"], got["rest"]) == ("/app", "/echo/y", "y")
     assert got["url"].endswith("/app/echo/y?b=2")
     assert flask_nginx.get("/nope").status == 404
+
+
+@pytest.mark.parametrize("frontend", ["apache", "lighttpd"])
+def test_flask_paths_behind_apache_and_lighttpd(
+    frontend: str, flask_server: TrioscgiProcess
+) -> None:
+    # PEP 3333's SCRIPT_NAME/PATH_INFO follow the scope's rules: Apache's
+    # SCRIPT_NAME (the whole path) is never the mount point; lighttpd's prefix
+    # mount passes SCRIPT_NAME=/app and PATH_INFO.
+    run = run_apache if frontend == "apache" else run_lighttpd
+    with run(flask_server.backends["tcp"]) as fe:
+        got = json_of(fe.get("/echo/caf%C3%A9/x?a=1"))
+        assert (got["script_root"], got["path"], got["rest"]) == ("", "/echo/café/x", "café/x")
+        assert got["query"] == [["a", "1"]]
+        resp = fe.request(
+            "POST",
+            "/form",
+            body=b"a=1&b=two+words",
+            headers=[("Content-Type", "application/x-www-form-urlencoded")],
+        )
+        assert json_of(resp)["fields"] == [["a", "1"], ["b", "two words"]]
+        assert fe.get("/boom").status == 500
+        if frontend == "lighttpd":
+            got = json_of(fe.get("/app/echo/y?b=2"))
+            assert (got["script_root"], got["path"], got["rest"]) == ("/app", "/echo/y", "y")
 
 
 def test_flask_form(flask_nginx: FrontEnd) -> None:

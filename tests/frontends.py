@@ -260,7 +260,8 @@ class FrontEnd:
             return ""
 
 
-def _start(
+@contextlib.contextmanager
+def _running(
     name: str,
     *,
     argv: list[str],
@@ -268,7 +269,9 @@ def _start(
     port: int,
     error_log: Path,
     variants: dict[str, str],
-) -> FrontEnd:
+    stop_signal: int = signal.SIGTERM,
+) -> Iterator[FrontEnd]:
+    """Start a front-end, wait until it accepts, and stop it on the way out."""
     out = (workdir / "stdout.log").open("wb")
     try:
         proc = subprocess.Popen(
@@ -289,7 +292,10 @@ def _start(
     except BaseException:
         stop_process(proc)
         raise
-    return fe
+    try:
+        yield fe
+    finally:
+        stop_process(proc, stop_signal)
 
 
 @contextlib.contextmanager
@@ -373,18 +379,16 @@ def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd
         conf.write_text(nginx_config(d, port, backend, scgi_params))
         error_log = d / "error.log"
         argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
-        fe = _start(
+        with _running(
             "nginx",
             argv=argv,
             workdir=d,
             port=port,
             error_log=error_log,
             variants={"stock": "", "prefix": "/app", "noparams": "/noparams"},
-        )
-        try:
+            stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
+        ) as fe:
             yield fe
-        finally:
-            stop_process(fe.proc, signal.SIGQUIT)  # graceful: finish in-flight requests
 
 
 def nginx_version() -> tuple[int, ...]:
@@ -468,18 +472,15 @@ def run_apache(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEn
         conf.write_text(apache_config(d, port, backend, modules))
         error_log = d / "error.log"
         argv = [binary, "-X", "-f", str(conf)]
-        fe = _start(
+        with _running(
             "apache",
             argv=argv,
             workdir=d,
             port=port,
             error_log=error_log,
             variants={"root": "", "prefix": "/app"},
-        )
-        try:
+        ) as fe:
             yield fe
-        finally:
-            stop_process(fe.proc)
 
 
 def _lighttpd_backend(backend: str) -> str:
@@ -532,18 +533,15 @@ def run_lighttpd(
         conf.write_text(lighttpd_config(d, port, backend, fix_root=fix_root))
         error_log = d / "error.log"
         argv = [binary, "-D", "-f", str(conf)]
-        fe = _start(
+        with _running(
             "lighttpd",
             argv=argv,
             workdir=d,
             port=port,
             error_log=error_log,
             variants={"root": "", "prefix": "/app"},
-        )
-        try:
+        ) as fe:
             yield fe
-        finally:
-            stop_process(fe.proc)
 
 
 FRONTENDS = {"nginx": run_nginx, "apache": run_apache, "lighttpd": run_lighttpd}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from notify_helper import expect_notification
 
 from trioscgi import _notify
 from trioscgi._notify import notify, ready, stopping, watchdog_interval, watchdog_loop
@@ -177,16 +178,8 @@ def _scgi_get(addr: tuple[str, int]) -> bytes:
 def _recv_until(s: socket.socket, want: str, deadline: float) -> list[str]:
     """Datagrams up to and including the first one containing ``want``."""
     out: list[str] = []
-    while time.monotonic() < deadline:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            msg = s.recv(4096).decode()
-        except TimeoutError:
-            break
-        out.append(msg)
-        if want in msg:
-            return out
-    raise AssertionError(f"no {want!r} within the deadline; got {out!r}")
+    expect_notification(s, want, out, timeout=deadline - time.monotonic())
+    return out
 
 
 def test_cli_ready_watchdog_stopping(sockdir: Path) -> None:

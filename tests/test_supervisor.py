@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from notify_helper import expect_notification
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,17 +96,9 @@ class Daemon:
 
     def expect(self, state: str, timeout: float = 30) -> str:
         """Wait for a notification containing ``state``; return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                msg = self.notify.recv(4096).decode()
-            except TimeoutError:
-                break
-            self.messages.append(msg)
-            if state in msg:
-                return msg
-        raise AssertionError(f"no {state!r}; got {self.messages!r}; log:\n{self.log_text()}")
+        return expect_notification(
+            self.notify, state, self.messages, timeout=timeout, context=self.log_text
+        )
 
     def workers(self) -> set[int]:
         pid = self.proc.pid

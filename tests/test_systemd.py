@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from notify_helper import expect_notification
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,17 +95,9 @@ class Activated:
             time.sleep(0.01)  # polling the tool's log
 
     def expect(self, state: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                msg = self.notify.recv(4096).decode()
-            except TimeoutError:
-                break
-            self.messages.append(msg)
-            if state in msg:
-                return msg
-        raise AssertionError(f"no {state!r}: {self.messages!r}\n{self.log.read_text()}")
+        return expect_notification(
+            self.notify, state, self.messages, timeout=timeout, context=self.log.read_text
+        )
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

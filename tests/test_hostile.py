@@ -524,6 +524,17 @@ def _latencies(server: HostileServer, n: int) -> list[float]:
     return out
 
 
+def _typical_latency(server: HostileServer, batches: int = 6, size: int = 50) -> float:
+    """The lowest of several batch medians of healthy request latency.
+
+    One median over a fraction of a second is at the mercy of whatever else
+    the two shared cores run at that moment (a CI run once saw 4x on an
+    unchanged server). A slowdown caused by the server shows in every batch;
+    a neighbour's burst of work does not.
+    """
+    return min(statistics.median(_latencies(server, size)) for _ in range(batches))
+
+
 @pytest.mark.hostile
 def test_slowloris_thousand_held_connections(tmp_path: Path) -> None:
     """1,000 stalled heads: healthy latency within 2x of idle; stalled cut at header_timeout."""
@@ -533,7 +544,7 @@ def test_slowloris_thousand_held_connections(tmp_path: Path) -> None:
     with running_server(tmp_path, {"header_timeout": header_timeout}) as server:
         base = baseline_fds(server)
         _latencies(server, 50)  # warm-up
-        idle = statistics.median(_latencies(server, 300))
+        idle = _typical_latency(server)
         held: list[tuple[socket.socket, float]] = []
         sel = selectors.DefaultSelector()
         try:
@@ -546,7 +557,7 @@ def test_slowloris_thousand_held_connections(tmp_path: Path) -> None:
                 sel.register(s, selectors.EVENT_READ, i)
             opened = time.monotonic()
             _wait_fds_at_least(server, base + count)
-            busy = statistics.median(_latencies(server, 300))
+            busy = _typical_latency(server)
             measured = time.monotonic()
             print(
                 f"healthy median latency: idle {idle * 1e3:.3f} ms,"

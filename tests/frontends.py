@@ -316,7 +316,7 @@ def _nginx_pass(backend: str) -> str:
 
 
 def nginx_config(workdir: Path, port: int, backend: str, scgi_params: str) -> str:
-    """nginx.conf with three locations: stock, prefix (SCRIPT_NAME/PATH_INFO), no params."""
+    """nginx.conf: stock, prefix (SCRIPT_NAME/PATH_INFO), no params, unbuffered request body."""
     d = workdir
     upstream = _nginx_pass(backend)
     return f"""\
@@ -357,6 +357,16 @@ http {{
         location /noparams/ {{
             scgi_pass {upstream};
         }}
+
+        # Request buffering off: nginx < 1.29.6 then sends as CONTENT_LENGTH only the part
+        # of the body it had when it connected to us.
+        location ~ ^/unbuffered(?<unbuffered_path_info>/.*)$ {{
+            include {scgi_params};
+            scgi_param SCRIPT_NAME /unbuffered;
+            scgi_param PATH_INFO $unbuffered_path_info;
+            scgi_request_buffering off;
+            scgi_pass {upstream};
+        }}
     }}
 }}
 """
@@ -366,7 +376,8 @@ http {{
 def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
     """Run nginx in front of ``backend`` (``unix:/path`` or ``host:port``).
 
-    Variants (URL prefixes): ``stock`` = "", ``prefix`` = "/app", ``noparams`` = "/noparams".
+    Variants (URL prefixes): ``stock`` = "", ``prefix`` = "/app", ``noparams`` = "/noparams",
+    ``unbuffered`` = "/unbuffered" (``scgi_request_buffering off``).
     """
     binary = find_binary("nginx")
     scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
@@ -385,7 +396,12 @@ def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd
             workdir=d,
             port=port,
             error_log=error_log,
-            variants={"stock": "", "prefix": "/app", "noparams": "/noparams"},
+            variants={
+                "stock": "",
+                "prefix": "/app",
+                "noparams": "/noparams",
+                "unbuffered": "/unbuffered",
+            },
             stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
         ) as fe:
             yield fe

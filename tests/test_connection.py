@@ -720,3 +720,34 @@ async def test_start_after_disconnect_raises_oserror(bind: str) -> None:
         await stream.aclose()
         await done.wait()
     assert len(seen) == 1
+
+
+# --- warnings about what the front-end sent --------------------------------------------------
+
+
+async def test_truncated_body_is_served_and_warned_about_at_most_once_per_interval(
+    bind: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    # What nginx < 1.29.6 sends with scgi_request_buffering off: CONTENT_LENGTH counts only
+    # what it had received, the client's Content-Length says more.
+    pairs = environ("POST", "/up", extra={"HTTP_CONTENT_LENGTH": "10"})
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "Content-Length" in r.getMessage()
+        ]
+
+    async with serving(echo, bind) as srv:
+        for _ in range(3):
+            r = await request(srv.address, pairs, b"12345")
+            assert (r.status, r.body) == (200, b"12345")
+        [first] = warnings()
+        assert first.startswith("POST /up: the front-end sent CONTENT_LENGTH 5")
+        await trio.sleep(11)  # past the interval: the next one is logged, with the count
+        r = await request(srv.address, pairs, b"12345")
+        assert r.status == 200
+    assert len(warnings()) == 2
+    assert "(2 more like it since the last such line)" in warnings()[1]
+    no_errors(caplog)

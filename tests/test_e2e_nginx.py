@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import e2e_checks as checks
 import pytest
-from frontends import FrontEnd, TrioscgiProcess, nginx_version, run_nginx
+from frontends import FrontEnd, TrioscgiProcess, nginx_version, parse_raw_response, run_nginx
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +116,29 @@ def test_app_failing_mid_stream_is_not_a_complete_response(
     complete = reply.endswith(b"\r\n0\r\n\r\n")
     if "tcp" in request.node.callspec.id:
         assert not complete, reply[-200:]
+
+
+def test_unbuffered_request_body_truncation_is_logged(
+    nginx: FrontEnd, starlette_server: TrioscgiProcess
+) -> None:
+    # With scgi_request_buffering off, nginx < 1.29.6 connects with the head and the part of
+    # the body it already has, and says CONTENT_LENGTH = that part. The request is served (we
+    # can't know the rest is coming) but the operator is told why bodies come up short.
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=30) as c:
+        c.sendall(
+            b"POST /unbuffered/body HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: 10\r\nConnection: close\r\n\r\n12345"
+        )
+        if nginx_version() >= (1, 29, 6):
+            c.sendall(b"67890")  # fixed nginx waits for the whole body: send it
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    reply = parse_raw_response(data)
+    assert reply.status == 200
+    size = json.loads(reply.body)["size"]
+    warned = "client's Content-Length was '10'" in starlette_server.stderr.read_text()
+    if nginx_version() >= (1, 29, 6):
+        assert (size, warned) == (10, False)
+    else:
+        assert (size, warned) == (5, True)

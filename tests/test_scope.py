@@ -649,3 +649,45 @@ def test_capture_nginx_get_has_no_content_headers() -> None:
     # nginx sends CONTENT_TYPE="" and CONTENT_LENGTH=0 on a GET.
     headers = scope_of(captured_environ("nginx-stock-get-query"))["headers"]
     assert all(not n.startswith(b"content-") for n, _ in headers)
+
+
+# --- what the operator should hear about -----------------------------------------------------
+
+
+def _notes(environ: Environ) -> list[str]:
+    notes: list[str] = []
+    http_scope(environ, root_path="", state=None, notes=notes)
+    return notes
+
+
+def test_truncated_body_from_unbuffered_nginx_is_noted() -> None:
+    # nginx < 1.29.6, scgi_request_buffering off: CONTENT_LENGTH is what had arrived.
+    environ = nginx_stock(
+        "/upload", method="POST", length="5", extra=pairs(("HTTP_CONTENT_LENGTH", "10"))
+    )
+    [note] = _notes(environ)
+    assert "CONTENT_LENGTH 5" in note
+    assert "'10'" in note
+    assert "scgi_request_buffering" in note
+    # Served all the same, with the length the front-end vouches for.
+    assert (b"content-length", b"5") in scope_of(environ)["headers"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pairs(("HTTP_CONTENT_LENGTH", "5")),  # nginx with buffering: both agree
+        pairs(),  # no client Content-Length at all
+        # A chunked body: nginx de-chunks it; any client Content-Length is not the length.
+        pairs(("HTTP_TRANSFER_ENCODING", "chunked"), ("HTTP_CONTENT_LENGTH", "3")),
+    ],
+)
+def test_consistent_lengths_are_not_noted(extra: Environ) -> None:
+    assert _notes(nginx_stock("/upload", method="POST", length="5", extra=extra)) == []
+
+
+def test_notes_are_optional() -> None:
+    environ = nginx_stock(
+        "/u", method="POST", length="5", extra=pairs(("HTTP_CONTENT_LENGTH", "9"))
+    )
+    assert scope_of(environ)["method"] == "POST"

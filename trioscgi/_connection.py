@@ -205,13 +205,20 @@ class Connection:
                 return
             if type(event) is not p.Request:
                 return  # ConnectionClosed: connected and closed without a byte.
+            notes: list[str] = []
             try:
                 scope = http_scope(
-                    event.environ, root_path=self.config.root_path, state=self.server.state
+                    event.environ,
+                    root_path=self.config.root_path,
+                    state=self.server.state,
+                    notes=notes,
                 )
             except ScopeError as exc:
                 await self._reject(400, f"bad request: {exc}")
                 return
+            if notes:
+                for note in notes:
+                    self.server.warn_request("%s %s: %s", scope["method"], scope["path"], note)
             if conn.body_remaining == 0:
                 conn.next_event()  # EndOfMessage, already known
                 self._request_done = True

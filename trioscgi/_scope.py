@@ -170,7 +170,11 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
 
 
 def http_scope(
-    environ: list[tuple[bytes, bytes]], *, root_path: str, state: dict[str, Any] | None
+    environ: list[tuple[bytes, bytes]],
+    *,
+    root_path: str,
+    state: dict[str, Any] | None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build the ASGI HTTP connection scope for one SCGI request.
 
@@ -180,6 +184,8 @@ def http_scope(
             :func:`request_target` for when it applies.
         state: the lifespan state; the scope gets a shallow copy, or no ``state`` key when
             ``None`` (no lifespan).
+        notes: where to append what the operator should hear about (the request is served
+            all the same); ``None`` to skip those checks.
 
     Returns:
         The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``.
@@ -226,6 +232,24 @@ def http_scope(
             raise ScopeError(f"CONTENT_LENGTH {content_length[:40]!r} is not a number")
         if content_length.strip(b"0") or method in _BODY_METHODS:
             add_header((b"content-length", content_length))
+        if notes is not None:
+            # nginx before 1.29.6 with `scgi_request_buffering off` sends as CONTENT_LENGTH
+            # only what it has received so far, and the client's own Content-Length beside
+            # it: the app would get a truncated body with nothing to show for it. (A chunked
+            # body has no Content-Length of the client's; nginx de-chunks it and counts.)
+            announced = env.get(b"HTTP_CONTENT_LENGTH")
+            if (
+                announced is not None
+                and announced != content_length
+                and b"HTTP_TRANSFER_ENCODING" not in env
+            ):
+                client_says = announced[:20].decode("latin-1")
+                notes.append(
+                    f"the front-end sent CONTENT_LENGTH {content_length[:20].decode()} but the"
+                    f" client's Content-Length was {client_says!r}: the application gets"
+                    " only the shorter body (nginx before 1.29.6 does this with"
+                    " `scgi_request_buffering off`; leave it on)"
+                )
 
     scheme_value = env.get(b"REQUEST_SCHEME")
     scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None

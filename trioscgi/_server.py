@@ -26,12 +26,39 @@ log = logging.getLogger("trioscgi")
 # accept() errors that mean "out of a resource for now": log, back off and
 # try again rather than end the listener.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# At most one "refused connection" warning per this many seconds.
-_REFUSED_LOG_INTERVAL = 10.0
+# At most one warning of a kind that peers can cause (a refused connection,
+# a truncated body) per this many seconds.
+_WARNING_INTERVAL = 10.0
 # Connections accepted in a row before the accept loop yields.
 _ACCEPT_BURST = 8
 # accept() errors about one connection only (it died in the backlog).
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+
+
+class OccasionalWarning:
+    """A warning logged at most once per interval, with a count of those held back.
+
+    For what peers can repeat at will: whoever can connect must not decide
+    how much we log.
+    """
+
+    __slots__ = ("_held", "_interval", "_quiet_until")
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._held = 0
+        self._quiet_until = -math.inf
+
+    def __call__(self, message: str, *args: object) -> None:
+        now = trio.current_time()
+        if now < self._quiet_until:
+            self._held += 1
+            return
+        self._quiet_until = now + self._interval
+        if self._held:
+            message += f" ({self._held} more like it since the last such line)"
+            self._held = 0
+        log.warning(message, *args)
 
 
 class Server:
@@ -70,8 +97,8 @@ class Server:
             )
         self.shutting_down = False
         self.finished = trio.Event()
-        self._refused = 0
-        self._refused_quiet_until = -math.inf
+        self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
+        self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -230,21 +257,10 @@ class Server:
                 await checkpoint()
 
     def _log_refused(self, listener: Listener, addr: Any) -> None:
-        # One line per peer the first time, then at most one line per
-        # interval with a count: whoever can connect must not decide how
-        # much we log.
-        self._refused += 1
-        now = trio.current_time()
-        if now < self._refused_quiet_until:
-            return
-        self._refused_quiet_until = now + _REFUSED_LOG_INTERVAL
-        more = f" ({self._refused - 1} more refused before it)" if self._refused > 1 else ""
-        self._refused = 0
-        log.warning(
-            "refused connection from %s on %s: not in trusted_peers%s",
+        self._warn_refused(
+            "refused connection from %s on %s: not in trusted_peers",
             addr[0] if isinstance(addr, tuple) else addr,
             listener.description,
-            more,
         )
 
     async def _handle(self, sock: socket.socket) -> None:

@@ -1,15 +1,19 @@
 """Run a WSGI (PEP 3333) application in trio worker threads behind an ASGI-shaped face.
 
 The server only speaks ASGI; :func:`wrap_wsgi` turns a WSGI app into an ASGI app
-whose requests run in threads limited by ``Config.wsgi_threads``.
+whose requests run in a pool of long-lived worker threads, at most
+``Config.wsgi_threads`` at once.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal
@@ -450,7 +454,7 @@ class _Request:
 
     The thread runs the app; it calls back into trio (``trio.from_thread.run``) only to
     read the body and to send what can't wait. Never both sides at once: the trio task is
-    blocked in ``to_thread.run_sync`` while the thread runs.
+    blocked in :meth:`_ThreadPool.run` while the thread runs.
     """
 
     def __init__(self, app: WSGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -583,6 +587,172 @@ class _Request:
 
 
 # --------------------------------------------------------------------------------------
+# The worker threads
+
+# A worker thread with nothing to do for this long ends (as trio's own thread cache does).
+_IDLE_TIMEOUT = 10.0
+
+
+class _Job:
+    """One call handed to a worker thread; ``task`` is ``None`` once nobody waits for it.
+
+    It also stands for the call in the limiter (``acquire_on_behalf_of``).
+    """
+
+    __slots__ = ("args", "context", "error", "fn", "result", "task")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], task: trio.lowlevel.Task
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.context: contextvars.Context | None = contextvars.copy_context()
+        self.task: trio.lowlevel.Task | None = task
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _PoolRun:
+    """The threads of one ``trio.run``: they belong to its token and die with it."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
+        self.token = token
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()  # guards the counters, done and wakeup_pending
+        self.threads = 0  # alive (or starting)
+        self.idle = 0  # alive, between jobs and not promised to a queued one
+        self.done: list[_Job] = []  # finished, not yet handed back to their tasks
+        self.wakeup_pending = False  # a _deliver is scheduled and will see ``done``
+        # Only for to_thread.run_sync's bookkeeping: the pool never has more threads.
+        self.thread_limiter = trio.CapacityLimiter(size)
+
+
+class _ThreadPool:
+    """Long-lived worker threads fed by a queue, one per token of ``limiter`` at most.
+
+    ``trio.to_thread.run_sync`` per request costs a thread wake, two OS thread renames
+    and a write to trio's wakeup socket each way, and on a VM whose threads run on
+    different CPUs the wakes and the GIL hand-offs around them are most of a small
+    request's cost. Here:
+
+    - a job goes to a thread that is already running when one is free: a worker that
+      finishes a job takes the next queued one without sleeping; each job is promised
+      a thread (an idle one, or a new one up to ``size``), so a view that blocks never
+      holds up another request;
+    - results are handed back in batches: the first thread to finish asks the trio loop
+      (one ``run_sync_soon``, one wakeup-socket write) to reschedule every task whose
+      job is done by the time it runs, and the threads finishing meanwhile write
+      nothing.
+
+    The threads are started by ``trio.to_thread.run_sync`` (from system tasks), so
+    ``trio.from_thread.run`` works in the app as it does in any trio worker thread.
+    """
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self.limiter = limiter
+        self._run: _PoolRun | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in a worker thread, in a copy of the task's context.
+
+        Each call holds a token of the limiter from before the job is queued until
+        ``fn`` returns, even if the caller is cancelled meanwhile: a cancelled caller
+        stops waiting at once (a thread can't be interrupted) but its thread stays busy,
+        as with ``trio.to_thread.run_sync(abandon_on_cancel=True)``.
+        """
+        token = trio.lowlevel.current_trio_token()
+        state = self._run
+        if state is None or state.token is not token:
+            state = self._run = _PoolRun(token, int(self.limiter.total_tokens))
+        job = _Job(fn, args, trio.lowlevel.current_task())
+        await self.limiter.acquire_on_behalf_of(job)
+        with state.lock:
+            if state.idle:
+                state.idle -= 1
+                spawn = False
+            else:
+                spawn = True
+                state.threads += 1
+            state.jobs.put(job)
+        if spawn:
+            trio.lowlevel.spawn_system_task(self._thread, state, name="trioscgi WSGI worker")
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            job.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        error = job.error
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
+                job.error = None
+        return job.result
+
+    async def _thread(self, state: _PoolRun) -> None:
+        try:
+            await trio.to_thread.run_sync(
+                self._work,
+                state,
+                abandon_on_cancel=True,
+                limiter=state.thread_limiter,
+                thread_name="trioscgi WSGI worker",
+            )
+        except BaseException:
+            # The run is ending (system tasks are cancelled): the thread ends after
+            # its current job, if it has one.
+            state.jobs.put(None)
+            raise
+
+    def _work(self, state: _PoolRun) -> None:
+        jobs = state.jobs
+        lock = state.lock
+        while True:
+            try:
+                job = jobs.get(timeout=_IDLE_TIMEOUT)
+            except queue.Empty:
+                with lock:
+                    if not jobs.empty():
+                        continue  # a job was promised to an idle thread: maybe this one
+                    state.idle -= 1
+                    state.threads -= 1
+                return
+            if job is None:
+                return
+            context = job.context
+            job.context = None
+            if job.task is not None and context is not None:  # else cancelled while queued
+                try:
+                    job.result = context.run(job.fn, *job.args)
+                except BaseException as exc:  # handed to the waiting task
+                    job.error = exc
+            del context
+            with lock:
+                state.idle += 1  # before the hand-back: the next job needs no new thread
+                state.done.append(job)
+                wake = not state.wakeup_pending
+                state.wakeup_pending = True
+            del job
+            if wake:
+                try:
+                    state.token.run_sync_soon(self._deliver, state)
+                except trio.RunFinishedError:
+                    pass
+
+    def _deliver(self, state: _PoolRun) -> None:
+        with state.lock:
+            done = state.done
+            state.done = []
+            state.wakeup_pending = False
+        for job in done:
+            self.limiter.release_on_behalf_of(job)
+            if job.task is not None:
+                trio.lowlevel.reschedule(job.task)
+
+
+# --------------------------------------------------------------------------------------
 # The ASGI face
 
 
@@ -592,6 +762,7 @@ class _WSGIAdapter:
             raise ValueError("wsgi_threads must be at least 1")
         self.app = app
         self.limiter = trio.CapacityLimiter(config.wsgi_threads)
+        self.pool = _ThreadPool(self.limiter)
         self.multiprocess = config.workers > 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -611,16 +782,11 @@ class _WSGIAdapter:
         # No body (a GET): the input is at its end without a trip to the trio side.
         environ["wsgi.input"] = _InputStream(receive, at_eof=length in ("", "0"))
         try:
-            outcome = await trio.to_thread.run_sync(
-                request.run,
-                environ,
-                "http.response.zerocopysend" in extensions,
-                limiter=self.limiter,
-                # A thread can't be interrupted: when the request is
-                # cancelled (graceful_timeout passed, or a second signal) the
-                # task stops waiting for it, so a hung view can't hold the
-                # shutdown. Its later calls into trio fail and end it.
-                abandon_on_cancel=True,
+            # A thread can't be interrupted: when the request is cancelled
+            # (graceful_timeout passed, or a second signal) the task stops waiting for
+            # it, so a hung view can't hold the shutdown.
+            outcome = await self.pool.run(
+                request.run, environ, "http.response.zerocopysend" in extensions
             )
         except OSError:
             if request.client_gone:
@@ -672,9 +838,9 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 def wrap_wsgi(wsgi_app: Any, config: Config) -> ASGIApp:
     """Make an ASGI application of the WSGI application ``wsgi_app``.
 
-    Each request runs ``wsgi_app`` in a trio worker thread; at most
-    ``config.wsgi_threads`` run at once (one :class:`trio.CapacityLimiter` per wrapped
-    app). The request body is pulled from the connection as the app reads
+    Each request runs ``wsgi_app`` in a worker thread of a pool of long-lived threads;
+    at most ``config.wsgi_threads`` run at once (one :class:`trio.CapacityLimiter` per
+    wrapped app). The request body is pulled from the connection as the app reads
     ``wsgi.input``; response blocks are sent as the app yields them; a
     ``wsgi.file_wrapper`` response is sent with sendfile when the server advertises
     ``http.response.zerocopysend``.

@@ -249,51 +249,57 @@ class Connection:
                 f"netstring of {size} bytes ends in {bytes(buf[end : end + 1])!r}"
                 f" at offset {end}, not ','"
             )
+        # The last byte of the block must be NUL. (An empty block fails too:
+        # buf[end - 1] is then the ':'.) One index, not a method call.
+        if buf[end - 1]:
+            raise RemoteProtocolError("header block does not end with NUL")
         block = buf[colon + 1 : end]
         if type(block) is not bytes:
             # Arrived in pieces: the environ is made of bytes, not bytearrays.
             block = bytes(block)
-        if not block.endswith(b"\x00"):
-            raise RemoteProtocolError("header block does not end with NUL")
         parts = block.split(b"\x00")
         del parts[-1]
         if len(parts) & 1:
             raise RemoteProtocolError(f"header {parts[-1][:64]!r} has no value")
-        names = parts[0::2]
         # The spec: "The first request header must have the name
         # CONTENT_LENGTH" and its value is digits, "0" for no body.
-        if names[0] != b"CONTENT_LENGTH":
+        if parts[0] != b"CONTENT_LENGTH":
             raise RemoteProtocolError("CONTENT_LENGTH is not the first header")
         value = parts[1]
         if not value.isdigit() or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
             raise RemoteProtocolError(f"CONTENT_LENGTH is not a length: {value[:32]!r}")
-        if b"" in names:
+        names = parts[0::2]
+        # all() is a truth test per name; `b"" in names` is a comparison each.
+        if not all(names):
             raise RemoteProtocolError(
                 f"header with an empty name, value {parts[names.index(b'') * 2 + 1][:32]!r}"
             )
-        # The next two checks look at the raw block first (one C search) and
+        # The next two checks look at the raw block first (C searches) and
         # at the names only when it hints at a problem: the exact scans
         # cost more than the rest of the parse on a typical request.
-        # A later CONTENT_LENGTH name is always "\0CONTENT_LENGTH\0".
-        if b"\x00CONTENT_LENGTH\x00" in block and names.count(b"CONTENT_LENGTH") > 1:
+        # A later CONTENT_LENGTH name is always "\0CONTENT_LENGTH\0". (find,
+        # not `in`: bytes.__contains__ first tries the needle as an int and
+        # pays for a TypeError.)
+        if block.find(b"\x00CONTENT_LENGTH\x00") >= 0 and names.count(b"CONTENT_LENGTH") > 1:
             # Two lengths: which one frames the body is ambiguous (smuggling).
             raise RemoteProtocolError("CONTENT_LENGTH appears twice")
         # SCGI "must" be 1, but nginx sends none when scgi_params isn't
-        # included: tolerate its absence, not another version. "SCGI\0"
-        # can't overlap itself, so if every string ending in SCGI is followed
-        # by the string "1", every SCGI name has the value 1.
+        # included: tolerate its absence, not another version.
         # CONTENT_LENGTH comes first, so an SCGI name is always preceded by
-        # a NUL. One occurrence followed by "1" (the front-ends' case) is
-        # settled by two searches; anything else (a value "SCGI", several,
-        # another version) by a scan of the names.
-        scgi = block.find(b"\x00SCGI\x00")
-        if scgi >= 0 and (
-            not block.startswith(b"1\x00", scgi + 6) or block.find(b"\x00SCGI\x00", scgi + 6) >= 0
-        ):
+        # a NUL: every SCGI name is in an occurrence of "\0SCGI\0". One split
+        # finds them all, from the left, without overlaps. If it finds one
+        # and it is followed by "1\0", there is no other (an overlapping one,
+        # "\0SCGI\0SCGI\0", would put "SCGI" after the first), so every SCGI
+        # name (none, if that one was a value) has the value 1. Anything
+        # else (a value "SCGI", several, another version) is settled by a
+        # scan of the names.
+        scgi = block.split(b"\x00SCGI\x00")
+        if len(scgi) > 1 and (len(scgi) > 2 or scgi[1][:2] != b"1\x00"):
             for i, name in enumerate(names):
                 if name == b"SCGI" and parts[2 * i + 1] != b"1":
                     raise RemoteProtocolError(f"SCGI version is not 1: {parts[2 * i + 1][:32]!r}")
-        content_length = int(value)
+        # "0" (every GET) is common enough to skip the int() call.
+        content_length = 0 if value == b"0" else int(value)
         max_body_size = self.max_body_size
         if max_body_size is not None and content_length > max_body_size:
             raise RemoteProtocolError(

@@ -593,6 +593,67 @@ def test_default_has_no_body_limit() -> None:
     assert conn.body_remaining == 10**15
 
 
+# --- the whole-read fast path ---------------------------------------------------------
+# A head that arrives whole in the first read (a bytes buffer) is proved valid
+# by a short path in next_event(); anything it doesn't prove goes to the
+# general parser. Fed whole, every test above takes the short path; fed byte by
+# byte, the general one. These pin down what the short path must not skip.
+
+
+def test_fast_path_cached_length_still_checks_the_limit() -> None:
+    wire = request_bytes()
+    size = int(wire.partition(b":")[0])
+    assert type(feed([wire])[0][0]) is Request  # the length is now known
+    assert type(feed([wire])[0][0]) is Request  # and taken from the cache
+    exc = remote_error(wire, max_header_size=size - 1)
+    assert exc.error_status_hint == 431
+    events, _ = feed([wire], conn=Connection(max_header_size=size))
+    assert type(events[0]) is Request
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b"SCGI\x002\x00", "SCGI version"),
+        (b"\x00ABCDE\x00", "empty name"),
+        (b"ABCDEF\x00", "has no value"),
+        (b"CONTENT_LENGTH\x001\x00", "twice"),
+        (b"X\x00SCGI\x00SCGI\x002\x00", "SCGI version"),
+    ],
+)
+def test_fast_path_cached_length_does_not_skip_block_checks(bad: bytes, message: str) -> None:
+    # A valid block of the same length first, so that the length is cached.
+    good = b"CONTENT_LENGTH\x000\x00" + b"H" * (len(bad) - 3) + b"\x00v\x00"
+    bad = b"CONTENT_LENGTH\x000\x00" + bad
+    assert len(bad) == len(good)
+    assert type(feed([raw_block(good)])[0][0]) is Request
+    exc = remote_error(raw_block(bad))
+    assert message in str(exc)
+
+
+def test_fast_path_body_and_trailing_data_in_the_same_read() -> None:
+    wire = request_bytes(b"hello") + b"NEXT"
+    events, conn = feed([wire])
+    assert events[1:] == [Data(data=b"hello"), EndOfMessage(), ConnectionClosed()]
+    assert conn.trailing_data == (b"NEXT", True)
+    conn = Connection()
+    conn.receive_data(wire)
+    assert type(conn.next_event()) is Request
+    assert conn.body_remaining == 5
+    assert conn.trailing_data == (b"helloNEXT", False)
+
+
+def test_six_digit_length_within_a_larger_limit() -> None:
+    # The short path stops at five digits; the general parser takes the rest.
+    environ = [(b"CONTENT_LENGTH", b"0"), (b"X", b"v" * 100_000)]
+    wire = netstring_headers(environ)
+    assert wire.startswith(b"100020:")
+    for split in (whole, threes):
+        events, _ = feed(split(wire), conn=Connection(max_header_size=200_000))
+        assert events == expected(environ, b"")
+    assert remote_error(wire).error_status_hint == 431
+
+
 # --- states --------------------------------------------------------------------------
 
 
@@ -1047,6 +1108,43 @@ def test_valid_requests_round_trip(
     events, conn = feed(split_at(wire, cuts))
     assert events == expected(environ, body)
     assert conn.their_state is CLOSED
+
+
+def _outcome(chunks: list[bytes], **conn_args: int | None) -> object:
+    try:
+        events, conn = feed(chunks, conn=Connection(**conn_args))  # type: ignore[arg-type]
+    except RemoteProtocolError as exc:
+        return ("error", exc.error_status_hint)
+    return events, conn.trailing_data
+
+
+tricky_names_st = st.sampled_from(
+    [b"CONTENT_LENGTH", b"SCGI", b"", b"X", b"HTTP_COOKIE", b"SCGIX", b"1", b"0"]
+)
+tricky_values_st = st.sampled_from([b"0", b"1", b"2", b"", b"SCGI", b"CONTENT_LENGTH", b"12"])
+
+
+@FAST
+@given(
+    st.lists(st.tuples(tricky_names_st | names_st, tricky_values_st | values_st), max_size=6),
+    st.sampled_from([b"0", b"3", b"03", b"", b"x", b"99"]),
+    st.binary(max_size=6),
+    st.sampled_from([None, 0, 2, 40]),
+    st.sampled_from([DEFAULT_MAX_HEADER_SIZE, 16, 40]),
+)
+def test_fast_path_agrees_with_the_general_parser(
+    extra: list[tuple[bytes, bytes]],
+    length: bytes,
+    after: bytes,
+    max_body_size: int | None,
+    max_header_size: int,
+) -> None:
+    # Whole (the short path, falling back on anything it can't prove) and
+    # byte by byte (the general parser only) must give the same events, or
+    # the same error status.
+    wire = netstring_headers([(b"CONTENT_LENGTH", length), *extra]) + after
+    limits = {"max_body_size": max_body_size, "max_header_size": max_header_size}
+    assert _outcome([wire], **limits) == _outcome(bytewise(wire), **limits)
 
 
 token_st = st.text(alphabet="!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCXYZ", min_size=1)

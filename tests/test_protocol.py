@@ -621,14 +621,44 @@ def test_fast_path_cached_length_still_checks_the_limit() -> None:
         (b"X\x00SCGI\x00SCGI\x002\x00", "SCGI version"),
     ],
 )
-def test_fast_path_cached_length_does_not_skip_block_checks(bad: bytes, message: str) -> None:
+@pytest.mark.parametrize("after", [b"", b"body!"])  # the buffer split whole, or partitioned
+def test_fast_path_cached_length_does_not_skip_block_checks(
+    bad: bytes, message: str, after: bytes
+) -> None:
     # A valid block of the same length first, so that the length is cached.
     good = b"CONTENT_LENGTH\x000\x00" + b"H" * (len(bad) - 3) + b"\x00v\x00"
     bad = b"CONTENT_LENGTH\x000\x00" + bad
     assert len(bad) == len(good)
-    assert type(feed([raw_block(good)])[0][0]) is Request
-    exc = remote_error(raw_block(bad))
+    for wire in (raw_block(good), raw_block(good) + b"body!"):
+        assert type(feed([wire])[0][0]) is Request
+    exc = remote_error(raw_block(bad) + after)
     assert message in str(exc)
+
+
+def test_fast_path_body_ending_like_a_head() -> None:
+    # A body that ends in NUL and ',' in the same read as the head: the buffer
+    # looks like a bare head, but its length says otherwise.
+    body = b"x\x00,"
+    events, _ = feed([request_bytes(body)])
+    assert events[1:] == [Data(data=body), EndOfMessage(), ConnectionClosed()]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"17\x00CONTENT_LENGTH\x000\x00,",  # no ':' at all
+        b"17CONTENT_LENGTH\x000\x00,",
+        b"017:CONTENT_LENGTH\x000\x00,",  # a leading zero
+        b"16:CONTENT_LENGTH\x000\x00,",  # one short
+        b"18:CONTENT_LENGTH\x000\x00,",  # one long
+        b"17:CONTENT_LENGTH\x000\x00\x00,",  # a NUL too many
+        b"21:X:CONTENT_LENGTH\x000\x00,",
+        b"17:CONTENT_LENGTH\x00a\x00,",
+    ],
+)
+def test_fast_path_bare_head_lookalikes(wire: bytes) -> None:
+    feed([b"17:CONTENT_LENGTH\x000\x00,"])  # the good one, cached
+    assert remote_error(wire).error_status_hint == 400
 
 
 def test_fast_path_body_and_trailing_data_in_the_same_read() -> None:

@@ -69,18 +69,42 @@ _END_OF_MESSAGE: Final = EndOfMessage._make()
 _CONNECTION_CLOSED: Final = ConnectionClosed._make()
 
 
-# Netstring lengths already converted: int() is a slow call next to a
-# lookup, and a front-end sends the same few hundred lengths over and over.
-# Only digit strings of at most _DEFAULT_MAX_DIGITS get here; bounded so
-# that varied lengths can't grow it.
-_SIZES: Final[dict[bytes, int]] = {}
-_SIZES_MAX: Final = 4096
+# Netstring lengths already proved and converted, for the short path in
+# next_event(): int() is a slow call next to a dict lookup, and a front-end
+# sends the same few hundred lengths over and over. Only proved keys get in,
+# so a hit proves its key again. Bounded, so that varied lengths can't grow
+# them.
+_LENGTHS: Final[dict[bytes, int]] = {}  # b"449" -> 449
+_FIRSTS: Final[dict[bytes, int]] = {}  # b"449:CONTENT_LENGTH" -> 449
+_CACHE_MAX: Final = 4096
+_FIRST_NAME: Final = b":CONTENT_LENGTH"
+_FIRST_NAME_LEN: Final = len(_FIRST_NAME)
 
 
-def _size(digits: bytes) -> int:
+def _proved_length(digits: bytes) -> int:
+    """The netstring length ``digits`` says, or 0 if they don't prove one.
+
+    Digits only, no leading zero (nor "0": an empty block is an error), at
+    most _DEFAULT_MAX_DIGITS of them.
+    """
+    if not (0 < len(digits) <= _DEFAULT_MAX_DIGITS and digits.isdigit() and digits[0] != 0x30):
+        return 0
     size = int(digits)
-    if len(_SIZES) < _SIZES_MAX:
-        _SIZES[digits] = size
+    if len(_LENGTHS) < _CACHE_MAX:
+        _LENGTHS[digits] = size
+    return size
+
+
+def _proved_first(first: bytes) -> int:
+    """The netstring length in the buffer's first NUL-terminated string, or 0.
+
+    It must be the length's digits, ':' and the first name, CONTENT_LENGTH.
+    """
+    if not first.endswith(_FIRST_NAME):
+        return 0
+    size = _proved_length(first[:-_FIRST_NAME_LEN])
+    if size and len(_FIRSTS) < _CACHE_MAX:
+        _FIRSTS[first] = size
     return size
 
 
@@ -184,7 +208,9 @@ class Connection:
             if not buf:
                 # Keep a reference, not a copy, but never to a caller's
                 # mutable buffer: it may be reused for the next read.
-                self._buf = data if type(data) is bytes else bytes(data)
+                if type(data) is not bytes:
+                    data = bytes(data)
+                self._buf = data
             elif isinstance(buf, bytearray):
                 buf += data
             else:
@@ -217,32 +243,53 @@ class Connection:
             buf = self._buf
             if type(buf) is not bytes:
                 return self._general_head_event()
-            digits, _, rest = buf.partition(b":")
-            # A length seen before is proved digits only, without a leading
-            # zero (nor "0": an empty block is an error) and short enough.
-            if len(digits) > _DEFAULT_MAX_DIGITS:
-                return self._general_head_event()
-            size = _SIZES.get(digits)
-            if size is None:
-                if not (digits.isdigit() and digits[0] != 0x30):
+            if buf[-2:] == b"\x00,":
+                # Nothing after the head (every GET): split the buffer as it
+                # is, the length stuck to the first name, and no copy at all.
+                parts = buf.split(b"\x00")
+                first = parts[0]
+                size = _FIRSTS.get(first) or _proved_first(first)
+                # first is the digits, ':' and CONTENT_LENGTH: the buffer is
+                # those, the rest of the block and ','. (If it is longer, a
+                # body that ends in NUL and ',' follows.)
+                if not (
+                    size
+                    and len(buf) == len(first) - _FIRST_NAME_LEN + size + 2
+                    and size <= self.max_header_size
+                ):
                     return self._general_head_event()
-                size = _size(digits)
-            # rest: the block, its ',' and whatever follows. The block ends
-            # with NUL. (Without a ':', or with a block cut short, the slice
-            # is shorter.)
-            if not (rest[size - 1 : size + 1] == b"\x00," and size <= self.max_header_size):
-                return self._general_head_event()
-            # The block with its ',' (no copy when nothing follows): parts
-            # ends with b",", so it is odd when the strings are even.
-            block = rest[: size + 1]
-            parts = block.split(b"\x00")
+                parts[0] = b"CONTENT_LENGTH"
+                block = buf  # no NUL before the first name
+                rest = b""
+            else:
+                # A body (or more) in the same read: the length, then the
+                # block with its ',' (parts ends with b",", as above).
+                digits, _, rest = buf.partition(b":")
+                size = _LENGTHS.get(digits) or _proved_length(digits)
+                # rest: the block, its ',' and whatever follows. The block
+                # ends with NUL. (Without a ':', or with a block cut short,
+                # the slice is shorter.)
+                if not (
+                    size and rest[size - 1 : size + 1] == b"\x00," and size <= self.max_header_size
+                ):
+                    return self._general_head_event()
+                block = rest[: size + 1]  # no copy when nothing follows
+                parts = block.split(b"\x00")
+                if parts[0] != b"CONTENT_LENGTH":
+                    return self._general_head_event()
+                rest = rest[size + 1 :]
+            # parts: the strings, then b",". CONTENT_LENGTH is first; its
+            # value is digits ("0" for every GET).
             value = parts[1]
+            if value == b"0":
+                content_length = 0
+            elif value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS:
+                content_length = int(value)
+            else:
+                return self._general_head_event()
             if not (
+                # An even number of strings, then the ','.
                 len(parts) & 1
-                and parts[0] == b"CONTENT_LENGTH"
-                and (
-                    value == b"0" or (value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS)
-                )
                 # No empty name (a truth test each).
                 and all(parts[0::2])
                 # No second CONTENT_LENGTH: partition() hands back the block
@@ -257,17 +304,15 @@ class Connection:
             scgi = block.split(b"\x00SCGI\x00")
             if not ((len(scgi) == 2 and scgi[1][:2] == b"1\x00") or len(scgi) == 1):
                 return self._general_head_event()
-            content_length = 0 if value == b"0" else int(value)
             max_body_size = self.max_body_size
             if max_body_size is not None and content_length > max_body_size:
                 return self._general_head_event()
-            self._buf = rest[size + 1 :]
+            self._buf = rest
             self._body_left = content_length
             self._their_state = RECV_BODY
-            del parts[-1]
             request = _new(Request)
             pairs = iter(parts)
-            # Not strict=True: the count is even (checked above) and keyword
+            # zip() drops the odd b"," at the end. Not strict=True: keyword
             # arguments cost a slow call path.
             _set_environ(request, [*zip(pairs, pairs)])  # noqa: B905
             return request

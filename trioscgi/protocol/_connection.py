@@ -81,17 +81,17 @@ _FIRST_NAME: Final = b":CONTENT_LENGTH"
 _FIRST_NAME_LEN: Final = len(_FIRST_NAME)
 
 
-def _proved_length(digits: bytes) -> int:
-    """The netstring length ``digits`` says, or 0 if they don't prove one.
+def _proved_length(digits: bytes, key: bytes, cache: dict[bytes, int]) -> int:
+    """The netstring length ``digits`` say, or 0 if they don't prove one.
 
     Digits only, no leading zero (nor "0": an empty block is an error), at
-    most _DEFAULT_MAX_DIGITS of them.
+    most _DEFAULT_MAX_DIGITS of them. A proved length is cached under ``key``.
     """
     if not (0 < len(digits) <= _DEFAULT_MAX_DIGITS and digits.isdigit() and digits[0] != 0x30):
         return 0
     size = int(digits)
-    if len(_LENGTHS) < _CACHE_MAX:
-        _LENGTHS[digits] = size
+    if len(cache) < _CACHE_MAX:
+        cache[key] = size
     return size
 
 
@@ -100,12 +100,9 @@ def _proved_first(first: bytes) -> int:
 
     It must be the length's digits, ':' and the first name, CONTENT_LENGTH.
     """
-    if not first.endswith(_FIRST_NAME):
+    if first[-_FIRST_NAME_LEN:] != _FIRST_NAME:
         return 0
-    size = _proved_length(first[:-_FIRST_NAME_LEN])
-    if size and len(_FIRSTS) < _CACHE_MAX:
-        _FIRSTS[first] = size
-    return size
+    return _proved_length(first[:-_FIRST_NAME_LEN], first, _FIRSTS)
 
 
 def _digits(limit: int) -> int:
@@ -265,7 +262,7 @@ class Connection:
                 # A body (or more) in the same read: the length, then the
                 # block with its ',' (parts ends with b",", as above).
                 digits, _, rest = buf.partition(b":")
-                size = _LENGTHS.get(digits) or _proved_length(digits)
+                size = _LENGTHS.get(digits) or _proved_length(digits, digits, _LENGTHS)
                 # rest: the block, its ',' and whatever follows. The block
                 # ends with NUL. (Without a ':', or with a block cut short,
                 # the slice is shorter.)

@@ -202,7 +202,7 @@ def best_rate(funcs: dict[str, Callable[[], int]], number: int, rounds: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="rounds (best one counts)")
+    parser.add_argument("--rounds", type=int, default=25, help="rounds (best one counts)")
     parser.add_argument("--number", type=int, default=20000, help="nginx parses per round")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 short rounds")
     args = parser.parse_args()

@@ -618,8 +618,7 @@ class _PoolRun:
     def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
         self.token = token
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.lock = threading.Lock()  # guards the counters, done and wakeup_pending
-        self.threads = 0  # alive (or starting)
+        self.lock = threading.Lock()  # guards idle, done and wakeup_pending
         self.idle = 0  # alive, between jobs and not promised to a queued one
         self.done: list[_Job] = []  # finished, not yet handed back to their tasks
         self.wakeup_pending = False  # a _deliver is scheduled and will see ``done``
@@ -672,7 +671,6 @@ class _ThreadPool:
                 spawn = False
             else:
                 spawn = True
-                state.threads += 1
             state.jobs.put(job)
         if spawn:
             trio.lowlevel.spawn_system_task(self._thread, state, name="trioscgi WSGI worker")
@@ -717,7 +715,6 @@ class _ThreadPool:
                     if not jobs.empty():
                         continue  # a job was promised to an idle thread: maybe this one
                     state.idle -= 1
-                    state.threads -= 1
                 return
             if job is None:
                 return

@@ -1177,6 +1177,30 @@ def test_fast_path_agrees_with_the_general_parser(
     assert _outcome([wire], **limits) == _outcome(bytewise(wire), **limits)
 
 
+@FAST
+@given(
+    st.lists(st.tuples(tricky_names_st | names_st, tricky_values_st | values_st), max_size=6),
+    st.binary(max_size=6),
+    st.integers(0, 10_000),
+    st.sampled_from(["flip", "insert", "delete"]),
+    st.integers(0, 255),
+)
+def test_fast_path_agrees_with_the_general_parser_on_damaged_framing(
+    extra: list[tuple[bytes, bytes]], after: bytes, where: int, how: str, byte: int
+) -> None:
+    # One byte flipped, inserted or removed anywhere (the length's digits, the ':', a
+    # NUL, the ','...): whole and byte by byte still agree, event for event or status.
+    wire = netstring_headers([(b"CONTENT_LENGTH", b"0"), *extra]) + after
+    i = where % len(wire)
+    if how == "flip":
+        wire = wire[:i] + bytes([wire[i] ^ (byte or 1)]) + wire[i + 1 :]
+    elif how == "insert":
+        wire = wire[:i] + bytes([byte]) + wire[i:]
+    else:
+        wire = wire[:i] + wire[i + 1 :]
+    assert _outcome([wire]) == _outcome(bytewise(wire))
+
+
 token_st = st.text(alphabet="!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCXYZ", min_size=1)
 value_st = st.text(
     alphabet=st.characters(min_codepoint=0, max_codepoint=255, blacklist_characters="\r\n\x00"),

@@ -216,9 +216,8 @@ class Connection:
             except ScopeError as exc:
                 await self._reject(400, f"bad request: {exc}")
                 return
-            if notes:
-                for note in notes:
-                    self.server.warn_request("%s %s: %s", scope["method"], scope["path"], note)
+            for note in notes:
+                self.server.warn_request("%s %s: %s", scope["method"], scope["path"], note)
             if conn.body_remaining == 0:
                 conn.next_event()  # EndOfMessage, already known
                 self._request_done = True

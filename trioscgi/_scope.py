@@ -247,8 +247,8 @@ def http_scope(
                 notes.append(
                     f"the front-end sent CONTENT_LENGTH {content_length[:20].decode()} but the"
                     f" client's Content-Length was {client_says!r}: the application gets"
-                    " only the shorter body (nginx before 1.29.6 does this with"
-                    " `scgi_request_buffering off`; leave it on)"
+                    " the body as CONTENT_LENGTH frames it (nginx before 1.29.6 cuts bodies"
+                    " short this way with `scgi_request_buffering off`; leave it on)"
                 )
 
     scheme_value = env.get(b"REQUEST_SCHEME")

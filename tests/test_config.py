@@ -296,7 +296,8 @@ def _package_imports(module: str) -> set[str]:
 def test_config_imports_only_leaf_modules() -> None:
     # The configuration checks bind strings, trusted peers, the access-log
     # format and the app spec with parsers that import nothing of the server,
-    # so there is no import cycle back into _config (ARCHITECTURE.md).
+    # so there is no import cycle back into _config: config imports nothing
+    # of the server.
     imported = _package_imports("_config")
     assert imported == {"_accesslog", "_addresses", "_importer"}
     for module in imported:

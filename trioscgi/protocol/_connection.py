@@ -59,8 +59,9 @@ _CLASS_REASONS: Final = {
 }
 
 
-# The parser's fast path for its own events (STYLE.md 3: validated
-# construction is for user code): set the slot directly, and share the two
+# The parser's fast path for its own events: validated construction is for
+# user code, and what the parser built is valid already (h11 skips the checks
+# for its own events too). Set the slot directly, and share the two
 # field-less events, which are frozen and compare equal anyway.
 _new = object.__new__
 _set_environ = Request.__dict__["environ"].__set__

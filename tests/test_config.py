@@ -106,6 +106,12 @@ def test_unknown_key_without_a_near_one(tmp_path: Path) -> None:
     assert message.endswith("unknown key 'zzzzzz'")
 
 
+def test_unknown_key_that_begins_one_key_suggests_it(tmp_path: Path) -> None:
+    # The same helper suggests flags on the command line ("--grace").
+    message = load_error(tmp_path, "wsgi = 4\n")
+    assert message.endswith("unknown key 'wsgi' (did you mean 'wsgi_threads'?)")
+
+
 def test_unknown_table_is_an_unknown_key(tmp_path: Path) -> None:
     message = load_error(tmp_path, "[loging]\nversion = 1\n")
     assert "unknown key 'loging' (did you mean 'logging'?)" in message

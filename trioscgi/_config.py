@@ -11,7 +11,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -382,11 +382,23 @@ def validate(config: Config) -> None:
         check_value(key, getattr(config, key))
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'y'?)`` for the choice closest to a mistyped ``word``, or ``""``.
+
+    The config file's keys and the command line's flags both use it. A word
+    that begins exactly one choice (an abbreviation) suggests that choice.
+    """
+    choices = list(choices)
+    starting = [c for c in choices if c.startswith(word)]
+    if len(starting) == 1:
+        return f" (did you mean {starting[0]!r}?)"
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def unknown_key_message(key: str) -> str:
     """``unknown key 'x' (did you mean 'y'?)``."""
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {key!r}{hint}"
+    return f"unknown key {key!r}{did_you_mean(key, FIELD_NAMES)}"
 
 
 def config_from_mapping(data: Mapping[str, Any], *, base: Config | None = None) -> Config:

@@ -259,6 +259,78 @@ def test_bad_lifespan_choice_is_an_argparse_error() -> None:
 # --- precedence and --check-config ------------------------------------------
 
 
+def test_check_config_says_what_it_checked(apps: Path, tmp_path: Path) -> None:
+    sock = tmp_path / "app.sock"
+    pid = tmp_path / "app.pid"
+    result = trioscgi(
+        "good:app", "--check-config", "-b", f"unix:{sock}", "-b", "127.0.0.1:0",
+        "-b", "fd://3", "--pid-file", str(pid), cwd=apps,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "trioscgi: checked: the settings (defaults, command line)",
+        "trioscgi: checked: the logs open (error_log '-', access_log off)",
+        f"trioscgi: checked: pid_file '{pid}' can be written",
+        "trioscgi: checked: the app 'good:app' imports (an ASGI application)",
+        f"trioscgi: checked: bind unix:{sock}: the socket can be created in {tmp_path}",
+        "trioscgi: checked: bind 127.0.0.1:0: a TCP address (the port is bound at start)",
+        "trioscgi: not checked: bind fd://3: the socket is inherited at start",
+    ]
+    assert 'app = "good:app"' in result.stdout.splitlines()
+    # Checked, not done: no socket, no pid file.
+    assert not sock.exists()
+    assert not pid.exists()
+    wsgi = trioscgi("wsgi:application", "--check-config", cwd=apps)
+    assert "checked: the app 'wsgi:application' imports (a WSGI application)" in wsgi.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("absent_module_h3a:app", "no module named 'absent_module_h3a'"),
+        ("raises:app", "raised RuntimeError: boom at import"),
+        ("good:nope", "'good' has no attribute 'nope'"),
+        ("wsgi:ambiguous", "cannot tell whether"),
+    ],
+)
+def test_check_config_fails_for_an_app_that_cannot_be_loaded(
+    apps: Path, spec: str, expected: str
+) -> None:
+    result = trioscgi(spec, "--check-config", cwd=apps)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "checked: the app" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_needs_an_app() -> None:
+    result = trioscgi("--check-config")
+    assert result.returncode == 2
+    assert "no application given" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_fails_for_a_bind_that_cannot_be_created(apps: Path, tmp_path: Path) -> None:
+    # Exit 1, as the start itself would fail ("cannot listen").
+    missing = tmp_path / "no-such-dir" / "app.sock"
+    result = trioscgi("good:app", "--check-config", "-b", f"unix:{missing}", cwd=apps)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"trioscgi: cannot listen: can't bind unix:{missing}: "
+        f"directory {missing.parent} does not exist"
+    )
+    assert result.stdout == ""
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("data")
+    result = trioscgi("good:app", "--check-config", "-b", f"unix:{not_a_socket}", cwd=apps)
+    assert result.returncode == 1
+    assert "exists and is not a socket" in result.stderr
+    assert not_a_socket.read_text() == "data"
+    result = trioscgi("good:app", "--check-config", "--pid-file", str(missing), cwd=apps)
+    assert result.returncode == 2
+    assert f"pid_file: cannot write '{missing}': directory" in result.stderr
+
+
 def test_check_config_prints_effective_config_with_precedence(tmp_path: Path) -> None:
     path = tmp_path / "trioscgi.toml"
     path.write_text(

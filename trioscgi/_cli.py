@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-config",
         action="store_true",
-        help="validate the configuration, print the effective settings and exit",
+        help="check everything a start needs without starting: the settings, that the app "
+        "imports, that the Unix socket and log directories are usable; print what was "
+        "checked (stderr) and the effective settings as TOML (stdout), then exit",
     )
     parser.add_argument("--version", action="version", version=f"trioscgi {__version__}")
     for key in _config.FIELD_NAMES:
@@ -312,13 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_config(args)
-        if config.app is None and not getattr(args, "check_config", False):
+        if config.app is None:
             build_parser().print_usage(sys.stderr)
             _print_error("no application given: pass MODULE:ATTR or set 'app' in the config file")
             return EXIT_USAGE
         if getattr(args, "check_config", False):
-            sys.stdout.write(_config.render_config(config))
-            return EXIT_OK
+            return _check_config(config, getattr(args, "config", None))
         from ._logging import setup_logging  # noqa: PLC0415
 
         setup_logging(config)
@@ -349,6 +350,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_error(f"config error: {exc}")
         return EXIT_USAGE
+
+
+def _check_config(config: Config, path: str | None) -> int:
+    """``--check-config``: what a start does before it serves, short of binding.
+
+    Each check that passes is reported on stderr as it is made; the first that
+    fails is reported as a start would report it, with the exit code a start
+    would have. When all pass, the effective settings go to stdout as TOML.
+
+    Raises:
+        ConfigError: a log file or the pid file can't be written, or the
+            ``[logging]`` table is invalid.
+    """
+    from ._listeners import BindError, check_binds  # noqa: PLC0415
+    from ._logging import setup_logging  # noqa: PLC0415
+
+    def report(what: str, checked: bool = True) -> None:
+        sys.stderr.write(f"trioscgi: {'checked' if checked else 'not checked'}: {what}\n")
+        sys.stderr.flush()
+
+    report(f"the settings ({'defaults, ' + path if path else 'defaults'}, command line)")
+    setup_logging(config, install_sigusr1=False)
+    logs = f"error_log {config.error_log!r}, access_log " + (
+        repr(config.access_log) if config.access_log is not None else "off"
+    )
+    report(f"the logs open ({logs}{', [logging] table' if config.logging else ''})")
+    if config.pid_file is not None:
+        _check_pid_file(config.pid_file)
+        report(f"pid_file {config.pid_file!r} can be written")
+    try:
+        _, interface = _load_configured(config)
+    except AppLoadError as exc:
+        _print_error(str(exc), exc.details)
+        return EXIT_USAGE
+    kind = "an ASGI" if interface == "asgi" else "a WSGI"
+    report(f"the app {config.app!r} imports ({kind} application)")
+    try:
+        for checked, line in check_binds(config):
+            report(f"bind {line}", checked)
+    except BindError as exc:
+        _print_error(f"cannot listen: {exc}")
+        return EXIT_RUNTIME
+    sys.stdout.write(_config.render_config(config))
+    return EXIT_OK
+
+
+def _check_pid_file(path: str) -> None:
+    """The checks :func:`_pid_file` would fail, without writing the file.
+
+    Raises:
+        ConfigError: ``pid_file: cannot write ...``, as a start says it.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"pid_file: cannot write {path!r}: directory {parent} does not exist")
+    target = path if os.path.lexists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"pid_file: cannot write {path!r}: permission denied")
 
 
 def _run_single(app: Any, config: Config) -> int:

@@ -16,6 +16,7 @@ import pwd
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "Listener",
     "PeerFilter",
     "bind_all",
+    "check_binds",
     "parse_bind",
     "parse_trusted_peers",
 ]
@@ -411,3 +413,83 @@ def bind_all(config: Config) -> list[Listener]:
             listener.close()
         raise
     return out
+
+
+# --------------------------------------------------------------------------- check
+
+
+def check_binds(config: Config) -> Iterator[tuple[bool, str]]:
+    """Check what :func:`bind_all` will need, without binding (``--check-config``).
+
+    The running server may hold the addresses while a new configuration is
+    checked, so nothing is bound or probed: Unix socket directories must exist
+    and let this user create the socket, a path there must not be something
+    other than a socket, host names must resolve, owner and group must exist.
+
+    Yields:
+        Per address (and owner/group), as it is checked: whether it could be
+        checked here, and what was found (or why it can't be before the start).
+
+    Raises:
+        BindError: what :func:`bind_all` would raise for it, naming the address.
+    """
+    try:
+        parse_trusted_peers(config.trusted_peers)
+        specs = [parse_bind(b) for b in config.bind]
+    except ValueError as e:
+        raise BindError(str(e)) from None
+    if not specs:
+        raise BindError("nothing to bind: the bind list is empty")
+    files = [s for s in specs if s.kind == "unix" and not (s.path or "").startswith("@")]
+    if files and (config.unix_socket_owner is not None or config.unix_socket_group is not None):
+        _resolve_owner(config)
+        yield True, "unix_socket_owner and unix_socket_group exist"
+    for spec in specs:
+        yield _check_bind(spec)
+
+
+def _check_bind(spec: BindSpec) -> tuple[bool, str]:
+    desc = spec.text
+    if spec.kind == "unix":
+        path = spec.path
+        assert path is not None
+        if path.startswith("@"):
+            return True, f"{desc}: an abstract socket (no file)"
+        parent = os.path.dirname(os.path.abspath(path))
+        # _bind_unix creates a directory next to the socket: the parent must
+        # exist and let us write and enter it.
+        if not os.path.isdir(parent):
+            raise BindError(f"can't bind {desc}: directory {parent} does not exist")
+        if not os.access(
+            parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
+        ):
+            raise BindError(
+                f"can't bind {desc}: can't create a socket in {parent}: permission denied"
+            )
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True, f"{desc}: the socket can be created in {parent}"
+        except OSError as e:
+            raise BindError(f"can't bind {desc}: {e}") from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BindError(
+                f"can't bind {desc}: {path} exists and is not a socket; refusing to remove it"
+            )
+        return True, f"{desc}: a socket is there, replaced at start if nothing listens on it"
+    if spec.kind == "tcp":
+        host = spec.host
+        assert host is not None
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                try:
+                    socket.getaddrinfo(host, spec.port, type=socket.SOCK_STREAM)
+                except OSError as e:
+                    raise BindError(f"can't bind {desc}: can't resolve {host!r}: {e}") from None
+                return True, f"{desc}: {host!r} resolves (the port is bound at start)"
+        return True, f"{desc}: a TCP address (the port is bound at start)"
+    if spec.kind == "fd":
+        return False, f"{desc}: the socket is inherited at start"
+    return False, f"{desc}: systemd passes the sockets at start"

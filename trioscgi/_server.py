@@ -82,7 +82,7 @@ class Server:
         if config.access_log is not None:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
-            self.access_logger = AccessLogger(config)
+            self.access_logger = AccessLogger(config.access_log_format)
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
         self._owns_listeners = listeners is None
         self._starting = trio.CancelScope()

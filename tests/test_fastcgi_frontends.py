@@ -191,8 +191,9 @@ def test_mod_fcgid_reads_a_chunked_upload_before_it_sends_it() -> None:
     assert len(request.stdin) == 300_000
 
 
-def test_cgi_fcgi_sends_exactly_the_environment_it_is_given() -> None:
-    with FcgiCaptureBackend() as backend:
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_cgi_fcgi_sends_exactly_the_environment_it_is_given(kind: str) -> None:
+    with backend_for(kind) as backend:
         environ = {"REQUEST_METHOD": "PUT", "REQUEST_URI": "/u", "CONTENT_LENGTH": "5"}
         stdout = cgi_fcgi(backend.backend, environ, b"hello")
         [captured] = backend.pop_all()

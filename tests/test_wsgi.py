@@ -747,6 +747,41 @@ async def test_input_get_never_receives() -> None:
     assert conn.receive_calls == 0
 
 
+@pytest.mark.parametrize(
+    "length",
+    [
+        [("CONTENT_LENGTH", "")],  # nginx, `fastcgi_request_buffering off`
+        [],  # Apache mod_proxy_fcgi streaming a chunked upload it did not prefetch whole
+    ],
+)
+async def test_input_without_content_length_is_the_whole_stream(
+    length: list[tuple[str, str]],
+) -> None:
+    # FastCGI: with no CONTENT_LENGTH the body is the STDIN stream, to its end.
+    got: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        got.append("CONTENT_LENGTH" in environ)
+        got.append("HTTP_TRANSFER_ENCODING" in environ)
+        got.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return []
+
+    params = [
+        (k.encode(), v.encode())
+        for k, v in [
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/up"),
+            *length,
+            ("CONTENT_TYPE", "application/octet-stream"),
+            ("HTTP_TRANSFER_ENCODING", "chunked"),
+        ]
+    ]
+    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    await call(app, scope, FakeConnection([b"hello ", b"chunked ", b"world"]))
+    assert got == [False, False, b"hello chunked world"]
+
+
 async def test_input_client_gone_while_reading() -> None:
     def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         try:

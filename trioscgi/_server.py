@@ -8,16 +8,19 @@ import math
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
 from ._config import Config
-from ._connection import Connection
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
+from ._scgi import SCGIConnection
 from ._types import ASGIApp
+
+if TYPE_CHECKING:
+    from ._accesslog import AccessLogger
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -75,7 +78,7 @@ class Server:
         self.app = app
         self.config = config
         self.state: dict[str, Any] = {}
-        self.access_logger: Any = None
+        self.access_logger: AccessLogger | None = None
         if config.access_log is not None:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
@@ -96,7 +99,6 @@ class Server:
                 0, max(0, config.max_requests_jitter)
             )
         self.shutting_down = False
-        self.finished = trio.Event()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
 
@@ -139,7 +141,6 @@ class Server:
                                 await lifespan.shutdown()
         finally:
             self._close_listeners()
-            self.finished.set()
         if failure is not None:
             raise failure
 
@@ -149,9 +150,9 @@ class Server:
         config = self.config
         async with trio.open_nursery() as connections:
             self._connections = connections
+            # A shutdown() before this point cancelled the scope already: a
+            # scope cancelled before it is entered is cancelled once entered.
             with self._accepting:
-                if self.shutting_down:
-                    self._accepting.cancel()
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener)
@@ -265,7 +266,7 @@ class Server:
 
     async def _handle(self, sock: socket.socket) -> None:
         try:
-            await Connection(sock, self).run()
+            await SCGIConnection(sock, self).run()
         except Exception:
             log.exception("unexpected error while serving a connection")
         finally:

@@ -338,9 +338,11 @@ class _WSGIAdapter:
         request = _Request(self.app, scope, receive, send)
         extensions = scope.get("extensions") or {}
         environ = build_environ(scope, None, request.errors, self.multiprocess)
-        length = environ.get("CONTENT_LENGTH", "")
-        # No body (a GET): the input is at its end without a trip to the trio side.
-        environ["wsgi.input"] = InputStream(receive, at_eof=length in ("", "0"))
+        # No body (a GET): the input is at its end without a trip to the trio side. No
+        # CONTENT_LENGTH says nothing: over FastCGI the body is the STDIN stream (nginx
+        # with `fastcgi_request_buffering off`, Apache mod_proxy_fcgi: chunked uploads).
+        at_eof = environ.get("CONTENT_LENGTH") == "0"
+        environ["wsgi.input"] = InputStream(receive, at_eof=at_eof)
         try:
             # A thread can't be interrupted: when the request is cancelled
             # (graceful_timeout passed, or a second signal) the task stops waiting for

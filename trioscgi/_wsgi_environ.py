@@ -199,14 +199,21 @@ class InputStream:
 def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool) -> dict[str, Any]:
     """Build the PEP 3333 environ of one request.
 
-    Every SCGI variable (``scope["extensions"]["scgi"]["environ"]``) is kept, decoded as
-    latin-1; ``SCRIPT_NAME``/``PATH_INFO``/``QUERY_STRING`` and ``REQUEST_METHOD`` come from
-    the scope so that they agree with what an ASGI app would see (the path rules of
+    Every SCGI variable (``scope["extensions"]["scgi"]["environ"]``) or FastCGI param
+    (``scope["extensions"]["fastcgi"]["params"]``) is kept, decoded as latin-1;
+    ``SCRIPT_NAME``/``PATH_INFO``/``QUERY_STRING`` and ``REQUEST_METHOD`` come from the scope
+    so that they agree with what an ASGI app would see (the path rules of
     :func:`trioscgi._scope.request_target`).
     """
     environ: dict[str, Any] = {}
-    scgi = scope.get("extensions", {}).get("scgi")
-    raw_env: list[tuple[bytes, bytes]] | None = scgi.get("environ") if scgi else None
+    extensions = scope.get("extensions", {})
+    scgi = extensions.get("scgi")
+    raw_env: list[tuple[bytes, bytes]] | None
+    if scgi:
+        raw_env = scgi.get("environ")
+    else:
+        fastcgi = extensions.get("fastcgi")
+        raw_env = fastcgi.get("params") if fastcgi else None
     if raw_env is not None:
         for raw_name, raw_value in raw_env:
             name = raw_name.decode("latin-1")
@@ -254,6 +261,10 @@ def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool
     environ["REQUEST_METHOD"] = scope["method"]
     if not environ.get("CONTENT_TYPE"):
         environ.pop("CONTENT_TYPE", None)  # nginx sends "" on a GET: absent, per CGI
+    if not environ.get("CONTENT_LENGTH"):
+        # nginx's fastcgi_params: "" on a GET and on an unbuffered chunked upload. Absent,
+        # as the scope has it: the body is what wsgi.input gives until b"".
+        environ.pop("CONTENT_LENGTH", None)
     environ.setdefault("SERVER_PROTOCOL", "HTTP/" + scope.get("http_version", "1.1"))
     if "SERVER_NAME" not in environ or "SERVER_PORT" not in environ:
         server = scope.get("server")

@@ -536,6 +536,14 @@ class Connection:
         self._our_state = ERROR
 
 
+def response_head(event: Response) -> bytes:
+    """The CGI header block of a response: ``Status: 200 OK``, the headers, a blank line.
+
+    The same bytes start an SCGI response and a FastCGI STDOUT stream.
+    """
+    return _response_head(event.status, event.headers)
+
+
 def _response_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from trioscgi._config import Config
-from trioscgi._listeners import BindError, Listener, bind_all
+from trioscgi._listeners import BindError, Listener, bind_all, check_binds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -605,3 +605,60 @@ def test_systemd_missing_name_and_reuse() -> None:
 def test_systemd_without_activation() -> None:
     with pytest.raises(BindError, match="not socket-activated"):
         bind_all(Config(bind=["systemd"]))
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_binds_checks_without_binding(sockdir: Path) -> None:
+    live = bind_all(Config(bind=[f"unix:{sockdir}/live.sock"]))
+    try:
+        config = Config(
+            bind=[
+                f"unix:{sockdir}/new.sock",
+                f"unix:{sockdir}/live.sock",  # a running server may hold it: not probed
+                "unix:@tsl-check",
+                "127.0.0.1:0",
+                "localhost:0",
+                "fd://3",
+                "systemd:web",
+            ]
+        )
+        assert list(check_binds(config)) == [
+            (True, f"unix:{sockdir}/new.sock: the socket can be created in {sockdir}"),
+            (
+                True,
+                f"unix:{sockdir}/live.sock: a socket is there, replaced at start if nothing "
+                "listens on it",
+            ),
+            (True, "unix:@tsl-check: an abstract socket (no file)"),
+            (True, "127.0.0.1:0: a TCP address (the port is bound at start)"),
+            (True, "localhost:0: a TCP address (the port is bound at start)"),
+            (False, "fd://3: the socket is inherited at start"),
+            (False, "systemd:web: systemd passes the sockets at start"),
+        ]
+        assert not (sockdir / "new.sock").exists()
+        assert sorted(os.listdir(sockdir)) == ["live.sock"]  # no temporary directory left
+    finally:
+        close_all(live)
+
+
+def test_check_binds_fails_as_bind_all_would(sockdir: Path) -> None:
+    def first_error(config: Config) -> str:
+        with pytest.raises(BindError) as info:
+            list(check_binds(config))
+        return str(info.value)
+
+    (sockdir / "file").write_text("x")
+    assert "exists and is not a socket" in first_error(Config(bind=[f"unix:{sockdir}/file"]))
+    assert (sockdir / "file").read_text() == "x"
+    missing = sockdir / "missing" / "s.sock"
+    assert first_error(Config(bind=[f"unix:{missing}"])) == (
+        f"can't bind unix:{missing}: directory {missing.parent} does not exist"
+    )
+    assert "can't resolve 'no-such-host.invalid'" in first_error(
+        Config(bind=["no-such-host.invalid:0"])
+    )
+    owner = Config(bind=[f"unix:{sockdir}/s.sock"], unix_socket_owner="no-such-user-tsl")
+    assert "no such user 'no-such-user-tsl'" in first_error(owner)
+    assert "invalid bind" in first_error(Config(bind=["nonsense"]))

@@ -776,3 +776,24 @@ async def test_write_timeout_bounds_each_wait_not_the_whole_write(
         elapsed = trio.current_time() - start
     assert elapsed > 2 * 3  # the write took many times write_timeout...
     assert received > BIG  # ...and nothing was cut (head + body)
+
+
+async def test_websocket_upgrade_is_served_as_http_and_logged_once(
+    bind: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    pairs = environ(
+        "GET",
+        "/ws",
+        extra={"HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade"},
+    )
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "WebSocket" in r.getMessage()]
+
+    async with serving(hello, bind) as srv:
+        for _ in range(3):
+            assert (await request(srv.address, pairs)).status == 200
+        plain = environ("GET", "/", extra={"HTTP_UPGRADE": "h2c"})
+        assert (await request(srv.address, plain)).status == 200
+    [line] = warnings()  # once, not per request (and not for other upgrades)
+    assert line.startswith("GET /ws: a WebSocket upgrade request, served as plain HTTP")

@@ -60,6 +60,11 @@ _NAMES: dict[bytes, bytes] = {
     # "HTTP_" alone names no header.
     b"HTTP_": b"",
 }
+# The one header http_scope looks at itself (by identity: the cached name object).
+_UPGRADE = b"upgrade"
+_NAMES |= {
+    b"HTTP_UPGRADE": _UPGRADE,
+}
 
 
 def _header_name(name: bytes) -> bytes:
@@ -213,6 +218,7 @@ def http_scope(
     headers: list[tuple[bytes, bytes]] = []
     header_name = _NAMES.get
     add_header = headers.append
+    upgrade = None
     for name, value in environ:
         header = header_name(name)
         if header is None:
@@ -221,6 +227,8 @@ def http_scope(
             # Values pass through as sent; nginx < 1.23 repeats a header sent twice (two
             # HTTP_COOKIE), and ASGI keeps duplicates in order.
             add_header((header, value))
+            if header is _UPGRADE:
+                upgrade = value
         else:
             # Names are unique by the SCGI spec; if one repeats, the last one wins.
             env[name] = value
@@ -271,6 +279,14 @@ def http_scope(
                     " the body as CONTENT_LENGTH frames it (nginx before 1.29.6 cuts bodies"
                     " short this way with `scgi_request_buffering off`; leave it on)"
                 )
+
+    if upgrade is not None and notes is not None and b"websocket" in upgrade.lower():
+        # nginx tunnels a 101 over SCGI, but trioscgi does not speak WebSocket yet: the
+        # app gets the handshake as a plain HTTP request and can only refuse it.
+        notes.append(
+            "a WebSocket upgrade request, served as plain HTTP: trioscgi has no WebSocket"
+            " support yet (docs/protocol.md)"
+        )
 
     scheme_value = env.get(b"REQUEST_SCHEME")
     scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None

@@ -87,6 +87,11 @@ _HELP = {
     "access_log_format": "the access log line, a %-format over atoms such as %(h)s client, "
     "%(t)s time, %(r)s request line, %(s)s status, %(b)s bytes, %(D)s microseconds, "
     "%({Header}i)s a request header",
+    "protocol": "wire protocol: scgi, fastcgi, or auto (each connection's first byte "
+    "tells them apart, so one socket serves both)",
+    "idle_timeout": "seconds a kept-alive FastCGI connection may wait for its next request",
+    "fastcgi_max_requests": "FastCGI requests one connection may run at once (reported as "
+    "FCGI_MAX_REQS); 1 = no multiplexing",
 }
 # Defaults that read better in words than as the value itself.
 _DEFAULT_TEXT = {
@@ -113,6 +118,9 @@ The reference for every key, the [logging] table, config.example.toml and the
 deployment guides (nginx, Apache, lighttpd, systemd) are in the docs/ directory
 of the trioscgi source repository: pip does not install them.
 """
+
+
+_DEFAULT_BIND = Config().bind
 
 
 def _flag_name(key: str) -> str:
@@ -193,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         if key in _REPEATED:
             kwargs["action"] = "append"
         choices = getattr(hint, "__args__", None)
-        if key in ("lifespan", "interface") and choices:
+        if key in ("lifespan", "interface", "protocol") and choices:
             kwargs["choices"] = choices
             kwargs["metavar"] = "|".join(choices)
         parser.add_argument(*flags, **kwargs)
@@ -258,6 +266,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
         if key in options:
             changes[key] = _flag_value(key, options[key])
     config = config.replace(**changes)
+    if config.bind == _DEFAULT_BIND and "bind" not in changes:
+        from ._listeners import spawned_with_listening_socket  # noqa: PLC0415
+
+        if spawned_with_listening_socket():
+            # No address given and a listening socket on fd 0: started by
+            # mod_fcgid or spawn-fcgi (FCGI_LISTENSOCK_FILENO); serve it.
+            config = config.replace(bind=["fd://0"])
     config.validate()
     return config
 

@@ -60,6 +60,12 @@ def _at_least_one(key: str, value: Any) -> None:
         raise ConfigError(f"key {key!r} must be >= 1, got {value!r}")
 
 
+def _request_ids(key: str, value: Any) -> None:
+    # FastCGI request ids are 16-bit and 0 is for management records.
+    if value > 65535:
+        raise ConfigError(f"key {key!r} must be at most 65535, got {value!r}")
+
+
 def _not_empty(key: str, value: Any) -> None:
     if value == "":
         raise ConfigError(f"key {key!r} must not be an empty string")
@@ -162,6 +168,7 @@ def _octal_mode(value: Any) -> int:
 
 Lifespan = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
+Protocol = Literal["auto", "scgi", "fastcgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
 NonNegative = Annotated[int, _non_negative]
@@ -208,6 +215,11 @@ class Config:
     trusted_peers: Annotated[list[str], _peer_list] = field(
         default_factory=lambda: ["127.0.0.1", "::1"]
     )
+
+    # --- the wire protocol -----------------------------------------------------
+    protocol: Protocol = "auto"
+    idle_timeout: Seconds = 60.0
+    fastcgi_max_requests: Annotated[int, _at_least_one, _request_ids] = 64
 
     # --- the scope -----------------------------------------------------------
     root_path: Annotated[str, _url_prefix] = ""

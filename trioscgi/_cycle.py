@@ -152,20 +152,25 @@ class HTTPCycle:
         environ: list[tuple[bytes, bytes]],
         *,
         body_done: bool,
-        extensions: dict[str, Any],
+        fastcgi: bool = False,
     ) -> None:
         """Serve one request whose head the wire layer has parsed.
 
         Args:
             environ: the CGI variables in wire order, duplicates kept.
             body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
-            extensions: the wire layer's own scope extensions (its raw variables).
+            fastcgi: the variables are FastCGI PARAMS, not an SCGI header block (where the
+                scope keeps them raw, and what a 400 for a missing REQUEST_METHOD advises).
         """
         host = self._host
         notes: list[str] = []
         try:
             scope = http_scope(
-                environ, root_path=host.config.root_path, state=host.state, notes=notes
+                environ,
+                root_path=host.config.root_path,
+                state=host.state,
+                notes=notes,
+                fastcgi=fastcgi,
             )
         except ScopeError as exc:
             log.info("bad request: %s; answered 400", exc)
@@ -174,7 +179,7 @@ class HTTPCycle:
             return
         for note in notes:
             host.warn_request("%s %s: %s", scope["method"], scope["path"], note)
-        scope["extensions"] = extensions
+        scope["extensions"].update(FILE_EXTENSIONS)
         self._request_done = body_done
         access_logger = host.access_logger
         try:

@@ -493,3 +493,25 @@ def _check_bind(spec: BindSpec) -> tuple[bool, str]:
     if spec.kind == "fd":
         return False, f"{desc}: the socket is inherited at start"
     return False, f"{desc}: systemd passes the sockets at start"
+
+
+def spawned_with_listening_socket() -> bool:
+    """fd 0 is a listening stream socket: a FastCGI spawner started us.
+
+    Apache mod_fcgid, spawn-fcgi and lighttpd's ``bin-path`` start the
+    application with its listening socket as standard input
+    (``FCGI_LISTENSOCK_FILENO``, FastCGI spec 2.2) and pass no address.
+    """
+    try:
+        sock = socket.socket(fileno=0)
+    except OSError:
+        return False  # not a socket (a terminal, /dev/null, a pipe) or closed
+    try:
+        return (
+            sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        )
+    except OSError:
+        return False
+    finally:
+        sock.detach()

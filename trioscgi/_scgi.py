@@ -15,7 +15,7 @@ import socket
 import trio
 
 from . import protocol as p
-from ._cycle import FILE_EXTENSIONS, CycleHost, HTTPCycle, error_response
+from ._cycle import CycleHost, HTTPCycle, error_response
 from ._sendfile import sendfile
 from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
@@ -56,8 +56,12 @@ class SCGIConnection(SocketIO):
         )
         self._aborted = False
 
-    async def run(self) -> None:
-        """Read the request head, run the ASGI cycle, close the connection."""
+    async def run(self, initial: bytes = b"") -> None:
+        """Read the request head, run the ASGI cycle, close the connection.
+
+        Args:
+            initial: bytes already read from the socket (``protocol = "auto"``).
+        """
         conn = self._conn
         config = self._host.config
         try:
@@ -67,7 +71,7 @@ class SCGIConnection(SocketIO):
                 # header_timeout bounds the whole head, not each read: a
                 # byte every few seconds (slowloris) must not hold us.
                 deadline = trio.current_time() + config.header_timeout
-                conn.receive_data(await self.recv(0.0, deadline))
+                conn.receive_data(initial or await self.recv(0.0, deadline))
                 event = conn.next_event()
                 while event is p.NEED_DATA:
                     conn.receive_data(await self.recv(0.0, deadline))
@@ -88,11 +92,7 @@ class SCGIConnection(SocketIO):
             body_done = conn.body_remaining == 0
             if body_done:
                 conn.next_event()  # EndOfMessage, already known
-            environ = event.environ
-            extensions = {"scgi": {"environ": environ}, **FILE_EXTENSIONS}
-            await HTTPCycle(self, self._host).run(
-                environ, body_done=body_done, extensions=extensions
-            )
+            await HTTPCycle(self, self._host).run(event.environ, body_done=body_done)
         finally:
             self.close(reset=self._aborted)
 

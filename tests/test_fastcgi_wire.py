@@ -437,3 +437,33 @@ async def test_without_keep_conn_the_server_closes_right_after_the_response(
         await reader.until_ended(1)
         await reader.until_eof()
         assert trio.current_time() - start < 0.1
+
+
+async def test_a_request_multiplexed_behind_a_waiting_one_is_served(
+    bind: str, autojump_clock: Any
+) -> None:
+    """The first request runs alone (in the connection's task) and waits on receive();
+    a second request id arriving then still gets served at once."""
+    second_done = trio.Event()
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/first":
+            await receive()  # the empty body
+            msg = await receive()  # waits: reads the connection for everyone meanwhile
+            seen.append(msg["type"])
+            return
+        await hello(scope, receive, send)
+        second_done.set()
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1, "GET", "/first", keep=True))
+        await trio.sleep(1)  # virtual: every task settles, the first one into its wait
+        await s.send_all(fc.request(2, "GET", "/second", keep=True))
+        reader = fc.Reader(s)
+        second = await reader.until_ended(2)
+        assert second.body == b"GET /second ''"
+        await second_done.wait()
+        await s.send_all(fc.record(fc.ABORT_REQUEST, 1))
+        await reader.until_ended(1)
+    assert seen == ["http.disconnect"]

@@ -54,19 +54,31 @@ class FastCGIHost(CycleHost, Protocol):
 
 
 class FastCGIConnection(SocketIO):
-    """Serve the requests of one FastCGI connection; the task that runs it owns the socket."""
+    """Serve the requests of one FastCGI connection; the task that runs it owns the socket.
+
+    Whoever needs input reads it: the connection's task between requests, a request
+    waiting for its body or for a disconnect otherwise. One reads at a time (the
+    ``_reading`` token); it dispatches every record to its request and wakes the others
+    (``_activity``). So a request runs in the connection's own task when it is alone on
+    the connection (no task per request: nginx, Apache and lighttpd never multiplex),
+    and in a task of its own beside others when the front-end multiplexes.
+    """
 
     __slots__ = (
+        "_activity",
         "_broken",
         "_buffered",
         "_conn",
+        "_eof",
         "_host",
         "_idle_since",
+        "_inline",
         "_keep_conn",
+        "_multiplexed",
+        "_new",
         "_nursery",
         "_out",
-        "_read_scope",
-        "_reader_wakeup",
+        "_reading",
         "_requests",
         "_served",
         "_stopping",
@@ -86,107 +98,142 @@ class FastCGIConnection(SocketIO):
             max_conns=config.max_connections,
         )
         self._requests: dict[int, _Request] = {}
+        self._new: list[tuple[_Request, list[tuple[bytes, bytes]]]] = []
         self._buffered = 0
         self._keep_conn = True
         self._served = 0
         self._broken = False
+        self._eof = False
         self._stopping = False
+        self._multiplexed = False
+        self._inline = False
         self._idle_since: float | None = None
         self._out: list[bytes] = []
+        self._reading = False
+        self._activity = ParkingLot()
         self._writing = False
         self._write_lot = ParkingLot()
-        self._reader_wakeup = ParkingLot()
-        self._read_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
 
     async def run(self, initial: bytes = b"") -> None:
-        """Read records until the front-end closes, keep-conn ends or the server stops."""
+        """Serve requests until the front-end closes, keep-conn ends or the server stops."""
         host = self._host
         host.fastcgi_connections.add(self)
+        timed_out = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # The first request's head must come within header_timeout (lifted
+                # once it is in); later, the server's sweep closes idle connections.
+                nursery.cancel_scope.deadline = trio.current_time() + host.config.header_timeout
                 try:
-                    await self._read_loop(initial)
+                    if initial:
+                        self._conn.receive_data(initial)
+                        await self._process(False)
+                    await self._serve()
                 finally:
-                    # The front-end is gone or we stop reading: requests still
-                    # waiting for body bytes or a disconnect learn it now.
+                    # The front-end is gone or we stop: requests still waiting for
+                    # body bytes or a disconnect learn it now.
                     for request in list(self._requests.values()):
                         request.peer_gone()
+            timed_out = nursery.cancel_scope.cancelled_caught and not (
+                self._served or self._requests or self._stopping or self._broken
+            )
         finally:
             host.fastcgi_connections.discard(self)
             self.close(reset=self._broken)
+        if timed_out:
+            log.info(
+                "FastCGI request not received within %g s (header_timeout)",
+                host.config.header_timeout,
+            )
+
+    async def _serve(self) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        while True:
+            new = self._new
+            if new:
+                if len(new) == 1 and len(self._requests) == 1 and not self._multiplexed:
+                    # Alone on the connection: run it here, no task. While it runs,
+                    # it reads for itself when it waits for input.
+                    request, params = new.pop()
+                    self._inline = True
+                    try:
+                        await request.run(params)
+                    finally:
+                        self._inline = False
+                else:
+                    self._multiplexed = True
+                    for request, params in new:
+                        nursery.start_soon(request.run, params)
+                    new.clear()
+                continue
+            if self._eof or self._broken:
+                return
+            if (self._stopping or not self._keep_conn) and self._served and not self._requests:
+                return
+            if self._reading or self._buffered > _MAX_BUFFERED:
+                # A request reads for now, or applications have not taken what we
+                # hold (then we stop reading: FastCGI's only flow control).
+                await self._activity.park()
+            else:
+                await self._pump()
+
+    async def _pump(self) -> None:
+        """Read once from the socket, hand each record to its request, answer what the core
+        answers itself, and wake everyone waiting on this connection."""
+        self._reading = True
+        try:
+            data = await self.recv_unbounded()
+        except OSError as exc:
+            log.info("FastCGI connection lost: %s", exc)
+            data = b""
+        finally:
+            self._reading = False
+        self._conn.receive_data(data)
+        await self._process(not data)
+
+    async def _process(self, eof: bool) -> None:
+        conn = self._conn
+        try:
+            event = conn.next_event()
+            while event is not f.NEED_DATA:
+                if type(event) is f.ConnectionClosed:
+                    self._eof = True
+                    break
+                self._dispatch(event)
+                event = conn.next_event()
+        except f.RemoteProtocolError as exc:
+            if eof:
+                log.info("FastCGI front-end closed the connection mid-request: %s", exc)
+                self._eof = True
+            else:
+                log.info("bad FastCGI input: %s; closing the connection", exc)
+                self._broken = True
+        if self._eof or self._broken:
+            for request in list(self._requests.values()):
+                request.peer_gone()
+        self._activity.unpark_all()
+        pending = conn.data_to_send()
+        if self._out:
+            pending += b"".join(self._out)
+            self._out.clear()
+        if pending and not self._broken:
+            await self._write(pending)
+
+    async def wait_for_input(self) -> None:
+        """For a request that waits: read for everyone if nobody is, else wait for news."""
+        if self._reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
+            await self._activity.park()
+        else:
+            await self._pump()
 
     def stop_when_idle(self) -> None:
         """Graceful shutdown: serve what is in flight, take no new request, close."""
         self._stopping = True
-        if not self._requests and self._read_scope is not None:
-            self._read_scope.cancel()
-
-    async def _read_loop(self, initial: bytes) -> None:
-        conn = self._conn
-        config = self._host.config
-        if initial:
-            conn.receive_data(initial)
-        head_deadline = trio.current_time() + config.header_timeout
-        eof = False
-        while True:
-            try:
-                event = conn.next_event()
-                while event is not f.NEED_DATA:
-                    if type(event) is f.ConnectionClosed:
-                        return
-                    self._dispatch(event)
-                    event = conn.next_event()
-            except f.RemoteProtocolError as exc:
-                if eof:
-                    log.info("FastCGI front-end closed the connection mid-request: %s", exc)
-                else:
-                    log.info("bad FastCGI input: %s; closing the connection", exc)
-                    self._broken = True
-                return
-            if eof:
-                return
-            pending = conn.data_to_send()
-            if self._out:
-                pending += b"".join(self._out)
-                self._out.clear()
-            if pending:
-                await self._write(pending)
-            while self._buffered > _MAX_BUFFERED and self._requests:
-                # Applications have not taken what we hold: stop reading.
-                await self._reader_wakeup.park()
-            if self._broken or (
-                (self._stopping or not self._keep_conn) and self._served and not self._requests
-            ):
-                return
-            # Until a first request's head is in, it must come within header_timeout
-            # of the connection; then the server's sweep closes connections left idle.
-            waiting_for_first = not self._served and not self._requests
-            read_scope = trio.CancelScope(deadline=head_deadline if waiting_for_first else math.inf)
-            self._read_scope = read_scope
-            with read_scope:
-                data = await self._read()
-            self._read_scope = None
-            if read_scope.cancelled_caught:
-                if self._served or self._requests or self._stopping:
-                    continue  # woken: the checks above end the connection
-                log.info(
-                    "FastCGI request not received within %g s (header_timeout)",
-                    config.header_timeout,
-                )
-                return
-            if data is None:
-                return
-            conn.receive_data(data)
-            eof = not data
-
-    async def _read(self) -> bytes | None:
-        try:
-            return await self.recv_unbounded()
-        except OSError as exc:
-            log.info("FastCGI connection lost: %s", exc)
-            return None
+        if not self._requests:
+            self._cancel_all()
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
@@ -196,9 +243,9 @@ class FastCGIConnection(SocketIO):
 
     def close_idle(self) -> None:
         """Close a kept-alive connection that has waited too long for its next request."""
-        if not self._requests and self._read_scope is not None:
+        if not self._requests:
             self._stopping = True
-            self._read_scope.cancel()
+            self._cancel_all()
 
     def _dispatch(self, event: f.Event) -> None:
         kind = type(event)
@@ -209,11 +256,19 @@ class FastCGIConnection(SocketIO):
                 request.feed(data.data)
         elif kind is f.Request:
             event = cast(f.Request, event)
+            if not self._served and not self._requests and self._nursery is not None:
+                self._nursery.cancel_scope.deadline = math.inf  # the head came in time
             self._keep_conn = event.keep_conn
             request = _Request(self, event.request_id)
             self._requests[event.request_id] = request
-            assert self._nursery is not None
-            self._nursery.start_soon(request.run, event.params)
+            if self._inline:
+                # A second request while one runs in the connection's task: the
+                # front-end multiplexes; from now on each request gets a task.
+                self._multiplexed = True
+                assert self._nursery is not None
+                self._nursery.start_soon(request.run, event.params)
+            else:
+                self._new.append((request, event.params))
         elif kind is f.EndOfMessage:
             request = self._requests.get(cast(f.EndOfMessage, event).request_id)
             if request is not None:
@@ -224,6 +279,8 @@ class FastCGIConnection(SocketIO):
                 request.aborted_by_peer()
         elif kind is f.Rejected:
             event = cast(f.Rejected, event)
+            if not self._served and not self._requests and self._nursery is not None:
+                self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             self._served += 1
@@ -256,16 +313,15 @@ class FastCGIConnection(SocketIO):
             del self._requests[request.request_id]
         self._buffered -= request.buffered
         request.buffered = 0
-        self._reader_wakeup.unpark_all()
         self._served += 1
         self._host.request_served()
         if not self._requests:
-            scope = self._read_scope
-            if scope is not None and (self._broken or self._stopping or not self._keep_conn):
-                scope.cancel()  # wake the read loop to end the connection
+            if self._broken or self._stopping or not self._keep_conn:
+                self._cancel_all()  # the connection's task may be reading: end it
             else:
                 # Idle: the server's sweep closes it after idle_timeout.
                 self._idle_since = trio.current_time()
+        self._activity.unpark_all()
         if self._broken:
             self._cancel_all()
 
@@ -284,7 +340,6 @@ class _Request:
         "_discard",
         "_ended",
         "_gone",
-        "_lot",
         "buffered",
         "request_id",
     )
@@ -297,7 +352,6 @@ class _Request:
         self._gone = False
         self._ended = False  # END_REQUEST sent
         self._discard = False
-        self._lot = ParkingLot()
         self.buffered = 0
 
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
@@ -321,17 +375,14 @@ class _Request:
         self._body.append(data)
         self.buffered += len(data)
         self._conn._buffered += len(data)
-        self._lot.unpark_all()
 
     def feed_end(self) -> None:
         self._body_ended = True
-        self._lot.unpark_all()
 
     def aborted_by_peer(self) -> None:
         """ABORT_REQUEST: the application sees a disconnect; END_REQUEST goes out now."""
         if not self._gone:
             self._gone = True
-            self._lot.unpark_all()
             if not self._ended:
                 self._ended = True
                 # Written by the read loop after this batch of records.
@@ -340,7 +391,6 @@ class _Request:
     def peer_gone(self) -> None:
         self._gone = True
         self._body_ended = True
-        self._lot.unpark_all()
 
     # --- the Wire -------------------------------------------------------------------
 
@@ -350,7 +400,7 @@ class _Request:
         if not self._body and not self._body_ended and not self._gone:
             with trio.move_on_after(patience) as scope:
                 while not self._body and not self._body_ended and not self._gone:
-                    await self._lot.park()
+                    await conn.wait_for_input()
             if scope.cancelled_caught:
                 raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
         else:
@@ -359,7 +409,8 @@ class _Request:
             data = self._body.popleft()
             self.buffered -= len(data)
             conn._buffered -= len(data)
-            conn._reader_wakeup.unpark_all()
+            if conn._buffered + len(data) > _MAX_BUFFERED >= conn._buffered:
+                conn._activity.unpark_all()  # below the limit again: reading resumes
             return data, bool(self._body) or not self._body_ended
         if self._gone and not self._body_ended:
             raise ClientDisconnected("client went away during the request body")
@@ -404,8 +455,9 @@ class _Request:
         return sent
 
     async def wait_disconnect(self) -> None:
+        conn = self._conn
         while not self._gone:
-            await self._lot.park()
+            await conn.wait_for_input()
 
     async def drain(self) -> None:
         # The response is complete: what is left of the body is of no use. The
@@ -417,12 +469,12 @@ class _Request:
         conn._buffered -= self.buffered
         self.buffered = 0
         self._body.clear()
-        conn._reader_wakeup.unpark_all()
+        conn._activity.unpark_all()
         if conn._keep_conn:
             return
         with trio.move_on_after(conn._host.config.drain_timeout):
             while not self._body_ended and not self._gone:
-                await self._lot.park()
+                await conn.wait_for_input()
 
     def abort(self) -> None:
         # Started and not complete: an END_REQUEST would make it look whole. Only

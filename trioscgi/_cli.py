@@ -22,9 +22,15 @@ from ._version import __version__
 
 # Fields with no command-line flag: ``app`` is the positional argument,
 # ``logging`` is a table that only makes sense in the file.
-_NO_FLAG = {"app", "factory", "logging"}
+_NO_FLAG = {"app", "factory", "logging", "reload"}
 # Flags that take a list and may be repeated, with their singular spelling.
-_REPEATED = {"bind": "--bind", "trusted_peers": "--trusted-peer"}
+_REPEATED = {
+    "bind": "--bind",
+    "trusted_peers": "--trusted-peer",
+    "reload_dirs": "--reload-dir",
+    "reload_include": "--reload-include",
+    "reload_exclude": "--reload-exclude",
+}
 _SHORT = {"bind": "-b", "workers": "-w"}
 _METAVARS = {
     "bind": "BIND",
@@ -36,6 +42,10 @@ _METAVARS = {
     "access_log": "PATH",
     "app_dir": "DIR",
     "cpu_affinity": "CPUS",
+    "reload_dirs": "DIR",
+    "reload_include": "GLOB",
+    "reload_exclude": "GLOB",
+    "metrics_bind": "ADDR",
 }
 # What each flag does; "(default: ...)" is added from Config's defaults. pip
 # installs no docs, so --help must be enough to run the server: a new key
@@ -77,6 +87,13 @@ _HELP = {
     "that restarts them and reloads them on SIGHUP",
     "max_requests": "replace a worker after this many requests; 0 = never",
     "max_requests_jitter": "add 0 to N requests at random to max_requests for each worker",
+    "reload_dirs": "with --reload: a directory to watch; repeat the flag for several",
+    "reload_include": "with --reload: a glob a changed file's name or path must match to "
+    "restart the app; repeat the flag for several",
+    "reload_exclude": "with --reload: a glob of files whose changes are ignored; repeat the "
+    "flag for several",
+    "metrics_bind": "serve Prometheus metrics at GET /metrics over plain HTTP on HOST:PORT "
+    "or unix:PATH (needs trioscgi[metrics]); unset = off",
     "pid_file": "write the process id to this file; removed on exit",
     "cpu_affinity": "pin each worker process to one of these CPUs, like 0,1 or 0-3; '' = "
     "no pinning",
@@ -103,6 +120,9 @@ _DEFAULT_TEXT = {
     "pid_file": "none",
     "error_log": "'-'",
     "access_log": "off",
+    "reload_dirs": "app_dir, else the current directory",
+    "reload_exclude": "none",
+    "metrics_bind": "off",
 }
 _EPILOG = f"""\
 Precedence: command-line flag > config file (-c) > default. An empty value
@@ -173,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="MODULE:ATTR is a callable returning the application, called once per worker "
         "(default: off)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the app when its source changes, keeping the sockets "
+        "bound (needs trioscgi[reload]; one worker only) (default: off)",
     )
     parser.add_argument(
         "--check-config",
@@ -336,13 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "check_config", False):
             return _check_config(config, getattr(args, "config", None))
         from ._logging import setup_logging  # noqa: PLC0415
+        from ._reload import check_reload  # noqa: PLC0415
 
+        check_reload(config)
         setup_logging(config)
     except ConfigError as exc:
         _print_error(f"config error: {exc}")
         return EXIT_USAGE
 
-    if config.workers > 1:
+    # --reload: the supervisor with one worker, which it replaces on a change
+    # as on SIGHUP (the supervisor itself never imports the app).
+    if config.workers > 1 or config.reload:
         return _run_supervised(config, argv)
 
     from ._run import pin_to_cpu  # noqa: PLC0415
@@ -454,6 +484,9 @@ def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:
         # Raising keeps the old configuration (the supervisor logs why).
         new = resolve_config(parse_args(argv))
         from ._logging import setup_logging  # noqa: PLC0415
+        from ._reload import check_reload  # noqa: PLC0415
+
+        check_reload(new)
 
         setup_logging(new, install_sigusr1=False)
         return new

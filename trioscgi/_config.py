@@ -129,6 +129,19 @@ def _log_format(key: str, value: str) -> None:
         raise ConfigError(f"key {key!r}: {exc}") from None
 
 
+def _metrics_bind(key: str, value: str) -> None:
+    # Plain HTTP for Prometheus: a TCP address or a unix: path; not the
+    # systemd/fd:// forms, which are for the front-end's sockets.
+    if value is None:
+        return
+    try:
+        spec = parse_bind(value)
+    except ValueError as exc:
+        raise ConfigError(f"key {key!r}: {exc}") from None
+    if spec.kind not in ("unix", "tcp"):
+        raise ConfigError(f"key {key!r} must be HOST:PORT or unix:PATH, got {value!r}")
+
+
 class _Parse:
     """Annotated metadata for a field whose value needs more than a type check.
 
@@ -245,6 +258,15 @@ class Config:
     max_requests_jitter: NonNegative = 0
     pid_file: NonEmptyStr | None = None
     cpu_affinity: Annotated[str, _cpu_list] = ""
+
+    # --- development: restart on source changes (docs/operations.md) --------
+    reload: bool = False
+    reload_dirs: list[str] = field(default_factory=list)
+    reload_include: list[str] = field(default_factory=lambda: ["*.py"])
+    reload_exclude: list[str] = field(default_factory=list)
+
+    # --- metrics (docs/operations.md) -----------------------------------------
+    metrics_bind: Annotated[str | None, _metrics_bind] = None
 
     # --- logging -------------------------------------------------------------
     log_level: Annotated[str, _log_level] = "info"

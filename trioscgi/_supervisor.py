@@ -92,6 +92,11 @@ class _Supervisor:
         for fd in (self.wake_r, self.wake_w, self.ready_r):
             os.set_blocking(fd, False)
         self.ready_buf = b""
+        # --reload: the watcher process and the pipe it writes changed paths to.
+        self.watcher: int | None = None
+        self.changes_r: int | None = None
+        self.changes_buf = b""
+        self.reload_again = False  # a change came during a reload in progress
 
     # ------------------------------------------------------------------ main loop
 
@@ -99,12 +104,22 @@ class _Supervisor:
         old_handlers = {s: signal.signal(s, _no_op) for s in _SIGNALS}
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         try:
+            if self.config.reload:
+                # A .pyc records its source's mtime in whole seconds: an edit
+                # within the second of the last import could load stale code.
+                sys.dont_write_bytecode = True
+                self._start_watcher()
             self._spawn_generation(self.config)
             notify(f"STATUS=starting {self.config.workers} workers")
-            while self.workers or (self.pending_spawns and not self.stopping):
+            while (
+                self.workers
+                or (self.pending_spawns and not self.stopping)
+                or (self.watcher is not None and not self.stopping)
+            ):
                 self._step()
             return self.exit_code
         finally:
+            self._stop_watcher()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -120,11 +135,16 @@ class _Supervisor:
         if self.watchdog is not None:
             deadlines.append(self.next_ping)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        readable, _, _ = select.select([self.wake_r, self.ready_r], [], [], timeout)
+        fds = [self.wake_r, self.ready_r]
+        if self.changes_r is not None:
+            fds.append(self.changes_r)
+        readable, _, _ = select.select(fds, [], [], timeout)
         if self.wake_r in readable:
             self._on_signals()
         if self.ready_r in readable:
             self._on_ready_lines()
+        if self.changes_r is not None and self.changes_r in readable:
+            self._on_changes()
         self._reap()
         now = time.monotonic()
         if self.watchdog is not None and now >= self.next_ping:
@@ -184,7 +204,7 @@ class _Supervisor:
         w.kill_at = time.monotonic() + c.graceful_timeout + c.shutdown_timeout + KILL_SLACK
         _kill(w.pid, signal.SIGTERM)
 
-    def _reload(self) -> None:
+    def _reload(self, why: str = "SIGHUP") -> None:
         if self.stopping:
             return
         if self.reloading is not None:
@@ -195,15 +215,20 @@ class _Supervisor:
             try:
                 new = self.reload_config()
             except Exception as exc:
-                log.error("SIGHUP: can't reload the configuration, keeping the old one: %s", exc)
+                log.error("%s: can't reload the configuration, keeping the old one: %s", why, exc)
                 return
             if list(new.bind) != list(self.config.bind):
                 log.warning(
-                    "SIGHUP: 'bind' changed; listening sockets are kept as they are "
-                    "(restart the service to change them)"
+                    "%s: 'bind' changed; listening sockets are kept as they are "
+                    "(restart the service to change them)",
+                    why,
                 )
                 new = new.replace(bind=self.config.bind)
-        log.info("SIGHUP received: starting %d new workers", new.workers)
+        log.info(
+            "%s: starting %d new workers",
+            why if why != "SIGHUP" else "SIGHUP received",
+            new.workers,
+        )
         notify(
             "RELOADING=1",
             f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
@@ -214,6 +239,86 @@ class _Supervisor:
         self.generation += 1
         self.reloading = self.generation
         self._spawn_generation(new)
+
+    # ------------------------------------------------------------------ --reload
+
+    def _start_watcher(self) -> None:
+        from ._reload import watch_forever  # noqa: PLC0415
+
+        changes_r, changes_w = os.pipe()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(changes_r)
+            os.close(changes_w)
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = EXIT_RUNTIME
+            try:
+                os.setpgid(0, 0)
+                signal.set_wakeup_fd(-1)
+                for s in _SIGNALS:
+                    signal.signal(s, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, changes_r):
+                    os.close(fd)
+                watch_forever(self.config, changes_w)
+                code = EXIT_OK
+            except BaseException:
+                log.exception("the --reload watcher failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(changes_w)
+        os.set_blocking(changes_r, False)
+        self.watcher, self.changes_r = pid, changes_r
+
+    def _stop_watcher(self) -> None:
+        if self.changes_r is not None:
+            os.close(self.changes_r)
+            self.changes_r = None
+        if self.watcher is not None:
+            _kill(self.watcher, signal.SIGTERM)
+            try:
+                os.waitpid(self.watcher, 0)
+            except ChildProcessError:
+                pass
+            self.watcher = None
+
+    def _on_changes(self) -> None:
+        assert self.changes_r is not None
+        try:
+            data = os.read(self.changes_r, 4096)
+        except BlockingIOError:
+            return
+        if not data:  # the watcher died: no more reloads, keep serving
+            log.error("--reload: the file watcher stopped; restart trioscgi to reload again")
+            os.close(self.changes_r)
+            self.changes_r = None
+            return
+        *lines, self.changes_buf = (self.changes_buf + data).split(b"\n")
+        if b"" in lines:  # the watcher's first line: it is watching now
+            from ._reload import reload_dirs  # noqa: PLC0415
+
+            log.info("--reload: watching %s", ", ".join(reload_dirs(self.config)))
+            lines = [line for line in lines if line]
+        if not lines or self.stopping:
+            return
+        log.info("--reload: %s changed", lines[-1].decode("utf-8", "replace"))
+        # One generation starting at a time: a change meanwhile is picked up
+        # once it is ready or has failed.
+        if self.reloading is not None or (not self.ready_once and self.workers):
+            self.reload_again = True
+            return
+        self._reload("--reload")
+
+    def _reload_if_changed_meanwhile(self) -> None:
+        if self.reload_again:
+            self.reload_again = False
+            self._reload("--reload")
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers.values():
@@ -341,8 +446,11 @@ class _Supervisor:
         )
         if not self.ready_once:
             self.ready_once = True
+            # --reload: a first start that failed, fixed by a change.
+            self.reloading = self.previous = None
             log.info("%d workers ready", len(current))
             notify("READY=1", status)
+            self._reload_if_changed_meanwhile()
         elif self.reloading == gen:
             self.reloading = None
             old = [w for w in self.workers.values() if w.generation != gen and not w.stopping]
@@ -351,6 +459,7 @@ class _Supervisor:
                 self._stop_worker(w)
             self.previous = None
             notify("READY=1", status)
+            self._reload_if_changed_meanwhile()
 
     def _reap(self) -> None:
         while True:
@@ -362,6 +471,9 @@ class _Supervisor:
                 return
             w = self.workers.pop(pid, None)
             if w is None:
+                if pid == self.watcher:
+                    log.error("--reload: the file watcher exited (status %d)", status)
+                    self.watcher = None
                 continue
             self._on_exit(w, os.waitstatus_to_exitcode(status))
         # (the loop only ends through its returns)
@@ -370,6 +482,14 @@ class _Supervisor:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if w.stopping or self.stopping:
             log.debug("worker %d stopped (%s)", w.pid, how)
+            return
+        if not w.ready and not self.ready_once and self.config.reload:
+            # --reload: the app doesn't import or start; wait for the next
+            # change (the sockets stay bound meanwhile).
+            log.error("worker %d failed to start (%s): waiting for a change", w.pid, how)
+            notify("STATUS=the app failed to start: waiting for a change")
+            self.reloading = self.previous = None
+            self._reload_if_changed_meanwhile()
             return
         if not w.ready and not self.ready_once:
             # The first start failed: no use retrying a broken app or a failing
@@ -397,6 +517,9 @@ class _Supervisor:
             for _ in range(self.config.workers - len(alive)):
                 self._spawn(self.config, self.generation)
             notify("READY=1", "STATUS=reload failed; the old workers keep serving")
+            if self.config.reload:
+                log.error("--reload: the old app keeps serving until the next change")
+            self._reload_if_changed_meanwhile()
             return
         if w.generation != self.generation:
             # An old worker (during a reload) that died: its replacement is

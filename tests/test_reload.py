@@ -19,8 +19,6 @@ from test_supervisor import scgi_get
 from trioscgi._config import Config, ConfigError
 from trioscgi._reload import _Filter, check_reload, reload_dirs
 
-pytest.importorskip("watchfiles")
-
 REPO = Path(__file__).resolve().parent.parent
 
 

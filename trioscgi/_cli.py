@@ -362,9 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "check_config", False):
             return _check_config(config, getattr(args, "config", None))
         from ._logging import setup_logging  # noqa: PLC0415
+        from ._metrics import check_metrics  # noqa: PLC0415
         from ._reload import check_reload  # noqa: PLC0415
 
         check_reload(config)
+        check_metrics(config)
         setup_logging(config)
     except ConfigError as exc:
         _print_error(f"config error: {exc}")
@@ -461,19 +463,31 @@ def _run_single(app: Any, config: Config) -> int:
     from ._logging import reopen_logs  # noqa: PLC0415
     from ._run import run  # noqa: PLC0415
 
+    metrics_listener = None
     try:
+        if config.metrics_bind is not None:
+            from ._metrics import bind_metrics  # noqa: PLC0415
+
+            try:
+                metrics_listener = bind_metrics(config.metrics_bind)
+            except OSError as exc:
+                raise BindError(f"metrics_bind {config.metrics_bind}: {exc}") from None
         return run(
             app,
             config,
             on_ready=_notify.ready,
             on_stopping=_notify.stopping,
             on_reopen_logs=reopen_logs,
+            metrics_listener=metrics_listener,
         )
     except BindError as exc:
         _print_error(f"cannot listen: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        if metrics_listener is not None:
+            metrics_listener.close()
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:

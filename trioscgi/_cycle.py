@@ -27,6 +27,7 @@ from ._types import ASGIApp, Message
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
     from ._config import Config
+    from ._metrics import WorkerMetrics
 
 __all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]
 
@@ -87,6 +88,10 @@ class CycleHost(Protocol):
 
     @property
     def access_logger(self) -> AccessLogger | None: ...
+    @property
+    def metrics(self) -> WorkerMetrics | None:
+        """The process's counters; ``None`` (and nothing counted) with metrics_bind unset."""
+
     @property
     def warn_request(self) -> Callable[..., None]:
         """A rate-limited warning about a request (peers choose how often it fires)."""
@@ -182,16 +187,24 @@ class HTTPCycle:
         scope["extensions"].update(FILE_EXTENSIONS)
         self._request_done = body_done
         access_logger = host.access_logger
+        metrics = host.metrics
         try:
-            if access_logger is None:
+            if access_logger is None and metrics is None:
                 await self._run_app(scope)
             else:
                 start = trio.current_time()
+                if metrics is not None:
+                    metrics.in_flight += 1
                 try:
                     await self._run_app(scope)
                 finally:
                     elapsed = trio.current_time() - start
-                    access_logger.log(scope, self.status, self.response_bytes, elapsed)
+                    if access_logger is not None:
+                        access_logger.log(scope, self.status, self.response_bytes, elapsed)
+                    if metrics is not None:
+                        metrics.request_done(
+                            fastcgi, self.status, scope, self.response_bytes, elapsed
+                        )
         finally:
             if self.status and not self._response_done and not self.disconnected:
                 # Started and not finished, however we got here (the app raised
@@ -213,6 +226,8 @@ class HTTPCycle:
                     type(exc).__name__,
                 )
                 return
+            if self._host.metrics is not None:
+                self._host.metrics.app_exceptions += 1
             if self.status == 0:
                 log.error("exception in ASGI application before the response started", exc_info=exc)
                 await self._send_error(500)

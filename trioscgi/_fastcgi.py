@@ -283,6 +283,8 @@ class FastCGIConnection(SocketIO):
                 self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
+            if self._host.metrics is not None:
+                self._host.metrics.rejected(event.status_hint)
             self._served += 1
             head, body = error_response(event.status_hint)
             rid = event.request_id

@@ -6,7 +6,9 @@ import functools
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -39,11 +41,15 @@ def run(
     on_ready: Callable[[list[str]], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
     on_reopen_logs: Callable[[], None] | None = None,
+    metrics_listener: socket.socket | None = None,
+    metrics_report: socket.socket | None = None,
 ) -> int:
     """Serve ``app`` in this process until SIGINT or SIGTERM; return the exit code.
 
     The first SIGINT/SIGTERM begins a graceful shutdown, a second one cuts
-    it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate).
+    it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate). With
+    ``metrics_bind`` set, ``metrics_listener`` (bound) serves GET /metrics,
+    or ``metrics_report`` (a worker's datagram socket) gets a snapshot a second.
 
     Returns:
         0 after a clean stop, 3 when the lifespan startup failed.
@@ -61,6 +67,8 @@ def run(
                 on_ready=on_ready,
                 on_stopping=on_stopping,
                 on_reopen_logs=on_reopen_logs,
+                metrics_listener=metrics_listener,
+                metrics_report=metrics_report,
             )
         )
     except LifespanFailure as exc:
@@ -77,6 +85,8 @@ async def _main(
     on_ready: Callable[[list[str]], None] | None,
     on_stopping: Callable[[], None] | None,
     on_reopen_logs: Callable[[], None] | None,
+    metrics_listener: socket.socket | None = None,
+    metrics_report: socket.socket | None = None,
 ) -> None:
     server = Server(app, config, listeners)
     failure: Exception | None = None
@@ -108,6 +118,8 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
+            if server.metrics is not None:
+                _start_metrics(nursery, server, metrics_listener, metrics_report)
             # Run in this task, not through nursery.start: a SIGTERM during a
             # slow startup makes server.run return without started(), which
             # is a clean stop, not an error.
@@ -119,6 +131,30 @@ async def _main(
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+def _start_metrics(
+    nursery: trio.Nursery,
+    server: Server,
+    listener: socket.socket | None,
+    report: socket.socket | None,
+) -> None:
+    from . import _metrics  # noqa: PLC0415
+
+    metrics = server.metrics
+    assert metrics is not None
+
+    def gauges() -> tuple[int, int]:
+        return server._active, len(server.fastcgi_connections)
+
+    if report is not None:
+        nursery.start_soon(_metrics.report_loop, metrics, gauges, report)
+    elif listener is not None:
+
+        def source() -> Any:
+            return _metrics.families(metrics.snapshot(*gauges()), None)
+
+        nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
 
 
 def _ignore(bound: list[str]) -> None:

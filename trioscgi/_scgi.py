@@ -98,6 +98,8 @@ class SCGIConnection(SocketIO):
 
     async def _reject(self, status: int, reason: str) -> None:
         log.info("%s; answered %d", reason, status)
+        if self._host.metrics is not None:
+            self._host.metrics.rejected(status)
         try:
             self.sock.send(_ERROR_RESPONSES.get(status) or _ERROR_RESPONSES[400])
         except OSError:

@@ -23,6 +23,7 @@ from ._types import ASGIApp
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
+    from ._metrics import WorkerMetrics
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -85,6 +86,12 @@ class Server:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
             self.access_logger = AccessLogger(config.access_log_format)
+        # metrics_bind: counted here, served by _run (or the supervisor).
+        self.metrics: WorkerMetrics | None = None
+        if config.metrics_bind is not None:
+            from ._metrics import WorkerMetrics  # noqa: PLC0415 - only when enabled
+
+            self.metrics = WorkerMetrics()
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
         self._owns_listeners = listeners is None
         self._starting = trio.CancelScope()
@@ -223,6 +230,8 @@ class Server:
                 # listener's loop waits on the same event.
                 if self._below_limit.is_set():
                     self._below_limit = trio.Event()
+                    if self.metrics is not None:
+                        self.metrics.refused["max_connections"] += 1
                 await self._below_limit.wait()
             try:
                 client, addr = sock.accept()
@@ -285,6 +294,8 @@ class Server:
             await trio.sleep_until(wake)
 
     def _log_refused(self, listener: Listener, addr: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.refused["trusted_peers"] += 1
         self._warn_refused(
             "refused connection from %s on %s: not in trusted_peers",
             addr[0] if isinstance(addr, tuple) else addr,

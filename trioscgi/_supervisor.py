@@ -11,6 +11,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -46,7 +47,21 @@ KILL_SLACK = 2.0
 # run after this long are killed.
 IMMEDIATE_GRACE = 2.0
 
+# metrics_bind: the STATUS= line with live figures, at most this often (s).
+STATUS_INTERVAL = 10.0
+# GET /metrics clients served at once by the supervisor, and how long each gets.
+_MAX_METRICS_CLIENTS = 16
+_METRICS_CLIENT_TIMEOUT = 10.0
+
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+
+
+@dataclasses.dataclass
+class _MetricsClient:
+    sock: socket.socket
+    deadline: float
+    head: bytes = b""
+    done: bool = False
 
 
 @dataclasses.dataclass
@@ -67,6 +82,7 @@ class _Supervisor:
         listeners: list[Listener],
         load_app: Callable[[Config], Any],
         reload_config: Callable[[], Config] | None,
+        metrics_listener: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
@@ -97,6 +113,25 @@ class _Supervisor:
         self.changes_r: int | None = None
         self.changes_buf = b""
         self.reload_again = False  # a change came during a reload in progress
+        # metrics_bind: workers send snapshots as datagrams on report_w; we
+        # add them up (Totals) and serve GET /metrics on metrics_listener.
+        self.metrics_listener = metrics_listener
+        self.totals: Any = None
+        self.report_r: socket.socket | None = None
+        self.report_w: socket.socket | None = None
+        self.metric_clients: dict[int, _MetricsClient] = {}
+        self.next_status = 0.0
+        self.last_requests: tuple[float, int] | None = None
+        if metrics_listener is not None:
+            from ._metrics import MetricsHTTP, Totals  # noqa: PLC0415
+
+            self.totals = Totals()
+            self.metrics_http = MetricsHTTP(self._metric_families)
+            metrics_listener.setblocking(False)
+            self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.report_r.setblocking(False)
+            # Room for a few snapshots per worker between two of our reads.
+            self.report_r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 
     # ------------------------------------------------------------------ main loop
 
@@ -120,6 +155,11 @@ class _Supervisor:
             return self.exit_code
         finally:
             self._stop_watcher()
+            for client in self.metric_clients.values():
+                client.sock.close()
+            for end in (self.report_r, self.report_w):
+                if end is not None:
+                    end.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -134,11 +174,18 @@ class _Supervisor:
         deadlines += [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.watchdog is not None:
             deadlines.append(self.next_ping)
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        fds = [self.wake_r, self.ready_r]
+        fds: list[Any] = [self.wake_r, self.ready_r]
         if self.changes_r is not None:
             fds.append(self.changes_r)
+        if self.metrics_listener is not None:
+            fds += [self.metrics_listener, self.report_r, *self.metric_clients]
+            deadlines += [c.deadline for c in self.metric_clients.values()]
+            if self.ready_once and not self.stopping:
+                deadlines.append(self.next_status)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
         readable, _, _ = select.select(fds, [], [], timeout)
+        if self.metrics_listener is not None:
+            self._on_metrics(readable)
         if self.wake_r in readable:
             self._on_signals()
         if self.ready_r in readable:
@@ -238,6 +285,8 @@ class _Supervisor:
         self.previous, self.config = self.config, new
         self.generation += 1
         self.reloading = self.generation
+        if self.totals is not None:
+            self.totals.reloads += 1
         self._spawn_generation(new)
 
     # ------------------------------------------------------------------ --reload
@@ -320,6 +369,83 @@ class _Supervisor:
             self.reload_again = False
             self._reload("--reload")
 
+    # ------------------------------------------------------------------ metrics
+
+    def _on_metrics(self, readable: list[Any]) -> None:
+        assert self.metrics_listener is not None and self.report_r is not None
+        if self.report_r in readable:
+            for _ in range(1000):  # bounded: the loop has other work
+                try:
+                    self.totals.update(self.report_r.recv(65536))
+                except BlockingIOError:
+                    break
+        if self.metrics_listener in readable:
+            try:
+                sock, _ = self.metrics_listener.accept()
+            except OSError:
+                pass
+            else:
+                if len(self.metric_clients) >= _MAX_METRICS_CLIENTS:
+                    sock.close()
+                else:
+                    sock.setblocking(False)
+                    client = _MetricsClient(sock, time.monotonic() + _METRICS_CLIENT_TIMEOUT)
+                    self.metric_clients[sock.fileno()] = client
+        now = time.monotonic()
+        for fd, client in list(self.metric_clients.items()):
+            if fd in readable:
+                self._metrics_client_readable(client)
+            if client.done or now >= client.deadline:
+                del self.metric_clients[fd]
+                client.sock.close()
+        if self.ready_once and not self.stopping and now >= self.next_status:
+            self.next_status = now + STATUS_INTERVAL
+            self._live_status(now)
+
+    def _metrics_client_readable(self, client: _MetricsClient) -> None:
+        try:
+            data = client.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            client.done = True
+            return
+        client.head += data
+        if not data or len(client.head) > 8192:
+            client.done = True
+            return
+        if b"\r\n\r\n" not in client.head:
+            return
+        response = self.metrics_http.respond(client.head.partition(b"\r\n\r\n")[0])
+        client.done = True
+        # A few kilobytes to a fresh socket: they fit its send buffer, and a
+        # scraper that reads nothing can't stall the supervisor.
+        try:
+            client.sock.send(response)
+        except OSError:
+            pass
+
+    def _metric_families(self) -> Any:
+        from ._metrics import families  # noqa: PLC0415
+
+        totals = self.totals
+        totals.workers_ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
+        return families(totals.total(), totals)
+
+    def _live_status(self, now: float) -> None:
+        total = self.totals.total()
+        served = sum(total["requests"])
+        ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
+        rate = ""
+        if self.last_requests is not None:
+            then, before = self.last_requests
+            rate = f", {max(0, served - before) / max(now - then, 1e-9):.1f} req/s"
+        self.last_requests = (now, served)
+        notify(
+            f"STATUS={ready} workers ready{rate}, {total['in_flight']} in flight, "
+            f"{served} requests served"
+        )
+
     def _signal_all(self, signum: int) -> None:
         for w in self.workers.values():
             _kill(w.pid, signum)
@@ -350,6 +476,8 @@ class _Supervisor:
             self._child(config, mask, cpu)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[pid] = _Worker(pid, generation, time.monotonic(), cpu=cpu)
+        if self.totals is not None:
+            self.totals.worker_starts += 1
         log.debug("started worker %d (generation %d)", pid, generation)
 
     def _next_cpu(self, config: Config) -> int | None:
@@ -382,6 +510,11 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):
                 os.close(fd)
+            for sock in (self.metrics_listener, self.report_r):
+                if sock is not None:
+                    sock.close()
+            for client in self.metric_clients.values():
+                client.sock.close()
             # Only the supervisor talks to systemd (NotifyAccess=main works).
             for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(k, None)
@@ -406,7 +539,14 @@ class _Supervisor:
 
             # The supervisor owns the socket files: a worker must never unlink them.
             mine = [dataclasses.replace(lst, unix_path=None) for lst in self.listeners]
-            code = run(app, config, listeners=mine, on_ready=on_ready, on_reopen_logs=reopen_logs)
+            code = run(
+                app,
+                config,
+                listeners=mine,
+                on_ready=on_ready,
+                on_reopen_logs=reopen_logs,
+                metrics_report=self.report_w,
+            )
         except BaseException:
             # run() itself returns 3 for a lifespan failure; anything else
             # that escapes is a crash of this worker.
@@ -470,6 +610,8 @@ class _Supervisor:
             if pid == 0:
                 return
             w = self.workers.pop(pid, None)
+            if self.totals is not None:
+                self.totals.worker_gone(pid)
             if w is None:
                 if pid == self.watcher:
                     log.error("--reload: the file watcher exited (status %d)", status)
@@ -480,6 +622,11 @@ class _Supervisor:
 
     def _on_exit(self, w: _Worker, code: int) -> None:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if self.totals is not None:
+            if code == EXIT_LIFESPAN:
+                self.totals.lifespan_failures += 1
+            elif not (w.stopping or self.stopping or code == 0):
+                self.totals.worker_deaths += 1
         if w.stopping or self.stopping:
             log.debug("worker %d stopped (%s)", w.pid, how)
             return
@@ -595,8 +742,20 @@ def run_supervisor(
     except BindError as exc:
         log.critical("cannot listen: %s", exc)
         return EXIT_RUNTIME
+    metrics_listener = None
     try:
-        return _Supervisor(config, listeners, load_app, reload_config).run()
+        if config.metrics_bind is not None:
+            from ._metrics import bind_metrics  # noqa: PLC0415
+
+            try:
+                metrics_listener = bind_metrics(config.metrics_bind)
+            except OSError as exc:
+                log.critical("cannot listen: metrics_bind %s: %s", config.metrics_bind, exc)
+                return EXIT_RUNTIME
+        supervisor = _Supervisor(config, listeners, load_app, reload_config, metrics_listener)
+        return supervisor.run()
     finally:
+        if metrics_listener is not None:
+            metrics_listener.close()
         for listener in listeners:
             listener.close()

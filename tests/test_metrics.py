@@ -1,0 +1,321 @@
+"""metrics_bind: GET /metrics from the real process, parsed by prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from frontends import free_port
+from notify_helper import expect_notification
+from prometheus_client.parser import text_string_to_metric_families
+from test_supervisor import scgi_get
+
+from trioscgi._config import Config, ConfigError, check_value
+from trioscgi._metrics import BUCKETS, Totals, WorkerMetrics, encode_snapshot, families
+
+REPO = Path(__file__).resolve().parent.parent
+
+APP = textwrap.dedent(
+    """
+    import os
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/boom":
+            raise RuntimeError("told to fail")
+        body = str(os.getpid()).encode().rjust(10)
+        status = 404 if scope["path"] == "/missing" else 200
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": body})
+    """
+)
+
+
+def scrape(address: tuple[str, int] | str, path: str = "/metrics") -> tuple[int, str]:
+    if isinstance(address, str):
+        conn: http.client.HTTPConnection = _UnixHTTP(address)
+    else:
+        conn = http.client.HTTPConnection(*address, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, keyed by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[(name, tuple(sorted(labels.items())))]
+
+
+class Service:
+    def __init__(self, workdir: Path, *flags: str, workers: int = 2) -> None:
+        self.workdir = workdir
+        self.sock = str(workdir / "app.sock")
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        self.log = workdir / "log"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(workdir / "notify"))
+        self.messages: list[str] = []
+        env = dict(os.environ, NOTIFY_SOCKET=str(workdir / "notify"), PYTHONPATH=str(REPO))
+        args = ["--app-dir", str(workdir), "--bind", f"unix:{self.sock}"]
+        args += ["--workers", str(workers), "--metrics-bind", f"127.0.0.1:{self.port}", *flags]
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trioscgi", *args, "mapp:app"],
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+
+    def expect(self, state: str, timeout: float = 30) -> str:
+        return expect_notification(
+            self.notify, state, self.messages, timeout=timeout, context=self.log_text
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, name: str, want: float, timeout: float = 30, **labels: str) -> str:
+        """Scrape until ``name`` is ``want``; a value past it fails at once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, text = scrape(self.address)
+            assert status == 200, text
+            got = value(text, name, **labels)
+            if got == want:
+                return text
+            assert got < want, f"{name}{labels} = {got}, more than the {want} expected"
+            assert time.monotonic() < deadline, f"{name}{labels} = {got}, not {want}"
+            time.sleep(0.05)  # the workers report once a second; polling, not timing
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+
+
+@pytest.fixture
+def service() -> Iterator[object]:
+    workdir = Path(f"/tmp/tsm-{os.getpid()}-{time.monotonic_ns()}")
+    workdir.mkdir()
+    (workdir / "mapp.py").write_text(APP)
+    started: list[Service] = []
+
+    def start(*flags: str, workers: int = 2) -> Service:
+        s = Service(workdir, *flags, workers=workers)
+        started.append(s)
+        s.expect("READY=1")
+        return s
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_counters_add_up_across_two_workers(service: object) -> None:
+    assert callable(service)
+    s = service()
+    status, text = scrape(s.address)
+    assert status == 200
+    assert value(text, "trioscgi_worker_starts_total") == 2
+    assert value(text, "trioscgi_workers_ready") == 2
+    assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0
+    pids = set()
+    n = 60
+    for _ in range(n):
+        code, body = scgi_get(s.sock)
+        assert code == 200
+        pids.add(int(body))
+    assert len(pids) == 2, "the requests did not reach both workers"
+    text = s.wait_for("trioscgi_requests_total", n, protocol="scgi", status_class="2xx")
+    assert value(text, "trioscgi_request_duration_seconds_count") == n
+    assert value(text, "trioscgi_request_duration_seconds_bucket", le="+Inf") == n
+    assert value(text, "trioscgi_response_body_bytes_total") == 10 * n
+    assert value(text, "trioscgi_requests_in_flight") == 0
+    assert value(text, "trioscgi_requests_total", protocol="fastcgi", status_class="2xx") == 0
+
+    assert scgi_get(s.sock, "/missing")[0] == 404
+    assert scgi_get(s.sock, "/boom")[0] == 500
+    text = s.wait_for("trioscgi_app_exceptions_total", 1)
+    s.wait_for("trioscgi_requests_total", 1, protocol="scgi", status_class="4xx")
+    s.wait_for("trioscgi_requests_total", 1, protocol="scgi", status_class="5xx")
+
+
+def test_counts_survive_a_reload_and_workers_are_counted(service: object) -> None:
+    assert callable(service)
+    s = service()
+    for _ in range(10):
+        assert scgi_get(s.sock)[0] == 200
+    s.wait_for("trioscgi_requests_total", 10, protocol="scgi", status_class="2xx")
+    s.proc.send_signal(signal.SIGHUP)
+    s.expect("READY=1")
+    # The old workers' counts stay in the sum once they are gone.
+    text = s.wait_for("trioscgi_worker_starts_total", 4)
+    assert value(text, "trioscgi_reloads_total") == 1
+    assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 10
+    for _ in range(5):
+        assert scgi_get(s.sock)[0] == 200
+    text = s.wait_for("trioscgi_requests_total", 15, protocol="scgi", status_class="2xx")
+    assert value(text, "trioscgi_worker_deaths_total") == 0
+
+
+def test_a_killed_worker_is_a_death(service: object) -> None:
+    assert callable(service)
+    s = service()
+    pid = int(scgi_get(s.sock)[1])
+    os.kill(pid, signal.SIGKILL)
+    text = s.wait_for("trioscgi_worker_starts_total", 3)
+    s.wait_for("trioscgi_worker_deaths_total", 1)
+    assert value(text, "trioscgi_lifespan_failures_total") == 0
+
+
+def test_single_process_serves_its_own_metrics(service: object) -> None:
+    assert callable(service)
+    s = service(workers=1)
+    for _ in range(3):
+        assert scgi_get(s.sock)[0] == 200
+    text = s.wait_for("trioscgi_requests_total", 3, protocol="scgi", status_class="2xx")
+    # No supervisor: no worker counts.
+    assert ("trioscgi_worker_starts_total", ()) not in samples(text)
+    assert scrape(s.address, "/other")[0] == 404
+
+
+def test_refusals_are_counted_by_reason(service: object) -> None:
+    assert callable(service)
+    s = service("--max-header-size", "100")
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(s.sock)
+        c.sendall(b"500:" + b"x" * 100)
+        reply = b""
+        while chunk := c.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"Status: 431")
+    s.wait_for("trioscgi_refused_total", 1, reason="header_too_large")
+
+
+def test_live_status_line(service: object) -> None:
+    assert callable(service)
+    s = service(workers=2)
+    assert scgi_get(s.sock)[0] == 200
+    line = s.expect("requests served", timeout=40)
+    assert "2 workers ready" in line and "in flight" in line
+
+
+def test_metrics_on_a_unix_socket(tmp_path: Path) -> None:
+    (tmp_path / "mapp.py").write_text(APP)
+    path = str(tmp_path / "metrics.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), PYTHONPATH=str(REPO))
+    args = ["--app-dir", str(tmp_path), "--bind", f"unix:{tmp_path / 'app.sock'}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trioscgi", *args, "--metrics-bind", f"unix:{path}", "mapp:app"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        expect_notification(notify, "READY=1", [], timeout=30)
+        status, text = scrape(path)
+        assert status == 200
+        assert "trioscgi_requests_total" in text
+    finally:
+        proc.kill()
+        proc.wait()
+        notify.close()
+
+
+def test_metrics_bind_accepts_tcp_and_unix_only() -> None:
+    assert check_value("metrics_bind", "127.0.0.1:9300") == "127.0.0.1:9300"
+    assert check_value("metrics_bind", "unix:/run/m.sock") == "unix:/run/m.sock"
+    with pytest.raises(ConfigError, match="metrics_bind"):
+        check_value("metrics_bind", "systemd")
+    with pytest.raises(ConfigError, match="metrics_bind"):
+        check_value("metrics_bind", "nonsense")
+    assert Config().metrics_bind is None
+
+
+def test_totals_keep_dead_workers_counters_and_drop_their_gauges() -> None:
+    a, b = WorkerMetrics(), WorkerMetrics()
+    scope = {"headers": [(b"content-length", b"7")]}
+    for m, status in ((a, 200), (b, 503)):
+        m.in_flight += 1
+        m.request_done(False, status, scope, 5, 0.02)
+    a.in_flight = 1
+    totals = Totals()
+    snap_a = a.snapshot(3, 1)
+    snap_a["pid"] = 1
+    totals.update(encode_snapshot(snap_a))
+    snap_b = b.snapshot(2, 0)
+    snap_b["pid"] = 2
+    totals.update(encode_snapshot(snap_b))
+    total = totals.total()
+    assert total["connections_open"] == 5 and total["in_flight"] == 1
+    assert sum(total["requests"]) == 2 and total["bytes_in"] == 14
+    totals.worker_gone(1)
+    total = totals.total()
+    assert sum(total["requests"]) == 2 and total["bytes_out"] == 10
+    assert total["connections_open"] == 2 and total["in_flight"] == 0
+    totals.update(b"not json")  # ignored
+    assert sum(totals.total()["requests"]) == 2
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    m = WorkerMetrics()
+    for elapsed in (0.001, 0.02, 0.02, 100.0):
+        m.in_flight += 1
+        m.request_done(True, 200, {"headers": []}, 0, elapsed)
+
+    class C:
+        def collect(self) -> object:
+            return families(m.snapshot(0, 0), None)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(C())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert value(text, "trioscgi_request_duration_seconds_bucket", le="0.005") == 1
+    assert value(text, "trioscgi_request_duration_seconds_bucket", le="0.025") == 3
+    assert value(text, "trioscgi_request_duration_seconds_bucket", le=str(BUCKETS[-1])) == 3
+    assert value(text, "trioscgi_request_duration_seconds_bucket", le="+Inf") == 4
+    assert value(text, "trioscgi_requests_total", protocol="fastcgi", status_class="2xx") == 4

@@ -9,8 +9,8 @@ it writes each increment to an mmap'd file under a lock, several
 microseconds per metric per request, and leaves files to clean up after
 every worker that dies.
 
-With ``metrics_bind`` unset nothing here is imported and nothing is counted:
-the request path only tests ``host.metrics is None``.
+With ``metrics_bind`` unset prometheus_client is not imported and nothing is
+counted: the request path only tests ``host.metrics is None``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ REFUSALS = {
 REFUSAL_KINDS = (*REFUSALS.values(), "trusted_peers", "max_connections")
 # Seconds between snapshots a worker sends to the supervisor.
 REPORT_INTERVAL = 1.0
+# Seconds between two live STATUS= lines (metrics_bind set, under systemd):
+# systemd keeps only the last, and an operator reads it now and then.
+STATUS_INTERVAL = 10.0
 
 
 def check_metrics(config: Config) -> None:
@@ -402,6 +405,31 @@ async def _serve_one(client: Any, http: MetricsHTTP) -> None:
                     response = response[await client.send(response) :]
             except OSError:
                 return
+
+
+def status_line(total: dict[str, Any], before: tuple[float, int] | None, now: float) -> str:
+    """The live ``STATUS=`` text: requests per second since ``before``, in flight, served."""
+    served = sum(total["requests"])
+    rate = ""
+    if before is not None:
+        then, count = before
+        rate = f"{max(0, served - count) / max(now - then, 1e-9):.1f} req/s, "
+    return f"{rate}{total['in_flight']} in flight, {served} requests served"
+
+
+async def status_loop(metrics: WorkerMetrics, interval: float) -> None:
+    """A single-process server under systemd: a live STATUS= line every ``interval``."""
+    import trio  # noqa: PLC0415
+
+    from ._notify import notify  # noqa: PLC0415
+
+    before: tuple[float, int] | None = None
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        total = metrics.snapshot(0, 0)
+        notify("STATUS=" + status_line(total, before, now))
+        before = (now, sum(total["requests"]))
 
 
 async def report_loop(

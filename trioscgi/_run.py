@@ -155,6 +155,8 @@ def _start_metrics(
             return _metrics.families(metrics.snapshot(*gauges()), None)
 
         nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
+        if os.environ.get("NOTIFY_SOCKET"):
+            nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
 
 
 def _ignore(bound: list[str]) -> None:

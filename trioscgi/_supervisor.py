@@ -21,6 +21,7 @@ from typing import Any
 from ._config import Config, parse_cpu_list
 from ._listeners import BindError, Listener, bind_all
 from ._logging import reopen_logs, reopen_on_sigusr1
+from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
 from ._run import pin_to_cpu, run
 from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
@@ -47,8 +48,6 @@ KILL_SLACK = 2.0
 # run after this long are killed.
 IMMEDIATE_GRACE = 2.0
 
-# metrics_bind: the STATUS= line with live figures, at most this often (s).
-STATUS_INTERVAL = 10.0
 # GET /metrics clients served at once by the supervisor, and how long each gets.
 _MAX_METRICS_CLIENTS = 16
 _METRICS_CLIENT_TIMEOUT = 10.0
@@ -433,18 +432,12 @@ class _Supervisor:
         return families(totals.total(), totals)
 
     def _live_status(self, now: float) -> None:
+        from ._metrics import status_line  # noqa: PLC0415
+
         total = self.totals.total()
-        served = sum(total["requests"])
         ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
-        rate = ""
-        if self.last_requests is not None:
-            then, before = self.last_requests
-            rate = f", {max(0, served - before) / max(now - then, 1e-9):.1f} req/s"
-        self.last_requests = (now, served)
-        notify(
-            f"STATUS={ready} workers ready{rate}, {total['in_flight']} in flight, "
-            f"{served} requests served"
-        )
+        notify(f"STATUS={ready} workers ready, {status_line(total, self.last_requests, now)}")
+        self.last_requests = (now, sum(total["requests"]))
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers.values():

@@ -158,13 +158,16 @@ def test_counters_add_up_across_two_workers(service: object) -> None:
     assert value(text, "trioscgi_worker_starts_total") == 2
     assert value(text, "trioscgi_workers_ready") == 2
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0
+    # At least 60 requests, and on until both workers have served some (the
+    # kernel picks the worker): the sum must count every one of them.
     pids = set()
-    n = 60
-    for _ in range(n):
+    n = 0
+    while n < 60 or len(pids) < 2:
+        assert n < 5000, "the requests never reached both workers"
         code, body = scgi_get(s.sock)
         assert code == 200
         pids.add(int(body))
-    assert len(pids) == 2, "the requests did not reach both workers"
+        n += 1
     text = s.wait_for("trioscgi_requests_total", n, protocol="scgi", status_class="2xx")
     assert value(text, "trioscgi_request_duration_seconds_count") == n
     assert value(text, "trioscgi_request_duration_seconds_bucket", le="+Inf") == n
@@ -194,6 +197,18 @@ def test_counts_survive_a_reload_and_workers_are_counted(service: object) -> Non
     for _ in range(5):
         assert scgi_get(s.sock)[0] == 200
     text = s.wait_for("trioscgi_requests_total", 15, protocol="scgi", status_class="2xx")
+    assert value(text, "trioscgi_worker_deaths_total") == 0
+
+
+def test_workers_that_retire_leave_every_count(service: object) -> None:
+    # max_requests: each worker stops right after its 5th request, so its
+    # last counts reach the supervisor only in the snapshot it sends on exit.
+    assert callable(service)
+    s = service("--max-requests", "5")
+    for _ in range(30):
+        assert scgi_get(s.sock)[0] == 200
+    text = s.wait_for("trioscgi_requests_total", 30, protocol="scgi", status_class="2xx")
+    assert value(text, "trioscgi_worker_starts_total") >= 6
     assert value(text, "trioscgi_worker_deaths_total") == 0
 
 
@@ -258,10 +273,37 @@ def test_metrics_on_a_unix_socket(tmp_path: Path) -> None:
         status, text = scrape(path)
         assert status == 200
         assert "trioscgi_requests_total" in text
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        assert not os.path.exists(path), "the metrics socket file was left behind"
     finally:
         proc.kill()
         proc.wait()
         notify.close()
+
+
+def test_metrics_bind_without_prometheus_client_is_a_config_error(tmp_path: Path) -> None:
+    # A stand-in package directory that hides prometheus_client makes the
+    # import machinery find nothing.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'prometheus_client':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "trioscgi", "--metrics-bind", "127.0.0.1:0", "x:app"],
+        env=dict(os.environ, PYTHONPATH=f"{hide}:{REPO}"),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert b"pip install 'trioscgi[metrics]'" in proc.stderr
 
 
 def test_metrics_bind_accepts_tcp_and_unix_only() -> None:
@@ -284,10 +326,10 @@ def test_totals_keep_dead_workers_counters_and_drop_their_gauges() -> None:
     totals = Totals()
     snap_a = a.snapshot(3, 1)
     snap_a["pid"] = 1
-    totals.update(encode_snapshot(snap_a))
+    totals.update(encode_snapshot(snap_a), {1, 2})
     snap_b = b.snapshot(2, 0)
     snap_b["pid"] = 2
-    totals.update(encode_snapshot(snap_b))
+    totals.update(encode_snapshot(snap_b), {1, 2})
     total = totals.total()
     assert total["connections_open"] == 5 and total["in_flight"] == 1
     assert sum(total["requests"]) == 2 and total["bytes_in"] == 14
@@ -295,7 +337,9 @@ def test_totals_keep_dead_workers_counters_and_drop_their_gauges() -> None:
     total = totals.total()
     assert sum(total["requests"]) == 2 and total["bytes_out"] == 10
     assert total["connections_open"] == 2 and total["in_flight"] == 0
-    totals.update(b"not json")  # ignored
+    totals.update(b"not json", {1, 2})  # ignored
+    # A late snapshot from the retired worker: not counted again.
+    totals.update(encode_snapshot(snap_a), {2})
     assert sum(totals.total()["requests"]) == 2
 
 

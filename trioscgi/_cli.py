@@ -355,6 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_config(args)
+        from ._metrics import check_metrics  # noqa: PLC0415
+        from ._reload import check_reload  # noqa: PLC0415
+
+        check_reload(config)
+        check_metrics(config)
         if config.app is None:
             build_parser().print_usage(sys.stderr)
             _print_error("no application given: pass MODULE:ATTR or set 'app' in the config file")
@@ -362,11 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "check_config", False):
             return _check_config(config, getattr(args, "config", None))
         from ._logging import setup_logging  # noqa: PLC0415
-        from ._metrics import check_metrics  # noqa: PLC0415
-        from ._reload import check_reload  # noqa: PLC0415
 
-        check_reload(config)
-        check_metrics(config)
         setup_logging(config)
     except ConfigError as exc:
         _print_error(f"config error: {exc}")
@@ -487,7 +488,9 @@ def _run_single(app: Any, config: Config) -> int:
         return EXIT_OK
     finally:
         if metrics_listener is not None:
-            metrics_listener.close()
+            from ._metrics import close_metrics  # noqa: PLC0415
+
+            close_metrics(metrics_listener)
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._addresses import parse_bind
@@ -35,6 +35,7 @@ __all__ = [
     "WorkerMetrics",
     "bind_metrics",
     "check_metrics",
+    "close_metrics",
     "exposition",
 ]
 
@@ -64,14 +65,14 @@ def check_metrics(config: Config) -> None:
     """Raise ConfigError when ``metrics_bind`` is set and prometheus_client is missing."""
     if config.metrics_bind is None:
         return
-    import importlib.util  # noqa: PLC0415
-
     from ._config import ConfigError  # noqa: PLC0415
 
-    if importlib.util.find_spec("prometheus_client") is None:
+    try:
+        import prometheus_client  # noqa: F401, PLC0415
+    except ImportError:
         raise ConfigError(
             "metrics_bind needs the prometheus_client package: pip install 'trioscgi[metrics]'"
-        )
+        ) from None
 
 
 class WorkerMetrics:
@@ -172,13 +173,18 @@ class Totals:
         self.lifespan_failures = 0
         self.workers_ready = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes, workers: Container[int]) -> None:
+        """Take a worker's snapshot; one from a process not in ``workers`` is dropped.
+
+        (A worker already reaped and retired must not count twice.)
+        """
         try:
             snap = json.loads(data)
             pid = int(snap["pid"])
         except (ValueError, KeyError, TypeError):
             return
-        self.live[pid] = snap
+        if pid in workers:
+            self.live[pid] = snap
 
     def worker_gone(self, pid: int) -> None:
         """A worker exited: keep its counters, drop its gauges."""
@@ -369,6 +375,17 @@ def bind_metrics(address: str) -> socket.socket:
     sock.listen(64)
     sock.set_inheritable(False)
     return sock
+
+
+def close_metrics(sock: socket.socket) -> None:
+    """Close the metrics listener and remove its unix socket file (not an abstract one)."""
+    path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    sock.close()
+    if isinstance(path, str) and path and not path.startswith("\0"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 # --- in a trio process ----------------------------------------------------------

@@ -373,11 +373,7 @@ class _Supervisor:
     def _on_metrics(self, readable: list[Any]) -> None:
         assert self.metrics_listener is not None and self.report_r is not None
         if self.report_r in readable:
-            for _ in range(1000):  # bounded: the loop has other work
-                try:
-                    self.totals.update(self.report_r.recv(65536))
-                except BlockingIOError:
-                    break
+            self._read_reports()
         if self.metrics_listener in readable:
             try:
                 sock, _ = self.metrics_listener.accept()
@@ -400,6 +396,14 @@ class _Supervisor:
         if self.ready_once and not self.stopping and now >= self.next_status:
             self.next_status = now + STATUS_INTERVAL
             self._live_status(now)
+
+    def _read_reports(self) -> None:
+        assert self.report_r is not None
+        for _ in range(1000):  # bounded: the loop has other work
+            try:
+                self.totals.update(self.report_r.recv(65536), self.workers)
+            except BlockingIOError:
+                break
 
     def _metrics_client_readable(self, client: _MetricsClient) -> None:
         try:
@@ -602,9 +606,12 @@ class _Supervisor:
                 return
             if pid == 0:
                 return
-            w = self.workers.pop(pid, None)
             if self.totals is not None:
+                # Its last snapshot went out before it exited: read it while
+                # it still counts as a worker, then keep its counters.
+                self._read_reports()
                 self.totals.worker_gone(pid)
+            w = self.workers.pop(pid, None)
             if w is None:
                 if pid == self.watcher:
                     log.error("--reload: the file watcher exited (status %d)", status)
@@ -749,6 +756,8 @@ def run_supervisor(
         return supervisor.run()
     finally:
         if metrics_listener is not None:
-            metrics_listener.close()
+            from ._metrics import close_metrics  # noqa: PLC0415
+
+            close_metrics(metrics_listener)
         for listener in listeners:
             listener.close()

@@ -239,3 +239,23 @@ def test_reload_with_workers_exits_2_from_the_command_line(tmp_path: Path) -> No
     )
     assert proc.returncode == 2
     assert b"--reload runs one worker process, but workers = 2" in proc.stderr
+
+
+def test_a_reload_behind_nginx_shows_no_502(dev: Dev) -> None:
+    # The set-up of docs/operations.md: nginx in front, trioscgi --reload behind.
+    from frontends import run_nginx
+
+    dev.start()
+    dev.expect("READY=1")
+    dev.wait_log("--reload: watching")
+    with run_nginx(f"unix:{dev.sock}") as nginx:
+        assert nginx.get("/").text == "version 1"
+        seen: list[tuple[int, str]] = []
+        dev.write(app_source("2"))
+        deadline = time.monotonic() + 30
+        while not seen or seen[-1][1] != "version 2":
+            assert time.monotonic() < deadline, f"{seen[-5:]}; log:\n{dev.log_text()}"
+            response = nginx.get("/")
+            seen.append((response.status, response.text))
+        assert {status for status, _ in seen} == {200}, seen
+        assert "connect() to unix" not in nginx.log_text(), nginx.log_text()

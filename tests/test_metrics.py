@@ -245,6 +245,18 @@ def test_refusals_are_counted_by_reason(service: object) -> None:
             reply += chunk
     assert reply.startswith(b"Status: 431")
     s.wait_for("trioscgi_refused_total", 1, reason="header_too_large")
+    # No REQUEST_METHOD: the scope can't be built; a 400 before the app.
+    headers = b"CONTENT_LENGTH\x000\x00SCGI\x001\x00"
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(s.sock)
+        c.sendall(b"%d:%s," % (len(headers), headers))
+        reply = b""
+        while chunk := c.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"Status: 400"), reply
+    text = s.wait_for("trioscgi_refused_total", 1, reason="bad_request")
+    assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="4xx") == 0
 
 
 def test_live_status_line(service: object) -> None:

@@ -179,6 +179,8 @@ class HTTPCycle:
             )
         except ScopeError as exc:
             log.info("bad request: %s; answered 400", exc)
+            if host.metrics is not None:
+                host.metrics.rejected(400)
             self._request_done = body_done
             await self._send_error(400)
             return

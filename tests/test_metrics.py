@@ -375,3 +375,27 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert value(text, "trioscgi_request_duration_seconds_bucket", le=str(BUCKETS[-1])) == 3
     assert value(text, "trioscgi_request_duration_seconds_bucket", le="+Inf") == 4
     assert value(text, "trioscgi_requests_total", protocol="fastcgi", status_class="2xx") == 4
+
+
+def test_the_endpoint_answers_get_and_head_on_metrics_only() -> None:
+    from trioscgi._metrics import MetricsHTTP
+
+    m = WorkerMetrics()
+    http = MetricsHTTP(lambda: families(m.snapshot(0, 0), None))
+    get = http.respond(b"GET /metrics HTTP/1.1\r\nHost: x")
+    head, _, body = get.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Type: text/plain" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert value(body.decode(), "trioscgi_requests_in_flight") == 0
+    # HEAD: the same length, no body.
+    h = http.respond(b"HEAD /metrics?x=1 HTTP/1.1")
+    assert h.endswith(b"\r\n\r\n") and f"Content-Length: {len(body)}".encode() in h
+    # OpenMetrics when the scraper asks for it.
+    om = http.respond(
+        b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0"
+    )
+    assert b"application/openmetrics-text" in om and om.endswith(b"# EOF\n")
+    assert http.respond(b"GET / HTTP/1.1").startswith(b"HTTP/1.1 404 ")
+    assert http.respond(b"POST /metrics HTTP/1.1").startswith(b"HTTP/1.1 405 ")
+    assert http.respond(b"garbage").startswith(b"HTTP/1.1 400 ")

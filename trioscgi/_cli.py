@@ -89,7 +89,7 @@ _HELP = {
     "max_requests_jitter": "add 0 to N requests at random to max_requests for each worker",
     "reload_dirs": "with --reload: a directory to watch; repeat the flag for several",
     "reload_include": "with --reload: a glob a changed file's name or path must match to "
-    "restart the app; repeat the flag for several",
+    "restart the app; repeat the flag for several (they replace the default *.py)",
     "reload_exclude": "with --reload: a glob of files whose changes are ignored; repeat the "
     "flag for several",
     "metrics_bind": "serve Prometheus metrics at GET /metrics over plain HTTP on HOST:PORT "

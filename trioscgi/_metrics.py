@@ -105,7 +105,7 @@ class WorkerMetrics:
         """Count one finished request (HTTPCycle.run calls it)."""
         self.in_flight -= 1
         cls = status // 100 if 100 <= status < 600 else 0
-        self.requests[(6 if fastcgi else 0) + cls] += 1
+        self.requests[(len(CLASSES) if fastcgi else 0) + cls] += 1
         self.duration_counts[bisect.bisect_left(BUCKETS, elapsed)] += 1
         self.duration_sum += elapsed
         self.bytes_out += sent

@@ -616,6 +616,9 @@ class _Supervisor:
                 if pid == self.watcher:
                     log.error("--reload: the file watcher exited (status %d)", status)
                     self.watcher = None
+                    if not self.workers and not self.stopping:
+                        # Nothing serves and nothing will restart it.
+                        self.exit_code = EXIT_RUNTIME
                 continue
             self._on_exit(w, os.waitstatus_to_exitcode(status))
         # (the loop only ends through its returns)

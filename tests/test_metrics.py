@@ -34,6 +34,9 @@ APP = textwrap.dedent(
             return
         if scope["path"] == "/boom":
             raise RuntimeError("told to fail")
+        if scope["path"] == "/read":
+            while (await receive()).get("more_body"):
+                pass
         body = str(os.getpid()).encode().rjust(10)
         status = 404 if scope["path"] == "/missing" else 200
         await send({"type": "http.response.start", "status": status,
@@ -257,6 +260,31 @@ def test_refusals_are_counted_by_reason(service: object) -> None:
     assert reply.startswith(b"Status: 400"), reply
     text = s.wait_for("trioscgi_refused_total", 1, reason="bad_request")
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="4xx") == 0
+
+
+def _send_and_read(path: str, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(path)
+        c.sendall(data)
+        reply = b""
+        while chunk := c.recv(4096):
+            reply += chunk
+    return reply
+
+
+def test_timeouts_are_counted_by_kind(service: object) -> None:
+    assert callable(service)
+    s = service("--header-timeout", "0.3", "--read-timeout", "0.3", workers=1)
+    # Nothing at all (protocol auto: the first byte never comes), then half a head.
+    assert _send_and_read(s.sock, b"") == b""
+    assert _send_and_read(s.sock, b"70:CONTENT_LENGTH").startswith(b"Status: 408")
+    s.wait_for("trioscgi_timeouts_total", 2, kind="header")
+    # A body that stops halfway while the app reads it.
+    env = b"CONTENT_LENGTH\x0010\x00SCGI\x001\x00REQUEST_METHOD\x00POST\x00REQUEST_URI\x00/read\x00"
+    _send_and_read(s.sock, b"%d:%s,12345" % (len(env), env))
+    text = s.wait_for("trioscgi_timeouts_total", 1, kind="read")
+    assert value(text, "trioscgi_refused_total", reason="bad_request") == 0
 
 
 def test_live_status_line(service: object) -> None:

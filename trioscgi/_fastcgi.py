@@ -143,6 +143,8 @@ class FastCGIConnection(SocketIO):
             host.fastcgi_connections.discard(self)
             self.close(reset=self._broken)
         if timed_out:
+            if host.metrics is not None:
+                host.metrics.timeouts["header"] += 1
             log.info(
                 "FastCGI request not received within %g s (header_timeout)",
                 host.config.header_timeout,
@@ -404,6 +406,8 @@ class _Request:
                 while not self._body and not self._body_ended and not self._gone:
                     await conn.wait_for_input()
             if scope.cancelled_caught:
+                if conn._host.metrics is not None:
+                    conn._host.metrics.timeouts["read"] += 1
                 raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
         else:
             await trio.lowlevel.checkpoint_if_cancelled()

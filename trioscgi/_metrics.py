@@ -47,13 +47,10 @@ PROTOCOLS = ("scgi", "fastcgi")
 # Status classes; "none": no response went out (the front-end went away first).
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Refusals by kind: the wire layers' rejections by status, and the accept loop's.
-REFUSALS = {
-    400: "bad_request",
-    408: "header_timeout",
-    413: "body_too_large",
-    431: "header_too_large",
-}
+REFUSALS = {400: "bad_request", 413: "body_too_large", 431: "header_too_large"}
 REFUSAL_KINDS = (*REFUSALS.values(), "trusted_peers", "max_connections")
+# Timeouts by kind (header_timeout, read_timeout); write and drain are not counted yet.
+TIMEOUT_KINDS = ("header", "read")
 # Seconds between snapshots a worker sends to the supervisor.
 REPORT_INTERVAL = 1.0
 # Seconds between two live STATUS= lines (metrics_bind set, under systemd):
@@ -87,6 +84,7 @@ class WorkerMetrics:
         "in_flight",
         "refused",
         "requests",
+        "timeouts",
     )
 
     def __init__(self) -> None:
@@ -97,6 +95,7 @@ class WorkerMetrics:
         self.bytes_in = 0
         self.bytes_out = 0
         self.refused = dict.fromkeys(REFUSAL_KINDS, 0)
+        self.timeouts = dict.fromkeys(TIMEOUT_KINDS, 0)
         self.app_exceptions = 0
 
     def request_done(
@@ -119,8 +118,10 @@ class WorkerMetrics:
 
     def rejected(self, status: int) -> None:
         """A request the wire layer answered itself (400, 408, 413, 431)."""
-        kind = REFUSALS.get(status, "bad_request")
-        self.refused[kind] += 1
+        if status == 408:
+            self.timeouts["header"] += 1
+        else:
+            self.refused[REFUSALS.get(status, "bad_request")] += 1
 
     def snapshot(self, connections_open: int, kept_alive: int) -> dict[str, Any]:
         return {
@@ -132,6 +133,7 @@ class WorkerMetrics:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "refused": self.refused,
+            "timeouts": self.timeouts,
             "app_exceptions": self.app_exceptions,
             "connections_open": connections_open,
             "kept_alive": kept_alive,
@@ -257,6 +259,14 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
     for kind in REFUSAL_KINDS:
         refused.add_metric([kind], total["refused"].get(kind, 0))
     yield refused
+    timeouts = CounterMetricFamily(
+        "trioscgi_timeouts",
+        "Requests ended by a timeout, by kind (header_timeout, read_timeout)",
+        labels=["kind"],
+    )
+    for kind in TIMEOUT_KINDS:
+        timeouts.add_metric([kind], total["timeouts"].get(kind, 0))
+    yield timeouts
     yield CounterMetricFamily(
         "trioscgi_app_exceptions",
         "Exceptions raised by the application",

@@ -131,6 +131,8 @@ class SCGIConnection(SocketIO):
             # went away mid-upload.
             raise ClientDisconnected(f"client went away during the request body: {exc}") from None
         except Timeout:
+            if self._host.metrics is not None:
+                self._host.metrics.timeouts["read"] += 1
             raise ClientDisconnected(
                 f"request body stalled for {self._host.config.read_timeout:g} s (read_timeout)"
             ) from None

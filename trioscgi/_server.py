@@ -341,6 +341,8 @@ class Server:
                     "request not received within %g s (header_timeout)",
                     self.config.header_timeout,
                 )
+                if self.metrics is not None:
+                    self.metrics.timeouts["header"] += 1
                 sock.close()
                 return
         if data[:1] == b"\x01":

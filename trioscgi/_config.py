@@ -129,7 +129,7 @@ def _log_format(key: str, value: str) -> None:
         raise ConfigError(f"key {key!r}: {exc}") from None
 
 
-def _metrics_bind(key: str, value: str) -> None:
+def _metrics_bind(key: str, value: str | None) -> None:
     # Plain HTTP for Prometheus: a TCP address or a unix: path; not the
     # systemd/fd:// forms, which are for the front-end's sockets.
     if value is None:

@@ -241,6 +241,13 @@ def next_event_checked(conn: Connection) -> Event | object:
     return event
 
 
+def end_request_checked(conn: Connection, rid: int) -> None:
+    """``conn.end_request(rid)``, held to REQUEST_TRANSITIONS like next_event()."""
+    assert REQUEST_TRANSITIONS[conn.request_states[rid], "end_request"] is None
+    conn.end_request(rid)
+    assert rid not in conn.request_states
+
+
 def drain(conn: Connection, out: list[Event], on_end: Callable[[int], None] | None = None) -> None:
     """Take events until NEED_DATA or ConnectionClosed, merging adjacent Data of one id."""
     for _ in range(100_000):  # bounded: one event per call at most
@@ -279,7 +286,7 @@ def feed(
     if conn is None:
         conn = Connection()
     out: list[Event] = []
-    on_end = (lambda rid: conn.end_request(rid) and None) if end_requests else None
+    on_end = (lambda rid: end_request_checked(conn, rid)) if end_requests else None
     for chunk in chunks:
         conn.receive_data(chunk)
         drain(conn, out, on_end)

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import trio
@@ -38,6 +39,8 @@ log = logging.getLogger("trioscgi")
 
 # Request-body bytes held per connection for applications that have not read them yet.
 _MAX_BUFFERED = 1 << 20
+# A body larger than this is framed and written apart from the head, not copied behind it.
+_COALESCE_LIMIT = 16384
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
 
@@ -293,13 +296,19 @@ class FastCGIConnection(SocketIO):
 
     async def _write(self, data: Bytes) -> None:
         """Write whole records: one writer at a time, so records never interleave."""
+        await self._write_many((data,))
+
+    async def _write_many(self, parts: Sequence[Bytes]) -> None:
         while self._writing:
             await self._write_lot.park()
         if self._broken:
             raise ClientDisconnected("the FastCGI connection is closed")
         self._writing = True
         try:
-            await self.sendall(data)
+            if len(parts) == 1:
+                await self.sendall(parts[0])
+            else:
+                await self.send_many(parts)
         except BaseException:
             # Part of a record may have gone out: the stream can't go on.
             self._broken = True
@@ -423,6 +432,17 @@ class _Request:
             raise ClientDisconnected("the client went away")
         fc = self._conn._conn
         rid = self.request_id
+        if len(body) > _COALESCE_LIMIT:
+            # A large body is framed on its own and written with the head and the
+            # END_REQUEST in one sendmsg(): no copy of it beyond the framing.
+            parts = [fc.send_stdout(rid, body)]
+            if head is not None:
+                parts.insert(0, fc.send_stdout(rid, p.response_head(head)))
+            if not more:
+                parts.append(fc.end_request(rid))
+                self._ended = True
+            await self._conn._write_many(parts)
+            return
         if head is not None:
             data = p.response_head(head)
             out = fc.send_stdout(rid, data + body if body else data)

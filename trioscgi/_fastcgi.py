@@ -434,10 +434,11 @@ class _Request:
         rid = self.request_id
         if len(body) > _COALESCE_LIMIT:
             # A large body is framed on its own and written with the head and the
-            # END_REQUEST in one sendmsg(): no copy of it beyond the framing.
-            parts = [fc.send_stdout(rid, body)]
+            # END_REQUEST in one sendmsg(), straight from the app's buffer.
+            parts: list[Bytes] = []
             if head is not None:
-                parts.insert(0, fc.send_stdout(rid, p.response_head(head)))
+                parts.append(fc.send_stdout(rid, p.response_head(head)))
+            parts += fc.send_stdout_parts(rid, body)
             if not more:
                 parts.append(fc.end_request(rid))
                 self._ended = True

@@ -1,10 +1,11 @@
 """The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
 
-The connection's task reads records and dispatches them; each request runs its
-:class:`~trioscgi._cycle.HTTPCycle` in a task of its own under the connection's nursery, so
-request ids multiplexed on one connection (HAProxy ``option mpxs-conns``) run side by side.
-With ``FCGI_KEEP_CONN`` the connection then waits, at most ``idle_timeout``, for the next
-request; without it, it closes after the request's ``END_REQUEST``.
+Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
+it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
+request), in a task of its own under the connection's nursery once request ids are
+multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all.
+With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
+sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
 FastCGI has no per-request flow control. What bounds memory: the core keeps at most
 ``fastcgi_max_requests`` requests per connection (``OVERLOADED`` beyond), each head at most

@@ -854,6 +854,28 @@ class Connection:
             raise LocalProtocolError(f"request {request_id} is not active")
         return _stream(STDOUT, request_id, data)
 
+    def send_stdout_parts(
+        self, request_id: int, data: bytes | bytearray | memoryview
+    ) -> list[bytes | memoryview]:
+        """:meth:`send_stdout` as a list of buffers for ``sendmsg()``: record headers and
+        padding as bytes, the content as views of ``data``, which is not copied."""
+        req = self._requests.get(request_id)
+        if req is None or req.state not in KNOWN:
+            raise LocalProtocolError(f"request {request_id} is not active")
+        if type(data) is not bytes and type(data) is not bytearray:
+            return [_stream(STDOUT, request_id, data)]
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        for i in range(0, len(data), MAX_CONTENT_LENGTH):
+            chunk = view[i : i + MAX_CONTENT_LENGTH]
+            m = len(chunk)
+            pad = -m & 7
+            parts.append(HEADER_FIELDS.pack(VERSION_1, STDOUT, request_id, m, pad))
+            parts.append(chunk)
+            if pad:
+                parts.append(PADDING[pad])
+        return parts
+
     def send_stderr(self, request_id: int, data: bytes | bytearray | memoryview) -> bytes:
         """STDERR records carrying ``data`` for an active request, as :meth:`send_stdout`.
 

@@ -218,6 +218,8 @@ class FastCGIConnection(SocketIO):
         if self._eof or self._broken:
             for request in list(self._requests.values()):
                 request.peer_gone()
+            if self._broken:
+                self._cancel_all()  # the stream can't go on: end every request now
         self._activity.unpark_all()
         pending = conn.data_to_send()
         if self._out:
@@ -286,10 +288,23 @@ class FastCGIConnection(SocketIO):
             if not self._served and not self._requests and self._nursery is not None:
                 self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
-            log.info("bad request: %s; answered %d", event.reason, event.status_hint)
-            self._served += 1
-            head, body = error_response(event.status_hint)
             rid = event.request_id
+            log.info("bad request: %s; answered %d", event.reason, event.status_hint)
+            running = self._requests.get(rid)
+            if running is None:
+                self._served += 1
+            elif running.started:
+                # Its body broke a limit (413, no CONTENT_LENGTH announced it) after
+                # its response began: no 413 can replace it, and an END_REQUEST
+                # would make it look whole. Only a cut connection is honest.
+                running.peer_gone()
+                self._broken = True
+                return
+            else:
+                # Running but not answering yet: the 413 answers it, and the app
+                # sees a disconnect (its writes fail, receive() says so).
+                running.rejected()
+            head, body = error_response(event.status_hint)
             self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
             self._out.append(self._conn.end_request(rid))
 
@@ -352,6 +367,7 @@ class _Request:
         "_gone",
         "buffered",
         "request_id",
+        "started",
     )
 
     def __init__(self, conn: FastCGIConnection, request_id: int) -> None:
@@ -363,6 +379,7 @@ class _Request:
         self._ended = False  # END_REQUEST sent
         self._discard = False
         self.buffered = 0
+        self.started = False  # the response head went out
 
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
         conn = self._conn
@@ -397,6 +414,11 @@ class _Request:
                 self._ended = True
                 # Written by the read loop after this batch of records.
                 self._conn._out.append(self._conn._conn.end_request(self.request_id))
+
+    def rejected(self) -> None:
+        """The core rejected the request while it ran; the connection answers it."""
+        self._gone = self._ended = self._body_ended = True
+        self._body.clear()
 
     def peer_gone(self) -> None:
         self._gone = True
@@ -433,6 +455,7 @@ class _Request:
             raise ClientDisconnected("the client went away")
         fc = self._conn._conn
         rid = self.request_id
+        self.started = True
         if len(body) > _COALESCE_LIMIT:
             # A large body is framed on its own and written with the head and the
             # END_REQUEST in one sendmsg(), straight from the app's buffer.

@@ -241,6 +241,13 @@ def next_event_checked(conn: Connection) -> Event | object:
     return event
 
 
+def end_request_checked(conn: Connection, rid: int) -> None:
+    """``conn.end_request(rid)``, held to REQUEST_TRANSITIONS like next_event()."""
+    assert REQUEST_TRANSITIONS[conn.request_states[rid], "end_request"] is None
+    conn.end_request(rid)
+    assert rid not in conn.request_states
+
+
 def drain(conn: Connection, out: list[Event], on_end: Callable[[int], None] | None = None) -> None:
     """Take events until NEED_DATA or ConnectionClosed, merging adjacent Data of one id."""
     for _ in range(100_000):  # bounded: one event per call at most
@@ -279,7 +286,7 @@ def feed(
     if conn is None:
         conn = Connection()
     out: list[Event] = []
-    on_end = (lambda rid: conn.end_request(rid) and None) if end_requests else None
+    on_end = (lambda rid: end_request_checked(conn, rid)) if end_requests else None
     for chunk in chunks:
         conn.receive_data(chunk)
         drain(conn, out, on_end)
@@ -1296,3 +1303,20 @@ def test_valid_streams_give_the_same_events_however_split(
     expected.append(ConnectionClosed())
     for chunks in ([wire], chunked(wire, cuts), bytewise(wire)):
         assert feed(chunks, eof=True, end_requests=True) == expected
+
+
+@pytest.mark.parametrize("size", [1, 65535, 65536, 65535 * 3 + 17, 1 << 20])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_send_stdout_parts_is_send_stdout_without_the_copy(
+    size: int, kind: Callable[[bytes], object]
+) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    conn = started()
+    payload = kind(data)
+    parts = conn.send_stdout_parts(1, payload)  # type: ignore[arg-type]
+    assert b"".join(bytes(part) for part in parts) == conn.send_stdout(1, data)
+    if kind is not memoryview:
+        # The content is the caller's buffer, not a copy of it.
+        views = [part for part in parts if isinstance(part, memoryview)]
+        assert sum(map(len, views)) == size
+        assert all(view.obj is payload for view in views)

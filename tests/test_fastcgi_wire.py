@@ -467,3 +467,43 @@ async def test_a_request_multiplexed_behind_a_waiting_one_is_served(
         await s.send_all(fc.record(fc.ABORT_REQUEST, 1))
         await reader.until_ended(1)
     assert seen == ["http.disconnect"]
+
+
+async def test_body_over_the_limit_without_content_length_answers_413_to_the_running_app(
+    bind: str, autojump_clock: Any
+) -> None:
+    """A streamed body (no CONTENT_LENGTH) passes max_body_size while its app reads it."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if scope["method"] == "POST":
+                seen.append(msg["type"])
+            if msg["type"] == "http.disconnect" or not msg.get("more_body"):
+                break
+        if msg["type"] == "http.disconnect":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"too late"})
+
+    async with (
+        serving(app, bind, protocol="fastcgi", max_body_size=100) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(
+            fc.begin(1, keep=True)
+            + fc.params(1, fc.nginx_params("POST", "/", HTTP_TRANSFER_ENCODING="chunked"))
+            + fc.record(fc.STDIN, 1, b"a" * 80)
+        )
+        await trio.sleep(1)
+        await s.send_all(fc.record(fc.STDIN, 1, b"b" * 80) + fc.record(fc.STDIN, 1))
+        reader = fc.Reader(s)
+        response = await reader.until_ended(1)
+        assert response.status == 413
+        # The connection goes on, and the app's task is not left waiting.
+        await s.send_all(fc.request(2, keep=True))
+        assert (await reader.until_ended(2)).status == 200
+        start = trio.current_time()
+    assert trio.current_time() - start < 1  # the shutdown waited for no orphaned request
+    assert seen == ["http.request", "http.disconnect"], seen

@@ -1,10 +1,11 @@
 """The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
 
-The connection's task reads records and dispatches them; each request runs its
-:class:`~trioscgi._cycle.HTTPCycle` in a task of its own under the connection's nursery, so
-request ids multiplexed on one connection (HAProxy ``option mpxs-conns``) run side by side.
-With ``FCGI_KEEP_CONN`` the connection then waits, at most ``idle_timeout``, for the next
-request; without it, it closes after the request's ``END_REQUEST``.
+Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
+it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
+request), in a task of its own under the connection's nursery once request ids are
+multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all.
+With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
+sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
 FastCGI has no per-request flow control. What bounds memory: the core keeps at most
 ``fastcgi_max_requests`` requests per connection (``OVERLOADED`` beyond), each head at most
@@ -22,6 +23,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import trio
@@ -38,6 +40,8 @@ log = logging.getLogger("trioscgi")
 
 # Request-body bytes held per connection for applications that have not read them yet.
 _MAX_BUFFERED = 1 << 20
+# A body larger than this is framed and written apart from the head, not copied behind it.
+_COALESCE_LIMIT = 16384
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
 
@@ -216,6 +220,8 @@ class FastCGIConnection(SocketIO):
         if self._eof or self._broken:
             for request in list(self._requests.values()):
                 request.peer_gone()
+            if self._broken:
+                self._cancel_all()  # the stream can't go on: end every request now
         self._activity.unpark_all()
         pending = conn.data_to_send()
         if self._out:
@@ -284,12 +290,25 @@ class FastCGIConnection(SocketIO):
             if not self._served and not self._requests and self._nursery is not None:
                 self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
+            rid = event.request_id
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             if self._host.metrics is not None:
                 self._host.metrics.rejected(event.status_hint)
-            self._served += 1
+            running = self._requests.get(rid)
+            if running is None:
+                self._served += 1
+            elif running.started:
+                # Its body broke a limit (413, no CONTENT_LENGTH announced it) after
+                # its response began: no 413 can replace it, and an END_REQUEST
+                # would make it look whole. Only a cut connection is honest.
+                running.peer_gone()
+                self._broken = True
+                return
+            else:
+                # Running but not answering yet: the 413 answers it, and the app
+                # sees a disconnect (its writes fail, receive() says so).
+                running.rejected()
             head, body = error_response(event.status_hint)
-            rid = event.request_id
             self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
             self._out.append(self._conn.end_request(rid))
 
@@ -297,13 +316,19 @@ class FastCGIConnection(SocketIO):
 
     async def _write(self, data: Bytes) -> None:
         """Write whole records: one writer at a time, so records never interleave."""
+        await self._write_many((data,))
+
+    async def _write_many(self, parts: Sequence[Bytes]) -> None:
         while self._writing:
             await self._write_lot.park()
         if self._broken:
             raise ClientDisconnected("the FastCGI connection is closed")
         self._writing = True
         try:
-            await self.sendall(data)
+            if len(parts) == 1:
+                await self.sendall(parts[0])
+            else:
+                await self.send_many(parts)
         except BaseException:
             # Part of a record may have gone out: the stream can't go on.
             self._broken = True
@@ -346,6 +371,7 @@ class _Request:
         "_gone",
         "buffered",
         "request_id",
+        "started",
     )
 
     def __init__(self, conn: FastCGIConnection, request_id: int) -> None:
@@ -357,6 +383,7 @@ class _Request:
         self._ended = False  # END_REQUEST sent
         self._discard = False
         self.buffered = 0
+        self.started = False  # the response head went out
 
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
         conn = self._conn
@@ -391,6 +418,11 @@ class _Request:
                 self._ended = True
                 # Written by the read loop after this batch of records.
                 self._conn._out.append(self._conn._conn.end_request(self.request_id))
+
+    def rejected(self) -> None:
+        """The core rejected the request while it ran; the connection answers it."""
+        self._gone = self._ended = self._body_ended = True
+        self._body.clear()
 
     def peer_gone(self) -> None:
         self._gone = True
@@ -429,6 +461,19 @@ class _Request:
             raise ClientDisconnected("the client went away")
         fc = self._conn._conn
         rid = self.request_id
+        self.started = True
+        if len(body) > _COALESCE_LIMIT:
+            # A large body is framed on its own and written with the head and the
+            # END_REQUEST in one sendmsg(), straight from the app's buffer.
+            parts: list[Bytes] = []
+            if head is not None:
+                parts.append(fc.send_stdout(rid, p.response_head(head)))
+            parts += fc.send_stdout_parts(rid, body)
+            if not more:
+                parts.append(fc.end_request(rid))
+                self._ended = True
+            await self._conn._write_many(parts)
+            return
         if head is not None:
             data = p.response_head(head)
             out = fc.send_stdout(rid, data + body if body else data)

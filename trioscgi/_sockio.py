@@ -22,6 +22,7 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Sequence
 
 import trio
 from trio.lowlevel import (
@@ -190,18 +191,21 @@ class SocketIO:
 
     async def send_two(self, first: Bytes, second: Bytes) -> None:
         """Write ``first`` then ``second`` without copying them together (one sendmsg)."""
+        await self.send_many((first, second))
+
+    async def send_many(self, buffers: Sequence[Bytes]) -> None:
+        """Write ``buffers`` in order without copying them together (one sendmsg)."""
         await checkpoint_if_cancelled()
-        total = len(first) + len(second)
+        total = sum(map(len, buffers))
         if total > _BIG_RESPONSE:
             # A send buffer that holds the whole response lets one sendmsg()
             # hand it to the kernel: fewer wake-ups here and bigger reads for
             # the front-end (docs/benchmarks.md, /big: 1.06x aioscgi without
-            # it, 1.56x with it). The kernel
-            # caps it at net.core.wmem_max.
+            # it, 1.56x with it). The kernel caps it at net.core.wmem_max.
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, min(total, _MAX_SNDBUF))
         try:
-            sent = self.sock.sendmsg([first, second])
+            sent = self.sock.sendmsg(buffers)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -209,11 +213,13 @@ class SocketIO:
         if sent == total:
             await self._fair()
             return
-        if sent < len(first):
-            await self._send_rest(memoryview(first)[sent:])
-            await self._send_rest(memoryview(second))
-        else:
-            await self._send_rest(memoryview(second)[sent - len(first) :])
+        for buffer in buffers:
+            size = len(buffer)
+            if sent >= size:
+                sent -= size
+                continue
+            await self._send_rest(memoryview(buffer)[sent:])
+            sent = 0
 
     def close(self, *, reset: bool = False) -> None:
         """Close the socket; with ``reset``, so that the peer sees a reset, not a clean EOF.

@@ -13,6 +13,7 @@ from ._records import (
     APPLICATION_ONLY,
     BEGIN_REQUEST,
     CANT_MPX_CONN,
+    END_REQUEST,
     GET_VALUES,
     GET_VALUES_RESULT,
     HEADER,
@@ -91,13 +92,12 @@ _V1_STDIN: Final = VERSION_1 << 8 | STDIN
 # max_body_size: 10**18 bytes is beyond any real body, and int() stays
 # cheap on hostile input.
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
-_GET_VALUES_NAMES: Final = (b"FCGI_MAX_CONNS", b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS")
 _TYPE_NAMES: Final = {
-    3: "END_REQUEST",
-    6: "STDOUT",
-    7: "STDERR",
-    10: "GET_VALUES_RESULT",
-    11: "UNKNOWN_TYPE",
+    END_REQUEST: "END_REQUEST",
+    STDOUT: "STDOUT",
+    STDERR: "STDERR",
+    GET_VALUES_RESULT: "GET_VALUES_RESULT",
+    UNKNOWN_TYPE: "UNKNOWN_TYPE",
 }
 
 # The parser's fast path for its own events (STYLE.md 3: validated
@@ -381,8 +381,9 @@ class Connection:
 
         Returns:
             :class:`Request` when a request's PARAMS stream ends, then
-            :class:`Data` for each non-empty STDIN record and
-            :class:`EndOfMessage` for the empty one; :class:`Abort` and
+            :class:`Data` for its STDIN content as it arrives (a record's,
+            or the part of one received so far) and :class:`EndOfMessage`
+            for the empty STDIN record; :class:`Abort` and
             :class:`Rejected` for a request at any point;
             :class:`ConnectionClosed` at EOF (and again on every later
             call, like h11). :data:`NEED_DATA` when the buffered bytes hold
@@ -540,14 +541,19 @@ class Connection:
         if type(buf) is not bytes:
             # A bytearray: part of a record, and whatever arrived since. Parse
             # from bytes again (events carry bytes) once a whole record is
-            # there, or as soon as a STDIN record's header is (its content
-            # is handed over as it comes), or at once for the rest of one.
+            # there, or as soon as the header of a STDIN record whose content
+            # is handed over as it comes is (and at once for the rest of
+            # one). Not before: a record that waits to be whole would be
+            # copied back into a bytearray at the next read, over and over.
             size = len(buf)
             if not (
                 self._partial is not None
                 or (
                     size >= HEADER_LEN
-                    and (buf[1] == STDIN or size >= HEADER_LEN + (buf[4] << 8 | buf[5]) + buf[6])
+                    and (
+                        size >= HEADER_LEN + (buf[4] << 8 | buf[5]) + buf[6]
+                        or (buf[1] == STDIN and self._streams(buf[2] << 8 | buf[3]))
+                    )
                 )
             ):
                 try:
@@ -563,6 +569,11 @@ class Connection:
         except RemoteProtocolError:
             self._broken()
             raise
+
+    def _streams(self, rid: int) -> bool:
+        # Whether a STDIN record for rid is handed over as it arrives.
+        req = self._requests.get(rid)
+        return req is not None and req.state is RECV_STDIN
 
     def _stdin_begins(
         self, buf: bytes, pos: int, rid: int, clen: int, plen: int
@@ -842,6 +853,28 @@ class Connection:
         if req is None or req.state not in KNOWN:
             raise LocalProtocolError(f"request {request_id} is not active")
         return _stream(STDOUT, request_id, data)
+
+    def send_stdout_parts(
+        self, request_id: int, data: bytes | bytearray | memoryview
+    ) -> list[bytes | memoryview]:
+        """:meth:`send_stdout` as a list of buffers for ``sendmsg()``: record headers and
+        padding as bytes, the content as views of ``data``, which is not copied."""
+        req = self._requests.get(request_id)
+        if req is None or req.state not in KNOWN:
+            raise LocalProtocolError(f"request {request_id} is not active")
+        if type(data) is not bytes and type(data) is not bytearray:
+            return [_stream(STDOUT, request_id, data)]
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        for i in range(0, len(data), MAX_CONTENT_LENGTH):
+            chunk = view[i : i + MAX_CONTENT_LENGTH]
+            m = len(chunk)
+            pad = -m & 7
+            parts.append(HEADER_FIELDS.pack(VERSION_1, STDOUT, request_id, m, pad))
+            parts.append(chunk)
+            if pad:
+                parts.append(PADDING[pad])
+        return parts
 
     def send_stderr(self, request_id: int, data: bytes | bytearray | memoryview) -> bytes:
         """STDERR records carrying ``data`` for an active request, as :meth:`send_stdout`.

@@ -137,6 +137,13 @@ class Rejected(Event):
     request itself, an error response with ``send_stdout()`` then
     ``end_request()``, which frees the id.
 
+    It comes before the :class:`Request` (PARAMS over the limit, or a
+    CONTENT_LENGTH over it) or after it, while the request runs: STDIN over
+    ``max_body_size`` when no CONTENT_LENGTH announced as much (a chunked
+    upload through nginx ``fastcgi_request_buffering off``). Then the
+    request's handler has to be stopped, and answered only if its response
+    has not started.
+
     Attributes:
         request_id: the request's id.
         status_hint: the HTTP status to answer with: 431 (PARAMS over

@@ -37,6 +37,12 @@ APP = textwrap.dedent(
         if scope["path"] == "/read":
             while (await receive()).get("more_body"):
                 pass
+        if scope["path"] == "/big":
+            big = b"x" * (16 << 20)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(big)).encode())]})
+            await send({"type": "http.response.body", "body": big})
+            return
         body = str(os.getpid()).encode().rjust(10)
         status = 404 if scope["path"] == "/missing" else 200
         await send({"type": "http.response.start", "status": status,
@@ -275,7 +281,10 @@ def _send_and_read(path: str, data: bytes) -> bytes:
 
 def test_timeouts_are_counted_by_kind(service: object) -> None:
     assert callable(service)
-    s = service("--header-timeout", "0.3", "--read-timeout", "0.3", workers=1)
+    s = service(
+        "--header-timeout", "0.3", "--read-timeout", "0.3", "--drain-timeout", "0.3",
+        "--write-timeout", "0.3", workers=1,
+    )  # fmt: skip
     # Nothing at all (protocol auto: the first byte never comes), then half a head.
     assert _send_and_read(s.sock, b"") == b""
     assert _send_and_read(s.sock, b"70:CONTENT_LENGTH").startswith(b"Status: 408")
@@ -285,6 +294,18 @@ def test_timeouts_are_counted_by_kind(service: object) -> None:
     _send_and_read(s.sock, b"%d:%s,12345" % (len(env), env))
     text = s.wait_for("trioscgi_timeouts_total", 1, kind="read")
     assert value(text, "trioscgi_refused_total", reason="bad_request") == 0
+    # The app answers without reading a body that stops halfway: the drain gives up.
+    env = b"CONTENT_LENGTH\x0010\x00SCGI\x001\x00REQUEST_METHOD\x00POST\x00REQUEST_URI\x00/\x00"
+    assert _send_and_read(s.sock, b"%d:%s,12345" % (len(env), env)).startswith(b"Status: 200")
+    s.wait_for("trioscgi_timeouts_total", 1, kind="drain")
+    # A front-end that reads nothing of a 16 MiB response.
+    env = b"CONTENT_LENGTH\x000\x00SCGI\x001\x00REQUEST_METHOD\x00GET\x00REQUEST_URI\x00/big\x00"
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(s.sock)
+        c.sendall(b"%d:%s," % (len(env), env))
+        text = s.wait_for("trioscgi_timeouts_total", 1, kind="write")
+    assert value(text, "trioscgi_timeouts_total", kind="header") == 2
 
 
 def test_live_status_line(service: object) -> None:

@@ -21,7 +21,7 @@ from trio.lowlevel import checkpoint_if_cancelled
 
 from . import protocol as p
 from ._scope import ScopeError, http_scope
-from ._sockio import Bytes, ClientDisconnected
+from ._sockio import Bytes, ClientDisconnected, WriteTimeout
 from ._types import ASGIApp, Message
 
 if TYPE_CHECKING:
@@ -248,6 +248,11 @@ class HTTPCycle:
         if not self._request_done:
             await self._drain()
 
+    def _write_timed_out(self) -> None:
+        self.disconnected = True
+        if self._host.metrics is not None:
+            self._host.metrics.timeouts["write"] += 1
+
     async def _send_error(self, status: int) -> None:
         if self.disconnected:
             return
@@ -331,6 +336,9 @@ class HTTPCycle:
                     return
             try:
                 await self._wire.write(first, body, more)
+            except WriteTimeout:
+                self._write_timed_out()
+                raise
             except ClientDisconnected:
                 self.disconnected = True
                 raise
@@ -412,6 +420,9 @@ class HTTPCycle:
             first = None
         try:
             sent = await self._wire.write_file(first, fd, offset, count, more)
+        except WriteTimeout:
+            self._write_timed_out()
+            raise
         except ClientDisconnected:
             self.disconnected = True
             raise

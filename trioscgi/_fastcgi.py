@@ -523,9 +523,11 @@ class _Request:
         conn._activity.unpark_all()
         if conn._keep_conn:
             return
-        with trio.move_on_after(conn._host.config.drain_timeout):
+        with trio.move_on_after(conn._host.config.drain_timeout) as scope:
             while not self._body_ended and not self._gone:
                 await conn.wait_for_input()
+        if scope.cancelled_caught and conn._host.metrics is not None:
+            conn._host.metrics.timeouts["drain"] += 1
 
     def abort(self) -> None:
         # Started and not complete: an END_REQUEST would make it look whole. Only

@@ -49,8 +49,8 @@ CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Refusals by kind: the wire layers' rejections by status, and the accept loop's.
 REFUSALS = {400: "bad_request", 413: "body_too_large", 431: "header_too_large"}
 REFUSAL_KINDS = (*REFUSALS.values(), "trusted_peers", "max_connections")
-# Timeouts by kind (header_timeout, read_timeout); write and drain are not counted yet.
-TIMEOUT_KINDS = ("header", "read")
+# Timeouts by kind: header_timeout, read_timeout, write_timeout, drain_timeout.
+TIMEOUT_KINDS = ("header", "read", "write", "drain")
 # Seconds between snapshots a worker sends to the supervisor.
 REPORT_INTERVAL = 1.0
 # Seconds between two live STATUS= lines (metrics_bind set, under systemd):
@@ -261,7 +261,7 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
     yield refused
     timeouts = CounterMetricFamily(
         "trioscgi_timeouts",
-        "Requests ended by a timeout, by kind (header_timeout, read_timeout)",
+        "Connections or requests ended by a timeout, by kind",
         labels=["kind"],
     )
     for kind in TIMEOUT_KINDS:

@@ -17,7 +17,7 @@ import trio
 from . import protocol as p
 from ._cycle import CycleHost, HTTPCycle, error_response
 from ._sendfile import sendfile
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
+from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
 
 __all__ = ["SCGIConnection"]
 
@@ -165,7 +165,7 @@ class SCGIConnection(SocketIO):
         try:
             return await sendfile(self.sock, fd, offset, count, patience=self.write_timeout)
         except TimeoutError as exc:
-            raise ClientDisconnected(f"{exc} (write_timeout)") from None
+            raise WriteTimeout(f"{exc} (write_timeout)") from None
         except OSError as exc:
             if exc.errno in _PEER_GONE:
                 raise ClientDisconnected(f"the client went away: {exc}") from None
@@ -192,7 +192,8 @@ class SCGIConnection(SocketIO):
         """
         conn = self._conn
         patience = self._host.config.drain_timeout
-        with trio.move_on_after(patience):
+        timed_out = False
+        with trio.move_on_after(patience) as scope:
             try:
                 while True:
                     event = conn.next_event()
@@ -200,8 +201,12 @@ class SCGIConnection(SocketIO):
                         conn.receive_data(await self.recv(patience))
                     elif type(event) is not p.Data:
                         break
-            except (p.RemoteProtocolError, OSError, Timeout):
+            except Timeout:
+                timed_out = True
+            except (p.RemoteProtocolError, OSError):
                 pass
+        if (timed_out or scope.cancelled_caught) and self._host.metrics is not None:
+            self._host.metrics.timeouts["drain"] += 1
 
     def abort(self) -> None:
         self._aborted = True

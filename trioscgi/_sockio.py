@@ -65,6 +65,10 @@ class ClientDisconnected(OSError):
     """
 
 
+class WriteTimeout(ClientDisconnected):
+    """The front-end read nothing of the response for write_timeout (metrics count it)."""
+
+
 class Timeout(Exception):
     """A read did not complete within its patience."""
 
@@ -177,7 +181,7 @@ class SocketIO:
                 # What counts is whether it read anything in the meantime.
                 now = _unsent(sock)
                 if now >= unsent:
-                    raise ClientDisconnected(
+                    raise WriteTimeout(
                         f"front-end read nothing of the response for {patience:g} s (write_timeout)"
                     )
                 unsent = now

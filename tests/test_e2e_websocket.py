@@ -14,12 +14,24 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from frontends import FrontEnd, TrioscgiProcess, run_nginx, start_trioscgi, stop_process
+from frontends import (
+    FrontEnd,
+    TrioscgiProcess,
+    find_binary,
+    run_apache,
+    run_lighttpd,
+    run_nginx,
+    run_nginx_fastcgi,
+    start_trioscgi,
+    stop_process,
+)
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -177,6 +189,34 @@ def test_fastapi_route(fastapi_server: TrioscgiProcess) -> None:
     with run_nginx(fastapi_server.backends["unix"]) as fe, ws(fe, "/ws/items/42") as c:
         c.send("hi")
         assert json.loads(c.recv(TIMEOUT)) == {"item_id": 42, "got": "hi"}
+
+
+@pytest.mark.parametrize(
+    "runner",
+    [run_apache, run_lighttpd, run_nginx_fastcgi],
+    ids=["apache-scgi", "lighttpd-1.4.69-scgi", "nginx-fastcgi"],
+)
+def test_frontends_that_cant_tunnel_get_an_http_answer(
+    runner: Any, starlette_server: TrioscgiProcess
+) -> None:
+    # A 101 there would reach the client and then hang: the app answers the handshake as
+    # a plain GET instead (Starlette: 404, no HTTP route there), at once.
+    with runner(starlette_server.backends["tcp"]) as fe:
+        if runner is run_lighttpd and lighttpd_version() >= (1, 4, 74):
+            pytest.skip("this lighttpd can tunnel with upgrade enabled")
+        started = time.monotonic()
+        with pytest.raises(InvalidStatus) as info:
+            ws(fe, "/ws/echo")
+        assert info.value.response.status_code == 404
+        assert time.monotonic() - started < TIMEOUT / 2
+        assert fe.get("/").status == 200
+
+
+def lighttpd_version() -> tuple[int, ...]:
+    out = subprocess.run(
+        [find_binary("lighttpd"), "-v"], capture_output=True, text=True, check=True
+    ).stdout
+    return tuple(int(x) for x in out.split("/")[1].split()[0].split("."))
 
 
 # --- hostile peers: raw frames after a real handshake through nginx --------------------

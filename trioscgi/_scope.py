@@ -288,18 +288,12 @@ def http_scope(
 
     is_websocket = False
     if upgrade is not None and b"websocket" in upgrade.lower():
-        if websocket and method == "GET":
+        why = _no_tunnel(env, method, websocket, fastcgi)
+        if why is None:
             is_websocket = True
         elif notes is not None:
             # The app gets the handshake as a plain HTTP request (a server may ignore
             # Upgrade, RFC 9110 7.8) and answers it as it would any GET: never a 101.
-            why = (
-                "nginx's FastCGI module can't tunnel it; use SCGI"
-                if fastcgi
-                else "the wsproto package is missing (pip install 'trioscgi[websocket]')"
-                if method == "GET"
-                else f"a {method} can't open a WebSocket"
-            )
             notes.append(f"a WebSocket upgrade request, served as plain HTTP: {why}")
 
     scheme_value = env.get(b"REQUEST_SCHEME")
@@ -366,6 +360,38 @@ def http_scope(
     if state is not None:
         scope["state"] = state.copy()
     return scope
+
+
+# lighttpd tunnels a 101 from mod_scgi with `"upgrade" => "enable"` since 1.4.74.
+_LIGHTTPD_UPGRADE = (1, 4, 74)
+
+
+def _no_tunnel(env: Mapping[bytes, bytes], method: str, wire: bool, fastcgi: bool) -> str | None:
+    """Why a WebSocket handshake can't be served as one here (``None``: it can).
+
+    Only a front-end that turns a ``101`` into a two-way tunnel may get one; any other
+    passes the 101 to its client and then hangs. nginx's SCGI module tunnels (since
+    1.3.14) and its stock ``scgi_params`` sends no SERVER_SOFTWARE; Apache's
+    mod_proxy_scgi (SERVER_SOFTWARE ``Apache/...``) does not tunnel; lighttpd's mod_scgi
+    does from 1.4.74 (SERVER_SOFTWARE ``lighttpd/1.4.74``). No FastCGI front-end tunnels.
+    """
+    if fastcgi:
+        return "FastCGI front-ends can't tunnel a WebSocket; use SCGI behind nginx"
+    if method != "GET":
+        return f"a {method} can't open a WebSocket"
+    if not wire:
+        return "the wsproto package is missing (pip install 'trioscgi[websocket]')"
+    software = env.get(b"SERVER_SOFTWARE")
+    if software:
+        if software.startswith(b"Apache"):
+            return "Apache's mod_proxy_scgi can't tunnel a WebSocket"
+        if software.startswith(b"lighttpd/"):
+            version = tuple(
+                int(x) if x.isdigit() else 0 for x in software[9:].split(b" ")[0].split(b".")
+            )
+            if version < _LIGHTTPD_UPGRADE:
+                return "lighttpd tunnels a WebSocket over SCGI only from 1.4.74"
+    return None
 
 
 def _strip_port(host: bytes) -> bytes:

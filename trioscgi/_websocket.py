@@ -202,7 +202,7 @@ class WebSocketCycle:
         assert ws is not None
         if ws.state is ConnectionState.OPEN or ws.state is ConnectionState.REMOTE_CLOSING:
             if self.close_code is None:
-                self.close_code = code
+                self.close_code = int(code)
             await self._write(CloseConnection(code=code, reason=reason))
 
     def _lost(self, why: str) -> None:
@@ -294,7 +294,7 @@ class WebSocketCycle:
                     if ws.state is ConnectionState.REMOTE_CLOSING:
                         # The client closes: answer with its code (RFC 6455 5.5.1).
                         if self.close_code is None:
-                            self.close_code = event.code
+                            self.close_code = int(event.code)
                         await self._write(event.response())
                     self._end(event.code, event.reason or "")
                     return
@@ -306,7 +306,8 @@ class WebSocketCycle:
         # reason of ours (1009), the peer's otherwise.
         if not self._end_delivered:
             self._end_delivered = True
-            self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            # int(): wsproto reports some codes as its CloseReason enum.
+            self._disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
             self._inbox_send.close()
 
     async def _pinger(self) -> None:

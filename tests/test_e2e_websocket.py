@@ -335,3 +335,19 @@ def test_sigterm_closes_open_sockets_with_1001(e2e_dir: Path) -> None:
             assert server.proc.wait(TIMEOUT) == 0, server.logs()
     finally:
         stop_process(server.proc)
+
+
+def test_workers(e2e_dir: Path) -> None:
+    server = start_trioscgi(
+        "starlette_app:app", sockdir=e2e_dir, logdir=e2e_dir, args=["--workers", "2"], name="wk"
+    )
+    try:
+        with run_nginx(server.backends["unix"]) as fe, contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(ws(fe, "/ws/echo")) for _ in range(6)]
+            for i, c in enumerate(clients):
+                c.send(f"to worker? {i}")
+            for i, c in enumerate(clients):
+                assert c.recv(TIMEOUT) == f"to worker? {i}"
+            assert fe.get("/").status == 200
+    finally:
+        assert server.stop() == 0, server.logs()

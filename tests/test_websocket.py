@@ -323,3 +323,29 @@ async def test_access_log_line_per_session(
         await read_all(client.stream)
     [line] = [r.getMessage() for r in caplog.records if r.name == "trioscgi.access"]
     assert line == '"GET /ws HTTP/1.1" 101 4321 2.000000'
+
+
+@pytest.mark.parametrize(
+    ("extra", "answer"),
+    [
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "8"}, b"Status: 426 Upgrade Required\r\n"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "c2hvcnQ="}, b"Status: 400 Bad Request\r\n"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "not base64!"}, b"Status: 400 Bad Request\r\n"),
+    ],
+)
+async def test_bad_handshake_is_refused_before_the_app(
+    bind: str, extra: dict[str, str], answer: bytes
+) -> None:
+    called = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    async with serving(app, bind) as srv:
+        stream = await connect(srv.address)
+        await stream.send_all(handshake(**extra))
+        got = await read_all(stream)
+    assert got.startswith(answer)
+    if b"426" in answer:
+        assert b"\r\nsec-websocket-version: 13\r\n" in got
+    assert called == []

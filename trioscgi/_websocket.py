@@ -32,6 +32,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
+from wsproto.utilities import LocalProtocolError
 
 from . import protocol as p
 from ._sockio import RECV_SIZE, Bytes, ClientDisconnected
@@ -80,6 +81,28 @@ def accept_token(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key.strip() + _GUID, usedforsecurity=False).digest())
 
 
+def _bad_handshake(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """What is wrong with a handshake's headers: ``(status, why, extra headers)``, or None."""
+    key = version = None
+    for name, value in headers:
+        if name == b"sec-websocket-key":
+            key = value
+        elif name == b"sec-websocket-version":
+            version = value
+    if version is None or version.strip() != b"13":
+        # RFC 6455 4.4: 426 with the version we speak.
+        return 426, f"Sec-WebSocket-Version {version!r}", [(b"sec-websocket-version", b"13")]
+    try:
+        valid = key is not None and len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        return 400, f"Sec-WebSocket-Key {key!r} is not 16 bytes in base64", []
+    return None
+
+
 class WebSocketCycle:
     """Run the application for one WebSocket session.
 
@@ -117,8 +140,14 @@ class WebSocketCycle:
     async def run(self, scope: dict[str, Any]) -> None:
         """Serve the session whose handshake request ``scope`` describes."""
         host = self._host
+        self._scope_headers = headers = scope["headers"]
+        problem = _bad_handshake(headers)
+        if problem is not None:
+            # RFC 6455 4.2.1-4.2.2: not a handshake we can complete; the app never sees it.
+            log.info("bad WebSocket handshake: %s; answered %d", problem[1], problem[0])
+            await self._deny(problem[0], problem[2])
+            return
         sessions = host.websocket_sessions
-        self._scope_headers = scope["headers"]
         sessions.add(self)
         start = trio.current_time()
         try:
@@ -199,7 +228,7 @@ class WebSocketCycle:
                 return False
             try:
                 data = ws.send(event)
-            except Exception:  # wsproto's LocalProtocolError: the state forbids it (closed)
+            except LocalProtocolError:  # the state forbids it: closing or closed
                 return False
             try:
                 await self._tunnel.sendall(data)
@@ -357,12 +386,14 @@ class WebSocketCycle:
 
     # --- the handshake answer ---------------------------------------------------
 
-    async def _deny(self, status: int) -> None:
+    async def _deny(self, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         from ._cycle import error_response  # noqa: PLC0415 - _cycle imports this module
 
         if self._handshake_done:
             return
         head, body = error_response(status)
+        if extra:
+            head = p.Response(status=status, headers=[*head.headers, *extra])
         self.status = status
         self._handshake_done = True
         try:

@@ -312,8 +312,10 @@ def test_oversize_message_is_1009(small_server: TrioscgiProcess) -> None:
         with ws(fe, "/ws/echo?id=big") as c:
             c.send("x" * 1000)
             assert c.recv(TIMEOUT) == "x" * 1000
-            c.send([b"y" * 600, b"y" * 600])  # too big only once the fragments add up
             with pytest.raises(ConnectionClosed) as info:
+                # Too big only once the fragments add up; our close can reach the client
+                # while it is still sending (then send() raises).
+                c.send([b"y" * 600, b"y" * 600])
                 c.recv(TIMEOUT)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
         assert ended_code(fe, "big") == 1009

@@ -141,16 +141,17 @@ class WebSocketCycle:
         """Serve the session whose handshake request ``scope`` describes."""
         host = self._host
         self._scope_headers = headers = scope["headers"]
-        problem = _bad_handshake(headers)
-        if problem is not None:
-            # RFC 6455 4.2.1-4.2.2: not a handshake we can complete; the app never sees it.
-            log.info("bad WebSocket handshake: %s; answered %d", problem[1], problem[0])
-            await self._deny(problem[0], problem[2])
-            return
         sessions = host.websocket_sessions
-        sessions.add(self)
         start = trio.current_time()
         try:
+            problem = _bad_handshake(headers)
+            if problem is not None:
+                # RFC 6455 4.2.1-4.2.2: not a handshake we can complete; the app never
+                # sees it.
+                log.info("bad WebSocket handshake: %s; answered %d", problem[1], problem[0])
+                await self._deny(problem[0], problem[2])
+                return
+            sessions.add(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._run_app(scope)

@@ -778,9 +778,14 @@ async def test_write_timeout_bounds_each_wait_not_the_whole_write(
     assert received > BIG  # ...and nothing was cut (head + body)
 
 
-async def test_websocket_upgrade_is_served_as_http_and_logged_once(
-    bind: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+async def test_websocket_upgrade_without_wsproto_is_served_as_http_and_logged_once(
+    bind: str,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # trioscgi installed without the [websocket] extra: the handshake is a plain GET.
+    monkeypatch.setattr("trioscgi._scgi._WEBSOCKET", False)
     pairs = environ(
         "GET",
         "/ws",
@@ -797,3 +802,4 @@ async def test_websocket_upgrade_is_served_as_http_and_logged_once(
         assert (await request(srv.address, plain)).status == 200
     [line] = warnings()  # once, not per request (and not for other upgrades)
     assert line.startswith("GET /ws: a WebSocket upgrade request, served as plain HTTP")
+    assert "pip install 'trioscgi[websocket]'" in line

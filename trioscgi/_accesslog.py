@@ -94,6 +94,8 @@ _SIMPLE: dict[str, Getter] = {
     "D": lambda scope, status, size, duration: int(duration * 1_000_000),
     "L": lambda scope, status, size, duration: f"{duration:.6f}",
     "p": lambda scope, status, size, duration: os.getpid(),
+    # A WebSocket session's close code ("-" for HTTP; 1006 when the peer vanished).
+    "c": lambda scope, status, size, duration: scope.get("websocket_close") or "-",
 }
 
 #: Every atom a format may use, for the documentation and error messages.

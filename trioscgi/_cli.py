@@ -83,6 +83,14 @@ _HELP = {
     "response, so that nginx doesn't answer 502",
     "max_connections": "connections served at once by each worker process; at the limit "
     "trioscgi stops accepting",
+    "websocket_max_message_size": "largest WebSocket message in bytes (characters for "
+    "text); a larger one closes the connection with 1009",
+    "websocket_ping_interval": "seconds between the pings that keep an idle WebSocket "
+    "alive through the front-end's read timeout; 0 = no pings",
+    "websocket_ping_timeout": "seconds a WebSocket peer gets to answer a ping or a close "
+    "before the connection is cut",
+    "websocket_per_message_deflate": "offer permessage-deflate compression to WebSocket "
+    "clients that ask for it",
     "workers": "worker processes: 1 serves in this process; more run under a supervisor "
     "that restarts them and reloads them on SIGHUP",
     "max_requests": "replace a worker after this many requests; 0 = never",

@@ -252,6 +252,12 @@ class Config:
     drain_timeout: Seconds = 5.0
     max_connections: AtLeastOne = 1024
 
+    # --- WebSocket (over SCGI, docs/websocket.md) --------------------------------
+    websocket_max_message_size: AtLeastOne = 16777216
+    websocket_ping_interval: Seconds = 20.0
+    websocket_ping_timeout: Seconds = 20.0
+    websocket_per_message_deflate: bool = True
+
     # --- processes -----------------------------------------------------------
     workers: AtLeastOne = 1
     max_requests: NonNegative = 0

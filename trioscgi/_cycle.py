@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._accesslog import AccessLogger
     from ._config import Config
     from ._metrics import WorkerMetrics
+    from ._websocket import Tunnel, WebSocketCycle
 
 __all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]
 
@@ -96,6 +97,10 @@ class CycleHost(Protocol):
     def warn_request(self) -> Callable[..., None]:
         """A rate-limited warning about a request (peers choose how often it fires)."""
 
+    @property
+    def websocket_sessions(self) -> set[WebSocketCycle]:
+        """The open WebSocket sessions (graceful shutdown closes them with 1001)."""
+
 
 def error_response(status: int) -> tuple[p.Response, bytes]:
     """The head and body of an error trioscgi answers itself (plain text)."""
@@ -158,6 +163,7 @@ class HTTPCycle:
         *,
         body_done: bool,
         fastcgi: bool = False,
+        tunnel: Tunnel | None = None,
     ) -> None:
         """Serve one request whose head the wire layer has parsed.
 
@@ -166,6 +172,8 @@ class HTTPCycle:
             body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
             fastcgi: the variables are FastCGI PARAMS, not an SCGI header block (where the
                 scope keeps them raw, and what a 400 for a missing REQUEST_METHOD advises).
+            tunnel: the raw stream the front-end opens after a 101, when the wire has one
+                (SCGI): a WebSocket handshake then runs as a WebSocket session.
         """
         host = self._host
         notes: list[str] = []
@@ -176,6 +184,7 @@ class HTTPCycle:
                 state=host.state,
                 notes=notes,
                 fastcgi=fastcgi,
+                websocket=tunnel is not None,
             )
         except ScopeError as exc:
             log.info("bad request: %s; answered 400", exc)
@@ -185,7 +194,13 @@ class HTTPCycle:
             await self._send_error(400)
             return
         for note in notes:
-            host.warn_request("%s %s: %s", scope["method"], scope["path"], note)
+            host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
+        if scope["type"] != "http":
+            from ._websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
+
+            assert tunnel is not None
+            await WebSocketCycle(self._wire, tunnel, host).run(scope)
+            return
         scope["extensions"].update(FILE_EXTENSIONS)
         self._request_done = body_done
         access_logger = host.access_logger

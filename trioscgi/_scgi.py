@@ -9,6 +9,7 @@ connection closes: cleanly when it is complete, with a reset when it was cut sho
 from __future__ import annotations
 
 import errno
+import importlib.util
 import logging
 import socket
 
@@ -28,6 +29,9 @@ log = logging.getLogger("trioscgi")
 _COALESCE_LIMIT = 16384
 # Reading what is left after an early answer (_reject): at most this much.
 _REJECT_READ_LIMIT = 1 << 20
+# WebSocket needs the extra trioscgi[websocket] (wsproto); without it a handshake is
+# served as plain HTTP, with a warning that says so (docs/websocket.md).
+_WEBSOCKET = importlib.util.find_spec("wsproto") is not None
 
 
 def _error_bytes(status: int) -> bytes:
@@ -92,7 +96,13 @@ class SCGIConnection(SocketIO):
             body_done = conn.body_remaining == 0
             if body_done:
                 conn.next_event()  # EndOfMessage, already known
-            await HTTPCycle(self, self._host).run(event.environ, body_done=body_done)
+            # After a 101 the socket is the WebSocket's tunnel (nginx's SCGI module
+            # copies bytes both ways): a handshake has no body.
+            await HTTPCycle(self, self._host).run(
+                event.environ,
+                body_done=body_done,
+                tunnel=self if body_done and _WEBSOCKET else None,
+            )
         finally:
             self.close(reset=self._aborted)
 

@@ -190,8 +190,12 @@ def http_scope(
     state: dict[str, Any] | None,
     notes: list[str] | None = None,
     fastcgi: bool = False,
+    websocket: bool = False,
 ) -> dict[str, Any]:
     """Build the ASGI HTTP connection scope for one SCGI or FastCGI request.
+
+    With ``websocket``, a WebSocket handshake (a GET with ``Upgrade: websocket``) gets the
+    ASGI ``websocket`` scope instead (``scope["type"]`` tells which).
 
     Args:
         environ: the request's ``(name, value)`` pairs in wire order, duplicates kept: the
@@ -204,6 +208,8 @@ def http_scope(
             all the same); ``None`` to skip those checks.
         fastcgi: the pairs are FastCGI PARAMS (only the ``extensions`` key and the advice in
             errors differ).
+        websocket: the wire can carry a WebSocket after a 101 (SCGI with wsproto
+            installed). Without it a handshake is an HTTP request and a note says why.
 
     Returns:
         The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``, or
@@ -280,13 +286,15 @@ def http_scope(
                     " short this way with `scgi_request_buffering off`; leave it on)"
                 )
 
-    if upgrade is not None and notes is not None and b"websocket" in upgrade.lower():
-        # nginx tunnels a 101 over SCGI, but trioscgi does not speak WebSocket yet: the
-        # app gets the handshake as a plain HTTP request and can only refuse it.
-        notes.append(
-            "a WebSocket upgrade request, served as plain HTTP: trioscgi has no WebSocket"
-            " support yet (docs/protocol.md)"
-        )
+    is_websocket = False
+    if upgrade is not None and b"websocket" in upgrade.lower():
+        why = _no_tunnel(env, method, websocket, fastcgi)
+        if why is None:
+            is_websocket = True
+        elif notes is not None:
+            # The app gets the handshake as a plain HTTP request (a server may ignore
+            # Upgrade, RFC 9110 7.8) and answers it as it would any GET: never a 101.
+            notes.append(f"a WebSocket upgrade request, served as plain HTTP: {why}")
 
     scheme_value = env.get(b"REQUEST_SCHEME")
     scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None
@@ -335,9 +343,55 @@ def http_scope(
             {"fastcgi": {"params": environ}} if fastcgi else {"scgi": {"environ": environ}}
         ),
     }
+    if is_websocket:
+        # ASGI WebSocket scope: the HTTP one without method, with a ws scheme and the
+        # client's subprotocols (Sec-WebSocket-Protocol, possibly repeated), in order.
+        scope["type"] = "websocket"
+        del scope["method"]
+        scope["scheme"] = "wss" if scheme == "https" else "ws"
+        scope["subprotocols"] = [
+            token.strip()
+            for name, value in headers
+            if name == b"sec-websocket-protocol"
+            for token in value.decode("latin-1").split(",")
+            if token.strip()
+        ]
+        scope["extensions"]["websocket.http.response"] = {}
     if state is not None:
         scope["state"] = state.copy()
     return scope
+
+
+# lighttpd tunnels a 101 from mod_scgi with `"upgrade" => "enable"` since 1.4.74.
+_LIGHTTPD_UPGRADE = (1, 4, 74)
+
+
+def _no_tunnel(env: Mapping[bytes, bytes], method: str, wire: bool, fastcgi: bool) -> str | None:
+    """Why a WebSocket handshake can't be served as one here (``None``: it can).
+
+    Only a front-end that turns a ``101`` into a two-way tunnel may get one; any other
+    passes the 101 to its client and then hangs. nginx's SCGI module tunnels (since
+    1.3.14) and its stock ``scgi_params`` sends no SERVER_SOFTWARE; Apache's
+    mod_proxy_scgi (SERVER_SOFTWARE ``Apache/...``) does not tunnel; lighttpd's mod_scgi
+    does from 1.4.74 (SERVER_SOFTWARE ``lighttpd/1.4.74``). No FastCGI front-end tunnels.
+    """
+    if fastcgi:
+        return "FastCGI front-ends can't tunnel a WebSocket; use SCGI behind nginx"
+    if method != "GET":
+        return f"a {method} can't open a WebSocket"
+    if not wire:
+        return "the wsproto package is missing (pip install 'trioscgi[websocket]')"
+    software = env.get(b"SERVER_SOFTWARE")
+    if software:
+        if software.startswith(b"Apache"):
+            return "Apache's mod_proxy_scgi can't tunnel a WebSocket"
+        if software.startswith(b"lighttpd/"):
+            version = tuple(
+                int(x) if x.isdigit() else 0 for x in software[9:].split(b" ")[0].split(b".")
+            )
+            if version < _LIGHTTPD_UPGRADE:
+                return "lighttpd tunnels a WebSocket over SCGI only from 1.4.74"
+    return None
 
 
 def _strip_port(host: bytes) -> bytes:

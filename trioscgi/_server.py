@@ -24,6 +24,7 @@ from ._types import ASGIApp
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
     from ._metrics import WorkerMetrics
+    from ._websocket import WebSocketCycle
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -109,6 +110,7 @@ class Server:
             )
         self.shutting_down = False
         self.fastcgi_connections: set[FastCGIConnection] = set()
+        self.websocket_sessions: set[WebSocketCycle] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
 
@@ -194,6 +196,9 @@ class Server:
         # their requests are done.
         for connection in list(self.fastcgi_connections):
             connection.stop_when_idle()
+        # Open WebSockets get close 1001 (going away), then graceful_timeout as any request.
+        for session in list(self.websocket_sessions):
+            session.going_away()
 
     def force_shutdown(self) -> None:
         """Cancel everything now (a second signal); lifespan shutdown is skipped."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 
@@ -29,3 +29,15 @@ async def create_item(item: Item, quantity: int = 1) -> dict[str, object]:
 def greet(name: str, excited: bool = False) -> dict[str, str]:
     # A sync endpoint: FastAPI runs it in a worker thread (anyio on trio).
     return {"message": f"hello {name}" + ("!" if excited else ".")}
+
+
+@app.websocket("/ws/items/{item_id}")
+async def item_feed(websocket: WebSocket, item_id: int) -> None:
+    # A typed path parameter on a WebSocket route; each text message gets a JSON answer.
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_json({"item_id": item_id, "got": text})
+    except WebSocketDisconnect:
+        pass

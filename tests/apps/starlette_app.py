@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 # Bounds for the waits below, so a broken test cannot hang the server forever.
 WAIT_LIMIT = 30.0
@@ -151,8 +152,59 @@ async def fail(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom (on purpose)")
 
 
+# The disconnect code each WebSocket echo session ended with, by its ?id= (GET /ws/ended).
+ws_ended: dict[str, int] = {}
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echo text and bytes; "close CODE" closes with CODE; "boom" raises after accept."""
+    offered = websocket.scope["subprotocols"]
+    await websocket.accept(subprotocol="chat" if "chat" in offered else None)
+    session = websocket.query_params.get("id", "")
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                ws_ended[session] = message["code"]
+                return
+            if message.get("text") is not None:
+                text = message["text"]
+                if text.startswith("close "):
+                    await websocket.close(int(text[6:]), reason="asked to")
+                    continue
+                if text == "boom":
+                    raise RuntimeError("boom (the test asked for it)")
+                if text == "scope":
+                    scope = websocket.scope
+                    await websocket.send_json(
+                        {k: scope[k] for k in ("path", "root_path", "scheme", "subprotocols")}
+                    )
+                    continue
+                await websocket.send_text(text)
+            else:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect as exc:
+        ws_ended[session] = exc.code
+
+
+async def ws_deny(websocket: WebSocket) -> None:
+    await websocket.close()
+
+
+async def ws_teapot(websocket: WebSocket) -> None:
+    await websocket.send_denial_response(PlainTextResponse("no socket for you\n", status_code=418))
+
+
+async def ws_ended_code(request: Request) -> JSONResponse:
+    return JSONResponse(ws_ended.get(request.query_params["id"]))
+
+
 app = Starlette(
     routes=[
+        WebSocketRoute("/ws/echo", ws_echo),
+        WebSocketRoute("/ws/deny", ws_deny),
+        WebSocketRoute("/ws/teapot", ws_teapot),
+        Route("/ws/ended", ws_ended_code),
         Route("/", hello, name="hello"),
         Route("/items/{item_id:int}", item),
         Route("/echo", echo, methods=["GET", "POST"]),

@@ -1,0 +1,553 @@
+"""One WebSocket session's ASGI cycle: handshake answer, frames via wsproto, close codes.
+
+The wire layer that parsed the request (SCGI) hands over two things: its :class:`Wire`,
+through which the HTTP answer to the handshake goes (the ``101``, or a denial: ``403`` or
+the app's own ``websocket.http.response``), and a :class:`Tunnel`, the raw byte stream
+the front-end opens after a ``101`` (nginx's SCGI module does, docs/websocket.md). Frames
+are wsproto's; this module only moves its bytes and maps its events to ASGI messages.
+
+One reader task feeds wsproto and answers pings and closes even while the application is
+busy; a pinger task keeps the tunnel alive through the front-end's read timeout. Writes
+from the app, the reader and the pinger go through one lock, in wsproto's order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+from trio.lowlevel import checkpoint_if_cancelled
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.handshake import server_extensions_handshake
+from wsproto.utilities import LocalProtocolError
+
+from . import protocol as p
+from ._sockio import RECV_SIZE, Bytes, ClientDisconnected
+from ._types import Message as ASGIMessage
+
+if TYPE_CHECKING:
+    from ._cycle import CycleHost, Wire
+
+__all__ = ["Tunnel", "WebSocketCycle"]
+
+log = logging.getLogger("trioscgi")
+
+# RFC 6455 4.2.2: the GUID appended to the client's key for Sec-WebSocket-Accept.
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Messages read ahead of the application: the reader stops reading the socket beyond
+# these (TCP then pushes back on the client), so memory stays bounded by this many
+# times websocket_max_message_size.
+_INBOX = 8
+
+# Close codes (RFC 6455 7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+ABNORMAL = 1006
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+
+
+class Tunnel(Protocol):
+    """The raw byte stream after a ``101`` (an SCGI connection's socket)."""
+
+    async def recv_unbounded(self) -> bytes:
+        """What the peer sent next; ``b""`` at EOF. Raises ``OSError`` on a reset."""
+
+    async def wait_readable(self) -> None:
+        """Wait until a read would not block (data, EOF or an error)."""
+
+    async def sendall(self, data: Bytes) -> None:
+        """Write all of ``data``. Raises :class:`ClientDisconnected` when the peer is gone."""
+
+    def abort(self) -> None:
+        """Close with a reset rather than a clean EOF (the session was cut, not closed)."""
+
+
+def accept_token(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for the client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.strip() + _GUID, usedforsecurity=False).digest())
+
+
+def _bad_handshake(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """What is wrong with a handshake's headers: ``(status, why, extra headers)``, or None."""
+    key = version = None
+    for name, value in headers:
+        if name == b"sec-websocket-key":
+            key = value
+        elif name == b"sec-websocket-version":
+            version = value
+    if version is None or version.strip() != b"13":
+        # RFC 6455 4.4: 426 with the version we speak.
+        return 426, f"Sec-WebSocket-Version {version!r}", [(b"sec-websocket-version", b"13")]
+    try:
+        valid = key is not None and len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        return 400, f"Sec-WebSocket-Key {key!r} is not 16 bytes in base64", []
+    return None
+
+
+class WebSocketCycle:
+    """Run the application for one WebSocket session.
+
+    Attributes:
+        close_code: the code the session ended with (``None`` before it ends).
+        status: the HTTP status the handshake got (101, 403, 500, or the app's own).
+    """
+
+    def __init__(self, wire: Wire, tunnel: Tunnel, host: CycleHost) -> None:
+        self._wire = wire
+        self._tunnel = tunnel
+        self._host = host
+        config = host.config
+        self._max_size = config.websocket_max_message_size
+        self._ping_interval = config.websocket_ping_interval
+        self._ping_timeout = config.websocket_ping_timeout
+        self._ws: Connection | None = None
+        self._nursery: trio.Nursery | None = None
+        self._lock = trio.Lock()
+        self._inbox_send, self._inbox = trio.open_memory_channel[dict[str, Any]](_INBOX)
+        self._connect_delivered = False
+        self._response_started = False  # websocket.http.response.start seen
+        self._handshake_done = False  # 101 sent, or the denial complete
+        self._gone = False  # the tunnel can carry nothing more
+        self._end_delivered = False
+        self._pong = trio.Event()
+        self._reader_done = trio.Event()
+        self._disconnect: dict[str, Any] = {"type": "websocket.disconnect", "code": ABNORMAL}
+        self.status = 0
+        self.close_code: int | None = None
+        self.sent_bytes = 0
+
+    # --- the session ---------------------------------------------------------
+
+    async def run(self, scope: dict[str, Any]) -> None:
+        """Serve the session whose handshake request ``scope`` describes."""
+        host = self._host
+        self._scope_headers = headers = scope["headers"]
+        sessions = host.websocket_sessions
+        start = trio.current_time()
+        try:
+            problem = _bad_handshake(headers)
+            if problem is not None:
+                # RFC 6455 4.2.1-4.2.2: not a handshake we can complete; the app never
+                # sees it.
+                log.info("bad WebSocket handshake: %s; answered %d", problem[1], problem[0])
+                await self._deny(problem[0], problem[2])
+                return
+            sessions.add(self)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._run_app(scope)
+                await self._finish()
+                nursery.cancel_scope.cancel()
+        finally:
+            sessions.discard(self)
+            if self.status == 101 and (self.close_code is None or not self._reader_done.is_set()):
+                # Cut rather than closed (a deadline, a lost peer): a reset, not an EOF.
+                self._tunnel.abort()
+            access_logger = host.access_logger
+            if access_logger is not None:
+                logged = dict(scope, method="GET", websocket_close=self.close_code)
+                access_logger.log(logged, self.status, self.sent_bytes, trio.current_time() - start)
+
+    async def _run_app(self, scope: dict[str, Any]) -> None:
+        try:
+            await self._host.app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self.status == 0:
+                log.error(
+                    "exception in ASGI application before the WebSocket handshake", exc_info=exc
+                )
+                await self._deny(500)
+            elif self.status == 101 and not self._gone:
+                log.error("exception in ASGI application on an open WebSocket", exc_info=exc)
+                await self._close(INTERNAL_ERROR, "")
+            elif self.status == 101:
+                log.info("WebSocket client went away: %s (%s)", scope["path"], type(exc).__name__)
+            else:
+                log.error("exception in ASGI application during its handshake answer", exc_info=exc)
+                self._wire.abort()
+            return
+        if self.status == 0:
+            # ASGI: closing (or returning) before accept denies the handshake with 403.
+            await self._deny(403)
+        elif self.status != 101 and not self._handshake_done:
+            log.error("ASGI application returned before its handshake answer was complete")
+            self._wire.abort()
+
+    async def _finish(self) -> None:
+        """The app is done: close the WebSocket if it is open, wait for the peer's close."""
+        if self.status != 101:
+            return
+        ws = self._ws
+        assert ws is not None
+        if ws.state is ConnectionState.OPEN and not self._gone:
+            await self._close(NORMAL, "")
+        # RFC 6455 7.1.1: the server closes the TCP connection once the close
+        # handshake is done; a peer that never answers gets websocket_ping_timeout.
+        with trio.move_on_after(self._ping_timeout):
+            await self._reader_done.wait()
+
+    def going_away(self) -> None:
+        """Graceful shutdown: close an open session with 1001; the peer's answer tells the app."""
+        if self.status == 101 and self._nursery is not None and not self._gone:
+            self._nursery.start_soon(self._close, GOING_AWAY, "server shutting down")
+
+    # --- the wire side ---------------------------------------------------------
+
+    async def _write(self, event: Event) -> bool:
+        """Send ``event`` in wsproto's order; ``False`` when it can't go (closed, or peer gone)."""
+        ws = self._ws
+        assert ws is not None
+        lock = self._lock
+        # Uncontended (the usual case), take the lock without a schedule point: sendall
+        # checks for cancellation and yields fairly itself, and one yield less per
+        # message is measurable (bench/ws.py).
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self._gone:
+                return False
+            try:
+                data = ws.send(event)
+            except LocalProtocolError:  # the state forbids it: closing or closed
+                return False
+            try:
+                await self._tunnel.sendall(data)
+            except ClientDisconnected as exc:
+                self._lost(f"{exc}")
+                return False
+        finally:
+            lock.release()
+        return True
+
+    async def _close(self, code: int, reason: str) -> None:
+        ws = self._ws
+        assert ws is not None
+        if ws.state is ConnectionState.OPEN or ws.state is ConnectionState.REMOTE_CLOSING:
+            if self.close_code is None:
+                self.close_code = int(code)
+            await self._write(CloseConnection(code=code, reason=reason))
+
+    def _lost(self, why: str) -> None:
+        """The peer is gone (EOF, reset, no pong): the app gets disconnect 1006."""
+        if not self._gone:
+            log.info("WebSocket connection lost: %s", why)
+            self._gone = True
+            if self.close_code is None:
+                self.close_code = ABNORMAL
+            self._end(ABNORMAL, "")
+
+    def _end(self, code: int, reason: str) -> None:
+        self._deliver_end(code, reason)
+        self._reader_done.set()
+        self._pong.set()
+
+    async def _reader(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        tunnel = self._tunnel
+        max_size = self._max_size
+        parts: list[Any] = []
+        size = 0
+        inbox = self._inbox_send
+        drained = True
+        while True:
+            try:
+                if drained:
+                    # The last read took all there was (less than a full buffer): wait
+                    # before reading rather than try a recv that would fail (an echo-like
+                    # session saves a syscall per message).
+                    await tunnel.wait_readable()
+                data = await tunnel.recv_unbounded()
+            except OSError as exc:
+                self._lost(f"{exc}")
+                return
+            if self._gone:
+                return
+            drained = len(data) < RECV_SIZE
+            ws.receive_data(data or None)
+            for event in ws.events():
+                kind = type(event)
+                if kind is TextMessage or kind is BytesMessage:
+                    assert isinstance(event, Message)
+                    if ws.state is not ConnectionState.OPEN:
+                        continue  # we are closing: what still arrives is dropped
+                    size += len(event.data)
+                    if size > max_size:
+                        log.info(
+                            "WebSocket message over %d bytes (websocket_max_message_size);"
+                            " closing with 1009",
+                            max_size,
+                        )
+                        parts.clear()
+                        await self._close(TOO_BIG, "message too big")
+                        self._deliver_end(TOO_BIG, "")
+                        continue
+                    parts.append(event.data)
+                    if not event.message_finished:
+                        continue
+                    payload = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)
+                    parts.clear()
+                    size = 0
+                    message: dict[str, Any] = (
+                        {"type": "websocket.receive", "text": payload}
+                        if kind is TextMessage
+                        else {"type": "websocket.receive", "bytes": bytes(payload)}
+                    )
+                    try:
+                        # Without a schedule point when there is room: the reader yields
+                        # at its next read anyway.
+                        inbox.send_nowait(message)
+                    except trio.WouldBlock:
+                        try:
+                            await inbox.send(message)
+                        except trio.ClosedResourceError:
+                            return
+                    except trio.ClosedResourceError:
+                        return
+                elif kind is Ping:
+                    assert isinstance(event, Ping)
+                    await self._write(event.response())
+                elif kind is Pong:
+                    self._pong.set()
+                elif kind is CloseConnection:
+                    assert isinstance(event, CloseConnection)
+                    if not data:
+                        self._lost("the client closed the connection without a close frame")
+                        return
+                    if ws.state is ConnectionState.OPEN:
+                        # A frame wsproto could not parse (unmasked, bad UTF-8, a
+                        # control frame over 125 bytes...): it reports the close code
+                        # to answer with; nothing after it can be trusted.
+                        log.info(
+                            "WebSocket protocol error: %s; closing with %d",
+                            event.reason,
+                            event.code,
+                        )
+                        await self._close(event.code, "")
+                        self._gone = True
+                        self._end(event.code, "")
+                        return
+                    if ws.state is ConnectionState.REMOTE_CLOSING:
+                        # The client closes: answer with its code (RFC 6455 5.5.1).
+                        if self.close_code is None:
+                            self.close_code = int(event.code)
+                        await self._write(event.response())
+                    self._end(event.code, event.reason or "")
+                    return
+            if not data:  # EOF, already reported as a CloseConnection
+                return
+
+    def _deliver_end(self, code: int, reason: str) -> None:
+        # The app hears of the end once, with the first code: ours when we closed for a
+        # reason of ours (1009), the peer's otherwise.
+        if not self._end_delivered:
+            self._end_delivered = True
+            # int(): wsproto reports some codes as its CloseReason enum.
+            self._disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
+            self._inbox_send.close()
+
+    async def _pinger(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        count = 0
+        while True:
+            await trio.sleep(self._ping_interval)
+            if ws.state is not ConnectionState.OPEN or self._gone:
+                return
+            count += 1
+            self._pong = trio.Event()
+            if not await self._write(Ping(payload=count.to_bytes(4, "big"))):
+                return
+            with trio.move_on_after(self._ping_timeout):
+                await self._pong.wait()
+                continue
+            self._lost(f"no pong within {self._ping_timeout:g} s (websocket_ping_timeout)")
+            return
+
+    # --- the handshake answer ---------------------------------------------------
+
+    async def _deny(self, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        from ._cycle import error_response  # noqa: PLC0415 - _cycle imports this module
+
+        if self._handshake_done:
+            return
+        head, body = error_response(status)
+        if extra:
+            head = p.Response(status=status, headers=[*head.headers, *extra])
+        self.status = status
+        self._handshake_done = True
+        try:
+            await self._wire.write(head, body, False)
+        except ClientDisconnected:
+            self._gone = True
+
+    async def _accept(self, message: ASGIMessage, scope_headers: Any) -> None:
+        subprotocol = message.get("subprotocol")
+        headers: list[tuple[bytes, bytes]] = [
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+        ]
+        key = b""
+        offers: list[str] = []
+        for name, value in scope_headers:
+            if name == b"sec-websocket-key":
+                key = value
+            elif name == b"sec-websocket-extensions":
+                offers.extend(x.strip() for x in value.decode("latin-1").split(","))
+        headers.append((b"sec-websocket-accept", accept_token(key)))
+        if subprotocol is not None:
+            headers.append((b"sec-websocket-protocol", str(subprotocol).encode("latin-1")))
+        extensions: list[Extension] = []
+        if offers and self._host.config.websocket_per_message_deflate:
+            deflate = PerMessageDeflate()
+            agreed = server_extensions_handshake(offers, [deflate])
+            if agreed is not None:
+                headers.append((b"sec-websocket-extensions", agreed))
+                extensions.append(deflate)
+        for name, value in message.get("headers", ()):
+            headers.append((bytes(name).lower(), bytes(value)))
+        try:
+            head = p.Response(status=101, headers=headers)
+        except p.LocalProtocolError as exc:
+            raise RuntimeError(f"invalid 'websocket.accept': {exc}") from None
+        self._ws = Connection(ConnectionType.SERVER, extensions=extensions)
+        self.status = 101
+        self._handshake_done = True
+        try:
+            await self._wire.write(head, b"", True)
+        except ClientDisconnected as exc:
+            self._lost(f"{exc}")
+            return
+        nursery = self._nursery
+        assert nursery is not None
+        nursery.start_soon(self._read_then_done)
+        if self._ping_interval > 0:
+            nursery.start_soon(self._pinger)
+
+    async def _read_then_done(self) -> None:
+        try:
+            await self._reader()
+        finally:
+            self._reader_done.set()
+
+    # --- the ASGI callables ---------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: ``websocket.connect``, then messages, then ``websocket.disconnect``."""
+        if not self._connect_delivered:
+            await checkpoint_if_cancelled()
+            self._connect_delivered = True
+            return {"type": "websocket.connect"}
+        if self.status != 101:
+            # Not accepted (yet): nothing arrives before our answer; wait for the client
+            # to give up, or for a denial to be complete.
+            if not self._handshake_done and not self._gone:
+                await self._wire.wait_disconnect()
+                self._gone = True
+            return self._disconnect
+        await checkpoint_if_cancelled()
+        try:
+            try:
+                # A message already read comes without a schedule point; the app yields
+                # when it sends, or here once the read-ahead is empty.
+                return self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                return await self._inbox.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return self._disconnect
+
+    async def send(self, message: ASGIMessage) -> None:
+        """ASGI ``send``: accept, deny (close before accept, or ``websocket.http.response``),
+        text and bytes, close."""
+        await checkpoint_if_cancelled()
+        kind = message["type"]
+        if kind == "websocket.send":
+            if self.status != 101:
+                raise RuntimeError("'websocket.send' before 'websocket.accept'")
+            ws = self._ws
+            assert ws is not None
+            if self._gone or ws.state is not ConnectionState.OPEN:
+                raise ClientDisconnected("the WebSocket is closed")
+            text = message.get("text")
+            if text is not None:
+                event: Event = TextMessage(data=text)
+                length = len(text)
+            else:
+                data = message.get("bytes")
+                if data is None:
+                    raise RuntimeError("'websocket.send' with neither 'bytes' nor 'text'")
+                event = BytesMessage(data=data)
+                length = len(data)
+            if not await self._write(event):
+                raise ClientDisconnected("the WebSocket is closed")
+            self.sent_bytes += length
+            return
+        if kind == "websocket.accept":
+            if self.status != 0 or self._response_started:
+                raise RuntimeError("'websocket.accept' after the handshake was answered")
+            if self._gone:
+                raise ClientDisconnected("the client went away")
+            await self._accept(message, self._scope_headers)
+            return
+        if kind == "websocket.close":
+            if self.status == 101:
+                ws = self._ws
+                assert ws is not None
+                if self._gone or ws.state is not ConnectionState.OPEN:
+                    return  # closing twice, or after the peer: nothing to do
+                await self._close(int(message.get("code") or NORMAL), message.get("reason") or "")
+                return
+            if self._response_started:
+                raise RuntimeError("'websocket.close' during 'websocket.http.response'")
+            await self._deny(403)
+            return
+        if kind == "websocket.http.response.start":
+            if self.status != 0 or self._response_started:
+                raise RuntimeError(f"{kind!r} after the handshake was answered")
+            try:
+                self._response_head = p.Response(
+                    status=message["status"], headers=message.get("headers", ())
+                )
+            except (KeyError, p.LocalProtocolError) as exc:
+                raise RuntimeError(f"invalid {kind!r}: {exc}") from None
+            self._response_started = True
+            return
+        if kind == "websocket.http.response.body":
+            if not self._response_started or self._handshake_done:
+                raise RuntimeError(f"{kind!r} outside a 'websocket.http.response'")
+            head = self._response_head if self.status == 0 else None
+            more = bool(message.get("more_body", False))
+            if head is not None:
+                self.status = head.status
+            self._handshake_done = not more
+            try:
+                await self._wire.write(head, message.get("body", b""), more)
+            except ClientDisconnected:
+                self._gone = True
+                raise
+            return
+        raise RuntimeError(f"unexpected ASGI message type {kind!r}")
+
+    _scope_headers: Any = ()
+    _response_head: p.Response

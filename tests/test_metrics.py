@@ -30,6 +30,12 @@ APP = textwrap.dedent(
     import os
 
     async def app(scope, receive, send):
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            return
         if scope["type"] != "http":
             return
         if scope["path"] == "/boom":
@@ -124,7 +130,8 @@ class Service:
         while True:
             status, text = scrape(self.address)
             assert status == 200, text
-            got = value(text, name, **labels)
+            # A labelled sample appears with its first count (close codes).
+            got = samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
             if got == want:
                 return text
             assert got < want, f"{name}{labels} = {got}, more than the {want} expected"
@@ -448,3 +455,38 @@ def test_the_endpoint_answers_get_and_head_on_metrics_only() -> None:
     assert http.respond(b"GET / HTTP/1.1").startswith(b"HTTP/1.1 404 ")
     assert http.respond(b"POST /metrics HTTP/1.1").startswith(b"HTTP/1.1 405 ")
     assert http.respond(b"garbage").startswith(b"HTTP/1.1 400 ")
+
+
+def test_websocket_sessions_and_close_codes(service: object) -> None:
+    from scgi_client import encode_request, environ
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import CloseConnection
+
+    assert callable(service)
+    s = service(workers=2)
+    headers = {
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(30)
+        c.connect(s.sock)
+        c.sendall(encode_request(environ("GET", "/ws", extra=headers)))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            assert chunk, data
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"Status: 101"), head
+        text = s.wait_for("trioscgi_websocket_sessions_open", 1)
+        ws = Connection(ConnectionType.CLIENT, trailing_data=rest)
+        c.sendall(ws.send(CloseConnection(code=1000)))
+        while chunk := c.recv(4096):
+            ws.receive_data(chunk)
+    text = s.wait_for("trioscgi_websocket_closes_total", 1, code="1000")
+    assert value(text, "trioscgi_requests_total", protocol="websocket", status_class="1xx") == 1
+    assert value(text, "trioscgi_websocket_sessions_open") == 0
+    assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0

@@ -199,7 +199,15 @@ class HTTPCycle:
             from ._websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
 
             assert tunnel is not None
-            await WebSocketCycle(self._wire, tunnel, host).run(scope)
+            session = WebSocketCycle(self._wire, tunnel, host)
+            if host.metrics is None:
+                await session.run(scope)
+                return
+            host.metrics.websocket_open += 1
+            try:
+                await session.run(scope)
+            finally:
+                host.metrics.websocket_done(session.status, session.close_code)
             return
         scope["extensions"].update(FILE_EXTENSIONS)
         self._request_done = body_done

@@ -43,7 +43,7 @@ log = logging.getLogger("trioscgi")
 
 # prometheus_client's default buckets (seconds): what dashboards expect.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-PROTOCOLS = ("scgi", "fastcgi")
+PROTOCOLS = ("scgi", "fastcgi", "websocket")
 # Status classes; "none": no response went out (the front-end went away first).
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Refusals by kind: the wire layers' rejections by status, and the accept loop's.
@@ -85,6 +85,8 @@ class WorkerMetrics:
         "refused",
         "requests",
         "timeouts",
+        "websocket_closes",
+        "websocket_open",
     )
 
     def __init__(self) -> None:
@@ -97,6 +99,8 @@ class WorkerMetrics:
         self.refused = dict.fromkeys(REFUSAL_KINDS, 0)
         self.timeouts = dict.fromkeys(TIMEOUT_KINDS, 0)
         self.app_exceptions = 0
+        self.websocket_open = 0
+        self.websocket_closes: dict[str, int] = {}  # close code (as text) -> sessions
 
     def request_done(
         self, fastcgi: bool, status: int, scope: dict[str, Any], sent: int, elapsed: float
@@ -116,6 +120,15 @@ class WorkerMetrics:
                     self.bytes_in += int(value)
                 break
 
+    def websocket_done(self, status: int, close_code: int | None) -> None:
+        """Count one WebSocket session: its handshake's status and its close code."""
+        self.websocket_open -= 1
+        cls = status // 100 if 100 <= status < 600 else 0
+        self.requests[2 * len(CLASSES) + cls] += 1
+        if close_code is not None:
+            code = str(close_code)
+            self.websocket_closes[code] = self.websocket_closes.get(code, 0) + 1
+
     def rejected(self, status: int) -> None:
         """A request the wire layer answered itself (400, 408, 413, 431)."""
         if status == 408:
@@ -134,6 +147,8 @@ class WorkerMetrics:
             "bytes_out": self.bytes_out,
             "refused": self.refused,
             "timeouts": self.timeouts,
+            "websocket_open": self.websocket_open,
+            "websocket_closes": self.websocket_closes,
             "app_exceptions": self.app_exceptions,
             "connections_open": connections_open,
             "kept_alive": kept_alive,
@@ -145,7 +160,7 @@ def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
 
 
 # Snapshot keys that are gauges: a dead worker's stop counting.
-_GAUGES = ("in_flight", "connections_open", "kept_alive")
+_GAUGES = ("in_flight", "connections_open", "kept_alive", "websocket_open")
 
 
 def _add(total: dict[str, Any], snap: dict[str, Any]) -> None:
@@ -267,6 +282,19 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
     for kind in TIMEOUT_KINDS:
         timeouts.add_metric([kind], total["timeouts"].get(kind, 0))
     yield timeouts
+    yield GaugeMetricFamily(
+        "trioscgi_websocket_sessions_open",
+        "WebSocket sessions open now (handshakes included)",
+        value=total["websocket_open"],
+    )
+    closes = CounterMetricFamily(
+        "trioscgi_websocket_closes",
+        "WebSocket sessions ended, by close code (1006: cut without a close frame)",
+        labels=["code"],
+    )
+    for code, count in sorted(total["websocket_closes"].items()):
+        closes.add_metric([code], count)
+    yield closes
     yield CounterMetricFamily(
         "trioscgi_app_exceptions",
         "Exceptions raised by the application",

@@ -48,6 +48,8 @@ _HELP = {
     "error_log": "error log file, '-' = stderr",
     "lifespan": "run the ASGI lifespan protocol",
     "interface": "application interface (auto detects; ambiguous apps need the flag)",
+    "app_loop": "event loop the application runs on (auto: asyncio for Django and Quart, "
+    "else trio; docs/asyncio.md)",
     "cpu_affinity": "pin each worker process to one of these CPUs, e.g. 0,1 or 0-3 ('' = off)",
 }
 
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         if key in _REPEATED:
             kwargs["action"] = "append"
         choices = getattr(hint, "__args__", None)
-        if key in ("lifespan", "interface") and choices:
+        if key in ("lifespan", "interface", "app_loop") and choices:
             kwargs["choices"] = choices
             kwargs["metavar"] = "|".join(choices)
         parser.add_argument(*flags, **kwargs)

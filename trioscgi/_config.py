@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 Lifespan = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
+AppLoop = Literal["auto", "trio", "asyncio"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Config:
     factory: bool = False
     app_dir: str | None = None
     interface: Interface = "auto"
+    app_loop: AppLoop = "auto"
     wsgi_threads: int = 16
 
     # --- where to listen -----------------------------------------------------

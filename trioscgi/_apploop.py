@@ -45,14 +45,14 @@ __all__ = [
 
 log = logging.getLogger("trioscgi")
 
-# Top-level packages whose ASGI applications run on asyncio only (they call
-# asyncio directly, not through anyio): Django (ASGIHandler, and every
-# handler it ships, e.g. ASGIStaticFilesHandler), Quart, Django Channels
-# (built on asgiref), and asgiref itself (WsgiToAsgi runs the WSGI app
-# through sync_to_async, which needs a running asyncio loop).
+# Modules (and their submodules) whose ASGI applications run on asyncio only
+# (they call asyncio directly, not through anyio): Django's ASGIHandler
+# (and its subclasses, e.g. ASGIStaticFilesHandler; not its WSGIHandler),
+# Quart, Django Channels (built on asgiref), and asgiref (WsgiToAsgi runs
+# the WSGI app through sync_to_async, which needs a running asyncio loop).
 # Starlette, FastAPI and Litestar are absent on purpose: they run on anyio,
 # which runs on trio, and trio is the cheaper mode.
-ASYNCIO_PACKAGES = frozenset({"django", "quart", "channels", "asgiref"})
+ASYNCIO_MODULES = ("django.core.handlers.asgi", "quart", "channels", "asgiref")
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
@@ -81,39 +81,43 @@ class RequestCancelled(OSError):
 # Choosing the loop
 
 
-def _top_package(obj: Any) -> str:
+def _module(obj: Any) -> str:
     module = getattr(obj, "__module__", None)
-    if not isinstance(module, str):
-        module = getattr(type(obj), "__module__", None)
-    return module.partition(".")[0] if isinstance(module, str) else ""
+    return module if isinstance(module, str) else ""
+
+
+def _is_asyncio_module(module: str) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in ASYNCIO_MODULES)
 
 
 def _asyncio_framework(app: Any) -> str | None:
-    """The asyncio-only package ``app`` (or something it wraps) comes from, or None."""
+    """The asyncio-only module ``app`` (or something it wraps) comes from, or None."""
     seen: set[int] = set()
-    todo = [app]
-    depth = 0
-    while todo and depth <= _MAX_WRAPPER_DEPTH:
-        depth += 1
-        obj = todo.pop()
-        if id(obj) in seen:
+    todo = [(app, 0)]
+    while todo:
+        obj, depth = todo.pop()
+        if id(obj) in seen or depth > _MAX_WRAPPER_DEPTH:
             continue
         seen.add(id(obj))
-        # The object's own class and its bases (a subclass of ASGIHandler
-        # defined in the project is still Django's handler).
+        if _module(type(obj)).partition(".")[0] == "trioscgi":
+            # Ours, trio-native (the WSGI adapter): what it wraps is not an
+            # ASGI app of the loop's concern.
+            continue
+        # The object's class and its bases (a subclass of ASGIHandler
+        # defined in the project is still Django's handler)...
         for cls in type(obj).__mro__:
-            if _top_package(cls) in ASYNCIO_PACKAGES:
-                return _top_package(cls)
-        # A function or bound method: where it was defined.
-        if _top_package(obj) in ASYNCIO_PACKAGES and not isinstance(obj, type):
-            return _top_package(obj)
+            if _is_asyncio_module(_module(cls)):
+                return _module(cls)
+        # ... or, for a function or bound method, where it was defined.
+        if not isinstance(obj, type) and _is_asyncio_module(_module(obj)):
+            return _module(obj)
         for attr in ("app", "func", "__wrapped__", "__self__"):
             try:
                 inner = getattr(obj, attr, None)
             except Exception:  # a property that raises: not a wrapper we know
                 continue
             if inner is not None and callable(inner) and inner is not obj:
-                todo.append(inner)
+                todo.append((inner, depth + 1))
     return None
 
 
@@ -124,10 +128,11 @@ def detect_app_loop(app: Any, declared: str) -> Literal["trio", "asyncio"]:
     ``"asyncio"`` when the application object, its class or one of its bases,
     or what it wraps (``.app`` of a middleware object, ``functools.partial``,
     ``__wrapped__``, a bound method's object; up to 8 levels) comes from one
-    of :data:`ASYNCIO_PACKAGES` (Django, Quart, Channels, asgiref), and
-    ``"trio"`` otherwise: Starlette, FastAPI, Litestar and plain ASGI
-    functions run on trio directly, and the WSGI adapter is trio's own.
-    Only the objects are looked at; nothing is imported.
+    of :data:`ASYNCIO_MODULES` (Django's ASGIHandler, Quart, Channels,
+    asgiref), and ``"trio"`` otherwise: Starlette, FastAPI, Litestar and
+    plain ASGI functions run on trio directly, and the WSGI adapter is
+    trio's own (it is not looked into). Only the objects are looked at;
+    nothing is imported.
 
     Raises:
         ValueError: ``declared`` is not one of the three.
@@ -450,20 +455,16 @@ class _Bridge:
         if host.closed:
             raise RuntimeError("the asyncio event loop is closed")
         self._trio_task = current_task()
-        task: asyncio.Task[None] = self._loop.create_task(
-            app(scope, self.asyncio_receive, self.asyncio_send)  # type: ignore[arg-type]
-        )
-        self._task = task
-        task.add_done_callback(self._on_done)
-        host.wake()
+        self._start(app, scope)
         try:
             await self._serve()
         except trio.Cancelled:
-            task.cancel()
-            host.wake()
+            self._cancel()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(_CANCEL_GRACE):
                     await self._serve(cancelled=True)
+                task = self._task
+                assert task is not None
                 if not task.done():
                     log.warning(
                         "an asyncio task of the application ignored its cancellation for %g s: %r",
@@ -471,6 +472,8 @@ class _Bridge:
                         task.get_coro(),
                     )
             raise
+        task = self._task
+        assert task is not None
         if task.cancelled():
             # Not by us: something in the application cancelled its own task.
             raise RuntimeError("the application's asyncio task was cancelled")
@@ -480,11 +483,37 @@ class _Bridge:
         if self._late_error is not None:
             raise self._late_error
 
+    def _start(self, app: ASGIApp, scope: Scope) -> None:
+        task: asyncio.Task[None] = self._loop.create_task(
+            app(scope, self.asyncio_receive, self.asyncio_send)  # type: ignore[arg-type]
+        )
+        self._task = task
+        task.add_done_callback(self._on_done)
+        self._host.wake()
+
+    def _cancel(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._host.wake()
+
+    def _settle(
+        self, future: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None
+    ) -> bool:
+        """Complete an asyncio future from the trio side; False if the app cancelled it."""
+        if future.done():
+            return False
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+        self._host.wake()
+        return True
+
     async def _serve(self, *, cancelled: bool = False) -> None:
         """Work through the inbox until the asyncio task is done."""
         inbox = self._inbox
         receivers = self._receivers
-        host = self._host
+        settle = self._settle
         while True:
             while inbox:
                 item = inbox.popleft()
@@ -499,22 +528,17 @@ class _Bridge:
                                 self._late_error = exc
                         continue
                     if cancelled:
-                        if not future.done():
-                            future.set_exception(RequestCancelled("the request was cancelled"))
+                        settle(future, exc=RequestCancelled("the request was cancelled"))
+                        continue
+                    try:
+                        await self._send(item[1])
+                    except trio.Cancelled:
+                        settle(future, exc=RequestCancelled("the request was cancelled"))
+                        raise
+                    except Exception as exc:
+                        settle(future, exc=exc)
                     else:
-                        try:
-                            await self._send(item[1])
-                        except trio.Cancelled:
-                            if not future.done():
-                                future.set_exception(RequestCancelled("the request was cancelled"))
-                            raise
-                        except Exception as exc:
-                            if not future.done():
-                                future.set_exception(exc)
-                        else:
-                            if not future.done():
-                                future.set_result(None)
-                    host.wake()
+                        settle(future)
                 elif kind is _RECEIVE:
                     receivers.append(item[1])
                 else:
@@ -534,10 +558,7 @@ class _Bridge:
                         except trio.Cancelled:
                             raise
                         except Exception as exc:
-                            future = receivers.popleft()
-                            if not future.done():
-                                future.set_exception(exc)
-                                host.wake()
+                            settle(receivers.popleft(), exc=exc)
                 finally:
                     self._waiting = None
                 if message is not None:
@@ -548,10 +569,7 @@ class _Bridge:
     def _deliver(self, message: Message) -> None:
         receivers = self._receivers
         while receivers:
-            future = receivers.popleft()
-            if not future.done():
-                future.set_result(message)
-                self._host.wake()
+            if self._settle(receivers.popleft(), message):
                 return
         # The application gave up waiting before it came: keep it for its
         # next receive() rather than lose a part of the body.
@@ -559,10 +577,7 @@ class _Bridge:
 
     def _fail_receivers(self) -> None:
         while self._receivers:
-            future = self._receivers.popleft()
-            if not future.done():
-                future.set_result({"type": "http.disconnect"})
-                self._host.wake()
+            self._settle(self._receivers.popleft(), {"type": "http.disconnect"})
 
     async def _park(self) -> None:
         self._parked = True

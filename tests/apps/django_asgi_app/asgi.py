@@ -4,8 +4,9 @@ Serve with ``trioscgi django_asgi_app.asgi:application`` (from tests/apps): no
 ``app_loop`` setting, auto puts Django's ASGIHandler on asyncio. The sqlite
 database is the file named by ``DJANGO_ASGI_DB`` (default: in the temp dir);
 it is migrated and given an admin user ``admin`` / ``admin-password`` on the
-first import. ``DJANGO_ASGI_MARKS`` names a directory where views leave marks
-the tests read (what a cancelled view saw).
+first import. ``DJANGO_ASGI_MARKS`` names a directory where views leave marks the tests
+read (that a view started, what a cancelled view saw) and look for the
+test's release files.
 """
 
 from __future__ import annotations
@@ -144,10 +145,15 @@ async def forever(request: HttpRequest) -> StreamingHttpResponse:
 
 
 async def slow(request: HttpRequest) -> HttpResponse:
-    """Takes ``t`` seconds; leaves a mark when it starts (for the SIGTERM test)."""
-    (MARKS / f"{request.GET.get('mark', 'slow')}.started").write_text("")
-    await asyncio.sleep(float(request.GET.get("t", "1")))
-    return HttpResponse("slow done\n", content_type="text/plain")
+    """Marks that it started, then waits (bounded) for the test's release file."""
+    name = request.GET.get("mark", "slow")
+    (MARKS / f"{name}.started").write_text("")
+    release = MARKS / f"{name}.release"
+    for _ in range(3000):  # 30 s at most
+        if release.exists():
+            return HttpResponse(f"{name} done\n", content_type="text/plain")
+        await asyncio.sleep(0.01)
+    return HttpResponse("never released\n", status=504, content_type="text/plain")
 
 
 urlpatterns = [

@@ -13,7 +13,10 @@ hypercorn-trio-http…) gets ``APP`` instead;
 bench/ is put on their PYTHONPATH. Two more backends run trioscgi with the
 application bridged another way, to compare designs (bench/apploop_probes.py):
 ``trioscgi-thread`` (an asyncio loop, uvloop when installed, in a second
-thread) and ``trioscgi-trio-asyncio`` (trio-asyncio's loop).
+thread) and ``trioscgi-trio-asyncio`` (trio-asyncio's loop). With
+``TRIOSCGI_BASE`` set to another source tree of trioscgi (e.g. ``git archive``
+of the commit before a change), ``trioscgi-base`` runs that one, for a
+before/after in one run.
 
 Example::
 
@@ -80,6 +83,17 @@ def main() -> None:
             "scgi.sock",
             [*trio_cmd, "trio", "--lifespan", "on", "apploop_probes:trio_asyncio_app"],
         )
+        base = os.environ.get("TRIOSCGI_BASE")
+        if base:
+            run_base = (
+                f"import sys, runpy; sys.path.insert(0, {base!r});"
+                " runpy.run_module('trioscgi', run_name='__main__', alter_sys=True)"
+            )
+            out["trioscgi-base"] = (
+                "/scgi/",
+                "scgi.sock",
+                [python, "-c", run_base, "--bind", f"unix:{d}/scgi.sock", spec],
+            )
         return out
 
     peers.backend_cmds = backend_cmds

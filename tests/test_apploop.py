@@ -537,3 +537,27 @@ async def test_raw_response_parses(tmp_path: Path) -> None:
             raws.append(await exchange(srv.address, encode_request(environ())))
     assert raws[0] == raws[1]
     assert parse_response(raws[1]).status == 200
+
+
+async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
+    import signal
+
+    answers: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
+        except NotImplementedError:
+            answers.append("refused")
+        for message in _json_response(b"ok"):
+            await send(message)
+
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd)
+    async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio") as srv:
+        await request(srv.address)
+        # trio's wakeup fd (its signal delivery) is untouched.
+        current = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(current)
+        assert current == wakeup_fd
+    assert answers == ["refused"]

@@ -228,6 +228,19 @@ class _Selector(selectors.DefaultSelector):
         return events
 
 
+class _Loop(asyncio.SelectorEventLoop):
+    """The app's loop: signals belong to the server.
+
+    asyncio's ``add_signal_handler`` would take over the process's wakeup fd
+    (``signal.set_wakeup_fd``), which trio's own signal handling (SIGTERM,
+    SIGINT…) relies on. It raises ``NotImplementedError`` instead, as on
+    loops without signal support; libraries catch that and go on.
+    """
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:  # type: ignore[override]
+        raise NotImplementedError("signals belong to the server (trioscgi), not the app's loop")
+
+
 class AsyncioHost:
     """An asyncio event loop in the trio thread, run in passes by one trio task.
 
@@ -243,7 +256,7 @@ class AsyncioHost:
 
     def __init__(self) -> None:
         self._selector = _Selector()
-        self.loop = asyncio.SelectorEventLoop(self._selector)
+        self.loop = _Loop(self._selector)
         self._selector.loop = self.loop
         self._waiting: trio.CancelScope | None = None
         self._woken = False

@@ -83,8 +83,7 @@ def main() -> None:
             client(path, 200, failures)  # warm-up
             before, start = cpu_seconds(proc.pid), time.monotonic()
             threads = [
-                threading.Thread(target=client, args=(path, count // 8, failures))
-                for _ in range(8)
+                threading.Thread(target=client, args=(path, count // 8, failures)) for _ in range(8)
             ]
             for t in threads:
                 t.start()

@@ -244,9 +244,10 @@ class _Loop(asyncio.SelectorEventLoop):
 class AsyncioHost:
     """An asyncio event loop in the trio thread, run in passes by one trio task.
 
-    :meth:`run` is that task. Each pass is one iteration of the asyncio loop
-    (``run_forever`` with the loop stopped from inside its poll): every
-    callback that is ready runs, with the loop set as the running loop,
+    :meth:`run` is that task. Each pass is a ``run_forever`` that the
+    selector stops once the loop would sleep (or after ``_SPINS``
+    iterations): every callback that is ready runs, with the loop set as the
+    running loop,
     asyncio's async generator hooks installed and sniffio saying
     ``"asyncio"``. Between passes the task sleeps until an fd the loop
     watches is ready (its self-pipe too, which ``call_soon_threadsafe``

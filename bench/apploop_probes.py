@@ -1,37 +1,40 @@
-"""The two other ways of running an asyncio app in trioscgi, for bench/peers_apps.py.
+"""Two other ways of running an asyncio app in trioscgi, for bench/peers_apps.py.
 
-trioscgi runs an asyncio app on a loop driven by a trio task in its own
-thread (trioscgi/_apploop.py). These probes run the app named by
-``$PROBE_APP`` the two ways the issue asked to measure against it; each is
-served as a trio app (``--app-loop trio --lifespan on``), opening its loop in
-the lifespan startup:
+trioscgi runs an asyncio app on a loop (uvloop when installed) in a thread of
+its own, with batched hand-offs (trioscgi/_apploop.py). These probes run the
+app named by ``$PROBE_APP`` the other ways measured against it; each is served
+as a trio app (``--app-loop trio --lifespan on``) that opens its loop in the
+lifespan startup:
 
-- :func:`thread_app`: a dedicated asyncio loop (uvloop when installed) in a
-  second thread. It reuses trioscgi's per-call bridge; every hand-off
-  crosses threads (``call_soon_threadsafe`` one way, the trio token's
-  ``run_sync_soon`` the other), batched: one wake-up carries every hand-off
-  made before the other side ran.
+- :func:`driven_app`: an asyncio ``SelectorEventLoop`` in the trio thread,
+  run in passes by a trio task (the loop's selector polls without blocking and
+  stops the loop once it would sleep; the trio task sleeps on the selector's
+  epoll fd). It reuses trioscgi's per-call bridge with hand-offs that are plain
+  calls.
 - :func:`trio_asyncio_app`: trio-asyncio's loop in the trio thread
   (``aio_as_trio`` / ``trio_as_aio``), with the shim asgiref needs: trio-asyncio
   refuses executors other than its own, and ``sync_to_async`` passes its own.
 
-Probes, not products: no lifespan is forwarded to the app, and cancellation is
-only as good as needed for a benchmark.
+Probes, not products: no lifespan is forwarded to the app, and the loops are
+closed without draining their tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import importlib
 import os
-import threading
+import selectors
 from collections.abc import Callable
 from typing import Any
 
+import sniffio
 import trio
+from trio.lowlevel import wait_readable
 
 from trioscgi._apploop import _Bridge
+
+_SPINS = 16
 
 
 def _load() -> Any:
@@ -45,124 +48,137 @@ def _load() -> Any:
 APP = _load()
 
 
-async def _lifespan(receive: Any, send: Any, opened: Callable[[], Any]) -> None:
-    """Answer the lifespan ourselves; the loop lives from startup to shutdown."""
+async def _lifespan(receive: Any, send: Any) -> None:
     await receive()
-    async with opened():
-        await send({"type": "lifespan.startup.complete"})
-        await receive()
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
     await send({"type": "lifespan.shutdown.complete"})
 
 
-# --------------------------------------------------------------------------- thread
+# --------------------------------------------------------------------------- driven
 
 
-class _Batches:
-    """Calls handed from one thread to another, one wake-up per batch."""
+class _Selector(selectors.DefaultSelector):
+    """The loop's selector: polls without blocking, and ends the pass when idle.
 
-    def __init__(self, wake: Callable[[Callable[[], None]], Any]) -> None:
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
-        self._scheduled = False
-        self._wake = wake
+    asyncio computes how long it may sleep (0 when callbacks are ready, the
+    time to the next timer, or forever) and passes it here. While callbacks
+    are ready, the loop goes on to its next iteration (at most ``spins``
+    times a pass: asyncio tasks that hand each other work finish it in one
+    pass). Once it would sleep, we note for how long, poll with a zero
+    timeout instead and stop the loop after this iteration; the trio task
+    then does the sleeping, on the selector's own fd (an epoll fd is
+    readable when any fd registered in it is), so trio tasks run meanwhile.
+    """
 
-    def __call__(self, fn: Callable[[], None]) -> None:
-        self._calls.append(fn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._wake(self._run)
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wanted: float | None = 0.0
+        self.got_events = False
+        self.spins = 0
 
-    def _run(self) -> None:
-        self._scheduled = False
-        calls = self._calls
-        while calls:
-            calls.popleft()()
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if timeout == 0 and self.spins > 0:
+            self.spins -= 1
+        else:
+            self.wanted = timeout
+            assert self.loop is not None
+            self.loop.stop()
+        events: list[tuple[Any, int]] = super().select(0)
+        self.got_events = bool(events)
+        return events
 
 
-class ThreadHost:
-    """An asyncio loop (uvloop when installed) running in a thread of its own."""
+class DrivenHost:
+    """An asyncio event loop in the trio thread, run in passes by one trio task.
+
+    :meth:`run` is that task. Each pass is a ``run_forever`` that the
+    selector stops once the loop would sleep (or after ``_SPINS``
+    iterations): every callback that is ready runs, with the loop set as the
+    running loop,
+    asyncio's async generator hooks installed and sniffio saying
+    ``"asyncio"``. Between passes the task sleeps until an fd the loop
+    watches is ready (its self-pipe too, which ``call_soon_threadsafe``
+    writes), its next timer is due, or :meth:`wake` is called by trio code
+    that handed the loop work.
+    """
+
+    def __init__(self) -> None:
+        self._selector = _Selector()
+        self.loop = asyncio.SelectorEventLoop(self._selector)
+        self._selector.loop = self.loop
+        self._waiting: trio.CancelScope | None = None
+        self._woken = False
+        self.closed = False
+
+    def wake(self) -> None:
+        """Make the host run a pass soon (trio code gave the loop work)."""
+        self._woken = True
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.cancel()
+
+    def _pass(self) -> None:
+        self._selector.spins = _SPINS
+        previous = sniffio.thread_local.name
+        sniffio.thread_local.name = "asyncio"
+        try:
+            self.loop.run_forever()
+        finally:
+            sniffio.thread_local.name = previous
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive the loop until cancelled (:meth:`drain` and :meth:`close` end it)."""
+        selector = self._selector
+        fd = selector.fileno()
+        task_status.started()
+        while True:
+            self._woken = False
+            self._pass()
+            wanted = selector.wanted
+            if wanted == 0 or selector.got_events or self._woken:
+                # More is ready already: let the trio tasks run first (they
+                # hand over more work, and the next pass takes it all).
+                await trio.lowlevel.checkpoint()
+                continue
+            with trio.CancelScope() as self._waiting:
+                if wanted is not None:
+                    self._waiting.deadline = trio.current_time() + wanted
+                await wait_readable(fd)
+            self._waiting = None
 
     closed = False
 
-    def __init__(self) -> None:
-        try:
-            import uvloop
+    def to_loop(self, fn: Callable[[], None]) -> None:
+        # Same thread: the loop is between passes (or this runs inside one).
+        fn()
+        self.wake()
 
-            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:
-            self.loop = asyncio.new_event_loop()
-        token = trio.lowlevel.current_trio_token()
-        self.to_loop = _Batches(self.loop.call_soon_threadsafe)
-        self.to_trio = _Batches(token.run_sync_soon)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+    def to_trio(self, fn: Callable[[], None]) -> None:
+        fn()
 
-    def wake(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self._pass()
+            self.loop.close()
 
 
-class _ThreadBridge(_Bridge):
-    __slots__ = ()
-
-    def _post(self, item: tuple[Any, ...]) -> None:  # in the loop's thread
-        self._host.to_trio(lambda: _Bridge._post(self, item))  # type: ignore[attr-defined]
-
-    def _start(self, app: Any, scope: Any) -> None:
-        def start() -> None:
-            self._task = task = self._loop.create_task(
-                app(scope, self.asyncio_receive, self.asyncio_send)
-            )
-            task.add_done_callback(self._on_done)
-
-        self._host.to_loop(start)  # type: ignore[attr-defined]
-        self._task = _Pending()  # type: ignore[assignment]
-
-    def _cancel(self) -> None:
-        task = self._task
-        self._host.to_loop(lambda: task.cancel())  # type: ignore[attr-defined, union-attr]  # noqa: PLW0108
-
-    def _settle(self, future: Any, result: Any = None, exc: BaseException | None = None) -> bool:
-        def settle() -> None:
-            if not future.done():
-                if exc is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(exc)
-
-        self._host.to_loop(settle)  # type: ignore[attr-defined]
-        return True
+_driven: DrivenHost | None = None
 
 
-class _Pending:
-    """Stands for the task until the loop's thread has created it."""
-
-    def done(self) -> bool:
-        return False
-
-
-_thread_host: ThreadHost | None = None
-
-
-async def thread_app(scope: Any, receive: Any, send: Any) -> None:
+async def driven_app(scope: Any, receive: Any, send: Any) -> None:
+    global _driven
     if scope["type"] == "lifespan":
-
-        class Opened:
-            async def __aenter__(self) -> None:
-                global _thread_host
-                _thread_host = ThreadHost()
-
-            async def __aexit__(self, *exc: object) -> None:
-                assert _thread_host is not None
-                _thread_host.stop()
-
-        await _lifespan(receive, send, Opened)
+        host = _driven = DrivenHost()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            await _lifespan(receive, send)
+            nursery.cancel_scope.cancel()
+        host.close()
         return
-    assert _thread_host is not None
-    bridge = _ThreadBridge(_thread_host, receive, send)  # type: ignore[arg-type]
-    await bridge.call(APP, scope)
+    assert _driven is not None
+    await _Bridge(_driven, receive, send).call(APP, scope)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- trio-asyncio
@@ -173,28 +189,21 @@ _trio_asyncio_loop: Any = None
 async def trio_asyncio_app(scope: Any, receive: Any, send: Any) -> None:
     import trio_asyncio
 
+    global _trio_asyncio_loop
     if scope["type"] == "lifespan":
+        async with trio_asyncio.open_loop() as loop:
+            own = loop.run_in_executor
 
-        class Opened:
-            async def __aenter__(self) -> None:
-                global _trio_asyncio_loop
-                self._cm = trio_asyncio.open_loop()
-                loop = _trio_asyncio_loop = await self._cm.__aenter__()
-                own = loop.run_in_executor
+            def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
+                # The shim: an executor of the app's own runs the call, the
+                # result comes back through the loop's thread-safe path.
+                if executor is None:
+                    return own(None, func, *args)
+                return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
 
-                def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
-                    # The shim: an executor of the app's own runs the call, the
-                    # result comes back through the loop's thread-safe path.
-                    if executor is None:
-                        return own(None, func, *args)
-                    return asyncio.wrap_future(executor.submit(func, *args), loop=loop)
-
-                loop.run_in_executor = run_in_executor
-
-            async def __aexit__(self, *exc: object) -> None:
-                await self._cm.__aexit__(None, None, None)
-
-        await _lifespan(receive, send, Opened)
+            loop.run_in_executor = run_in_executor
+            _trio_asyncio_loop = loop
+            await _lifespan(receive, send)
         return
     loop = _trio_asyncio_loop
     await trio_asyncio.aio_as_trio(APP, loop=loop)(

@@ -12,8 +12,8 @@ starts with ``apps:hello`` (aioscgi, trioscgi, fcgisgi, uvicorn-http,
 hypercorn-trio-http…) gets ``APP`` instead;
 bench/ is put on their PYTHONPATH. Two more backends run trioscgi with the
 application bridged another way, to compare designs (bench/apploop_probes.py):
-``trioscgi-thread`` (an asyncio loop, uvloop when installed, in a second
-thread) and ``trioscgi-trio-asyncio`` (trio-asyncio's loop). With
+``trioscgi-driven`` (an asyncio loop in the trio thread, run in passes by a
+trio task) and ``trioscgi-trio-asyncio`` (trio-asyncio's loop). With
 ``TRIOSCGI_BASE`` set to another source tree of trioscgi (e.g. ``git archive``
 of the commit before a change), ``trioscgi-base`` runs that one, for a
 before/after in one run.
@@ -73,10 +73,10 @@ def main() -> None:
                 ]
             out[name] = (location, sock, argv)
         trio_cmd = [python, "-m", "trioscgi", "--bind", f"unix:{d}/scgi.sock", "--app-loop"]
-        out["trioscgi-thread"] = (
+        out["trioscgi-driven"] = (
             "/scgi/",
             "scgi.sock",
-            [*trio_cmd, "trio", "--lifespan", "on", "apploop_probes:thread_app"],
+            [*trio_cmd, "trio", "--lifespan", "on", "apploop_probes:driven_app"],
         )
         out["trioscgi-trio-asyncio"] = (
             "/scgi/",

@@ -2,40 +2,37 @@
 
 The server stays trio: its connection tasks call the application as a trio
 coroutine. For an application that needs asyncio, :func:`open_app_loop`
-opens an asyncio event loop that one trio task drives, in the trio thread
-(:class:`AsyncioHost`), and returns a trio-callable face of the application
-whose requests run as asyncio tasks on that loop (:class:`_Bridge`).
+starts an asyncio event loop (uvloop when installed) in a thread of its own
+(:class:`AsyncioHost`) and returns a trio-callable face of the application
+whose calls run as asyncio tasks on that loop (:class:`_Bridge`). Every
+hand-off between the two threads is batched: one wake-up carries all the
+hand-offs made before the other side ran.
 
-Why this shape and not trio-asyncio or a loop in a second thread:
-docs/asyncio.md (measured: the same thread costs no GIL hand-off and no
-wake-up between threads per request, and a batch of the asyncio loop runs
-every request that became ready in one pass).
+Why this shape and not trio-asyncio or a loop driven from the trio thread:
+docs/asyncio.md (measured on Django, Quart and trio apps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import logging
-import selectors
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import sniffio
 import trio
-from trio.lowlevel import (
-    Abort,
-    Task,
-    current_task,
-    reschedule,
-    wait_readable,
-    wait_task_rescheduled,
-)
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "AsyncioApp",
     "AsyncioHost",
     "RequestCancelled",
     "detect_app_loop",
@@ -56,9 +53,6 @@ ASYNCIO_MODULES = ("django.core.handlers.asgi", "quart", "channels", "asgiref")
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
-# Iterations of the asyncio loop one pass may run while callbacks are ready,
-# before trio tasks get their turn.
-_SPINS = 16
 # After a cancelled request's asyncio task was told to stop, how long it may
 # take to finish before we give up waiting for it (it is then reported, and
 # cancelled again when the loop closes).
@@ -196,180 +190,138 @@ def other_framework_hint(exc: BaseException) -> str | None:
 # The asyncio loop, driven by a trio task
 
 
-class _Selector(selectors.DefaultSelector):
-    """The loop's selector: polls without blocking, and ends the pass when idle.
+class _Handoff:
+    """Calls handed to another thread's event loop, one wake-up per batch.
 
-    asyncio computes how long it may sleep (0 when callbacks are ready, the
-    time to the next timer, or forever) and passes it here. While callbacks
-    are ready, the loop goes on to its next iteration (at most ``spins``
-    times a pass: asyncio tasks that hand each other work finish it in one
-    pass). Once it would sleep, we note for how long, poll with a zero
-    timeout instead and stop the loop after this iteration; the trio task
-    then does the sleeping, on the selector's own fd (an epoll fd is
-    readable when any fd registered in it is), so trio tasks run meanwhile.
+    ``wake(run)`` is the thread-safe way in (``loop.call_soon_threadsafe``,
+    a trio token's ``run_sync_soon``); it is called only when no batch is
+    already on its way, so a busy side wakes the other once for many calls.
+    Appending to a deque and the flag are atomic under the GIL; the flag is
+    cleared before the batch is taken, so a call is never left behind.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.wanted: float | None = 0.0
-        self.got_events = False
-        self.spins = 0
+    __slots__ = ("_calls", "_scheduled", "_wake")
 
-    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if timeout == 0 and self.spins > 0:
-            self.spins -= 1
-        else:
-            self.wanted = timeout
-            assert self.loop is not None
-            self.loop.stop()
-        events: list[tuple[Any, int]] = super().select(0)
-        self.got_events = bool(events)
-        return events
+    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._scheduled = False
+        self._wake = wake
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        self._calls.append(fn)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._wake(self._run)
+            except (RuntimeError, trio.RunFinishedError):
+                # The other side is gone (its loop closed, its run over):
+                # nothing is waiting for these calls any more.
+                self._scheduled = False
+                self._calls.clear()
+
+    def _run(self) -> None:
+        self._scheduled = False
+        calls = self._calls
+        while calls:
+            try:
+                calls.popleft()()
+            except Exception:  # pragma: no cover - a bug of ours, not the app's
+                log.exception("error in a hand-off between the trio and asyncio loops")
 
 
-class _Loop(asyncio.SelectorEventLoop):
-    """The app's loop: signals belong to the server.
-
-    asyncio's ``add_signal_handler`` would take over the process's wakeup fd
-    (``signal.set_wakeup_fd``), which trio's own signal handling (SIGTERM,
-    SIGINT…) relies on. It raises ``NotImplementedError`` instead, as on
-    loops without signal support; libraries catch that and go on.
-    """
-
-    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:  # type: ignore[override]
-        raise NotImplementedError("signals belong to the server (trioscgi), not the app's loop")
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415 - optional, the faster loop when installed
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 class AsyncioHost:
-    """An asyncio event loop in the trio thread, run in passes by one trio task.
+    """An asyncio event loop (uvloop when installed) in a thread of its own.
 
-    :meth:`run` is that task. Each pass is a ``run_forever`` that the
-    selector stops once the loop would sleep (or after ``_SPINS``
-    iterations): every callback that is ready runs, with the loop set as the
-    running loop,
-    asyncio's async generator hooks installed and sniffio saying
-    ``"asyncio"``. Between passes the task sleeps until an fd the loop
-    watches is ready (its self-pipe too, which ``call_soon_threadsafe``
-    writes), its next timer is due, or :meth:`wake` is called by trio code
-    that handed the loop work.
+    The loop runs in a daemon thread named ``trioscgi-asyncio`` from
+    :meth:`start` until :meth:`close`. ``to_loop`` hands calls to it,
+    ``to_trio`` hands calls back to the trio thread; both batch.
     """
 
     def __init__(self) -> None:
-        self._selector = _Selector()
-        self.loop = _Loop(self._selector)
-        self._selector.loop = self.loop
-        self._waiting: trio.CancelScope | None = None
-        self._woken = False
+        self.loop = _new_loop()
         self.closed = False
+        self.to_loop = _Handoff(self.loop.call_soon_threadsafe)
+        self.to_trio = _Handoff(_not_started)
+        self._thread = threading.Thread(target=self._run, name="trioscgi-asyncio", daemon=True)
 
-    def wake(self) -> None:
-        """Make the host run a pass soon (trio code gave the loop work)."""
-        self._woken = True
-        waiting = self._waiting
-        if waiting is not None:
-            waiting.cancel()
+    def start(self) -> None:
+        """Start the loop's thread (from the trio thread: hand-offs come back to this run)."""
+        self.to_trio = _Handoff(trio.lowlevel.current_trio_token().run_sync_soon)
+        self._thread.start()
 
-    def _pass(self) -> None:
-        self._selector.spins = _SPINS
-        previous = sniffio.thread_local.name
-        sniffio.thread_local.name = "asyncio"
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
         finally:
-            sniffio.thread_local.name = previous
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drive the loop until cancelled (:meth:`drain` and :meth:`close` end it)."""
-        selector = self._selector
-        fd = selector.fileno()
-        task_status.started()
-        while True:
-            self._woken = False
-            self._pass()
-            wanted = selector.wanted
-            if wanted == 0 or selector.got_events or self._woken:
-                # More is ready already: let the trio tasks run first (they
-                # hand over more work, and the next pass takes it all).
-                await trio.lowlevel.checkpoint()
-                continue
-            with trio.CancelScope() as self._waiting:
-                if wanted is not None:
-                    self._waiting.deadline = trio.current_time() + wanted
-                await wait_readable(fd)
-            self._waiting = None
+            asyncio.set_event_loop(None)
 
     async def drain(self) -> None:
-        """Cancel the tasks left, close async generators, shut the default executor down.
+        """Cancel the tasks left, close async generators, join the default executor.
 
-        Bounded by ``_CLOSE_GRACE`` for each step; the host task must still
-        be running. :meth:`close` comes after the host task ended.
+        Each step bounded by ``_CLOSE_GRACE``; no new call starts after this.
         """
-        loop = self.loop
-        if self.closed:
-            return
         self.closed = True
-        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        future = asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
+        await trio.to_thread.run_sync(
+            functools.partial(concurrent.futures.wait, [future], timeout=4 * _CLOSE_GRACE)
+        )
+        if not future.done():
+            log.warning("closing the asyncio loop took longer than %g s", 4 * _CLOSE_GRACE)
+
+    async def _drain(self) -> None:
+        this = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not this]
         for t in tasks:
             t.cancel()
-        self.wake()
         if tasks:
-            gathered = asyncio.gather(*tasks, return_exceptions=True)
-            with trio.move_on_after(_CLOSE_GRACE):
-                await wait_future(self, gathered)
-            left = [t for t in tasks if not t.done()]
+            done, left = await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
             if left:
                 log.warning(
                     "%d asyncio task(s) still running %g s after being cancelled at shutdown: %s",
                     len(left),
                     _CLOSE_GRACE,
-                    ", ".join(repr(t.get_coro()) for t in left[:5]),
+                    ", ".join(repr(t.get_coro()) for t in list(left)[:5]),
                 )
-            else:
-                for t in tasks:
-                    exc = None if t.cancelled() else t.exception()
-                    if exc is not None:
-                        log.error("asyncio task %r raised at shutdown", t, exc_info=exc)
+            for t in done:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:
+                    log.error("asyncio task %r raised at shutdown", t, exc_info=exc)
+        loop = asyncio.get_running_loop()
         for what, step in (
             ("closing async generators", loop.shutdown_asyncgens()),
             ("joining the default executor's threads", loop.shutdown_default_executor()),
         ):
-            future = asyncio.ensure_future(step, loop=loop)
-            self.wake()
-            with trio.move_on_after(_CLOSE_GRACE):
-                await wait_future(self, future)
-            if not future.done():
-                future.cancel()
+            try:
+                await asyncio.wait_for(step, _CLOSE_GRACE)
+            except asyncio.TimeoutError:
                 log.warning("closing the asyncio loop: %s did not finish", what)
 
-    def close(self) -> None:
-        """Run a last pass (for what the cancellations scheduled) and close the loop.
-
-        Only once the host task has ended: it waits on the selector's fd.
-        """
+    async def close(self) -> None:
+        """Stop the loop, join its thread (bounded) and close it."""
         self.closed = True
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            await trio.to_thread.run_sync(self._thread.join, _CLOSE_GRACE)
+            if self._thread.is_alive():
+                log.warning("the asyncio loop's thread did not stop within %g s", _CLOSE_GRACE)
+                return
         if not self.loop.is_closed():
-            self._pass()
             self.loop.close()
 
 
-async def wait_future(host: AsyncioHost, future: asyncio.Future[Any]) -> None:
-    """In trio, wait until an asyncio future of ``host``'s loop is done."""
-    if future.done():
-        await trio.lowlevel.checkpoint()
-        return
-    task = current_task()
-
-    def done(_: asyncio.Future[Any]) -> None:
-        reschedule(task)
-
-    future.add_done_callback(done)
-
-    def abort(_: Any) -> Abort:
-        future.remove_done_callback(done)
-        return Abort.SUCCEEDED
-
-    await wait_task_rescheduled(abort)
+def _not_started(fn: Callable[[], None]) -> None:
+    raise RuntimeError("the asyncio loop's host is not started")
 
 
 # --------------------------------------------------------------------------------------
@@ -384,29 +336,36 @@ _DONE = 3
 class _Bridge:
     """One call of an asyncio application (a request, or the lifespan).
 
-    The application runs as an asyncio task; its ``receive``/``send`` post
-    to an inbox that the calling trio task (the connection's own) works
-    through with the server's ``receive``/``send``. No task, thread or
-    channel is added: the trio task parks until the asyncio side posts,
-    and a ``receive`` that must wait (for the body, or for the disconnect)
-    is waited for in the trio task under a cancel scope that a post cancels,
-    so sends go out meanwhile. The server's ``receive`` loses nothing when
-    cancelled while it waits (it is called again after the sends).
+    The application runs as an asyncio task in the loop's thread. Its
+    ``receive``/``send`` post to an inbox that the calling trio task (the
+    connection's own) works through with the server's ``receive``/``send``;
+    results go back as completed asyncio futures. No task, thread or channel
+    is added per call: the trio task parks until something is posted, and a
+    ``receive`` that must wait (for the body, or for the disconnect) is
+    waited for under a cancel scope that the next post cancels, so sends go
+    out meanwhile. The server's ``receive`` loses nothing when cancelled
+    while it waits (it is called again after the sends).
+
+    Each side's state belongs to its thread: the inbox and the waiting to
+    the trio thread, the futures and the stash of early messages to the
+    loop's; they meet only through the host's hand-offs.
     """
 
     __slots__ = (
+        "_finished",
         "_host",
         "_inbox",
         "_late_error",
         "_loop",
         "_parked",
+        "_pending",
         "_receive",
-        "_receivers",
         "_send",
         "_stash",
         "_task",
         "_trio_task",
         "_waiting",
+        "_wanted",
     )
 
     def __init__(self, host: AsyncioHost, receive: Receive, send: Send) -> None:
@@ -414,18 +373,67 @@ class _Bridge:
         self._loop = host.loop
         self._receive = receive
         self._send = send
+        # trio thread
         self._inbox: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._receivers: collections.deque[asyncio.Future[Message]] = collections.deque()
-        self._stash: Message | None = None
+        self._wanted = 0
         self._late_error: Exception | None = None
         self._parked = False
         self._waiting: trio.CancelScope | None = None
         self._trio_task: Task | None = None
+        self._finished = False
+        # loop thread
+        self._pending: collections.deque[asyncio.Future[Message]] = collections.deque()
+        self._stash: collections.deque[Message] = collections.deque()
         self._task: asyncio.Task[None] | None = None
 
-    # --- the asyncio side (runs in the host's passes) ---------------------------------
+    # --- the loop's thread ----------------------------------------------------------------
+
+    def _start_task(self, app: ASGIApp, scope: Scope, context: contextvars.Context) -> None:
+        coro = app(scope, self.asyncio_receive, self.asyncio_send)
+        task: asyncio.Task[None] = context.run(self._loop.create_task, coro)  # type: ignore[arg-type]
+        self._task = task
+        task.add_done_callback(self._on_done)
+
+    def _on_done(self, _: asyncio.Task[None]) -> None:
+        self._post((_DONE,))
 
     def _post(self, item: tuple[Any, ...]) -> None:
+        self._host.to_trio(functools.partial(self._arrive, item))
+
+    async def asyncio_receive(self) -> Message:
+        if self._stash:
+            return self._stash.popleft()
+        future: asyncio.Future[Message] = self._loop.create_future()
+        self._pending.append(future)
+        self._post((_RECEIVE,))
+        return await future
+
+    async def asyncio_send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            # The server holds the head until the first body message anyway
+            # (nothing to flush): the app goes on at once, which saves a
+            # round between the threads per request. An invalid head raises
+            # from the app's next send() (or, if none comes, from the call).
+            self._post((_SEND, message, None))
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._post((_SEND, message, future))
+        await future
+
+    def _give(self, message: Message) -> None:
+        pending = self._pending
+        while pending:
+            future = pending.popleft()
+            if not future.done():
+                future.set_result(message)
+                return
+        # The application gave up waiting before it came: keep it for its
+        # next receive() rather than lose a part of the body.
+        self._stash.append(message)
+
+    # --- the trio thread ------------------------------------------------------------------
+
+    def _arrive(self, item: tuple[Any, ...]) -> None:
         self._inbox.append(item)
         if self._parked:
             self._parked = False
@@ -434,56 +442,39 @@ class _Bridge:
         elif self._waiting is not None:
             self._waiting.cancel()
 
-    async def asyncio_receive(self) -> Message:
-        stash = self._stash
-        if stash is not None and not self._receivers:
-            self._stash = None
-            return stash
-        future: asyncio.Future[Message] = self._loop.create_future()
-        self._post((_RECEIVE, future))
-        return await future
+    def _settle(self, future: asyncio.Future[Any], exc: BaseException | None = None) -> None:
+        def settle() -> None:
+            if not future.done():
+                if exc is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(exc)
 
-    async def asyncio_send(self, message: Message) -> None:
-        error = self._late_error
-        if error is not None:
-            self._late_error = None
-            raise error
-        if message["type"] == "http.response.start":
-            # The server holds the head until the first body message anyway
-            # (nothing to flush): the app goes on at once, which saves a
-            # round between the loops per request. An invalid head raises
-            # from the app's next send() (or, if none comes, from the call).
-            self._post((_SEND, message, None))
-            return
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._post((_SEND, message, future))
-        await future
+        self._host.to_loop(settle)
 
-    def _on_done(self, _: asyncio.Task[None]) -> None:
-        self._post((_DONE,))
-
-    # --- the trio side -----------------------------------------------------------------
+    def _deliver(self, message: Message) -> None:
+        self._wanted -= 1
+        self._host.to_loop(functools.partial(self._give, message))
 
     async def call(self, app: ASGIApp, scope: Scope) -> None:
         host = self._host
         if host.closed:
             raise RuntimeError("the asyncio event loop is closed")
         self._trio_task = current_task()
-        self._start(app, scope)
+        context = contextvars.copy_context()
+        host.to_loop(functools.partial(self._start_task, app, scope, context))
         try:
             await self._serve()
         except trio.Cancelled:
-            self._cancel()
+            host.to_loop(self._cancel_task)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(_CANCEL_GRACE):
                     await self._serve(cancelled=True)
-                task = self._task
-                assert task is not None
-                if not task.done():
+                if not self._finished:
                     log.warning(
                         "an asyncio task of the application ignored its cancellation for %g s: %r",
                         _CANCEL_GRACE,
-                        task.get_coro(),
+                        self._task,
                     )
             raise
         task = self._task
@@ -497,36 +488,13 @@ class _Bridge:
         if self._late_error is not None:
             raise self._late_error
 
-    def _start(self, app: ASGIApp, scope: Scope) -> None:
-        task: asyncio.Task[None] = self._loop.create_task(
-            app(scope, self.asyncio_receive, self.asyncio_send)  # type: ignore[arg-type]
-        )
-        self._task = task
-        task.add_done_callback(self._on_done)
-        self._host.wake()
-
-    def _cancel(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        self._host.wake()
-
-    def _settle(
-        self, future: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None
-    ) -> bool:
-        """Complete an asyncio future from the trio side; False if the app cancelled it."""
-        if future.done():
-            return False
-        if exc is None:
-            future.set_result(result)
-        else:
-            future.set_exception(exc)
-        self._host.wake()
-        return True
+    def _cancel_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     async def _serve(self, *, cancelled: bool = False) -> None:
         """Work through the inbox until the asyncio task is done."""
         inbox = self._inbox
-        receivers = self._receivers
         settle = self._settle
         while True:
             while inbox:
@@ -534,64 +502,53 @@ class _Bridge:
                 kind = item[0]
                 if kind is _SEND:
                     future = item[2]
-                    if future is None:
-                        if not cancelled:
-                            try:
-                                await self._send(item[1])
-                            except Exception as exc:
-                                self._late_error = exc
-                        continue
                     if cancelled:
-                        settle(future, exc=RequestCancelled("the request was cancelled"))
+                        if future is not None:
+                            settle(future, RequestCancelled("the request was cancelled"))
+                        continue
+                    late = self._late_error
+                    if late is not None and future is not None:
+                        # The head was refused: its error is this send's.
+                        self._late_error = None
+                        settle(future, late)
                         continue
                     try:
                         await self._send(item[1])
                     except trio.Cancelled:
-                        settle(future, exc=RequestCancelled("the request was cancelled"))
+                        if future is not None:
+                            settle(future, RequestCancelled("the request was cancelled"))
                         raise
                     except Exception as exc:
-                        settle(future, exc=exc)
+                        if future is None:
+                            self._late_error = exc
+                        else:
+                            settle(future, exc)
                     else:
-                        settle(future)
+                        if future is not None:
+                            settle(future)
                 elif kind is _RECEIVE:
-                    receivers.append(item[1])
+                    self._wanted += 1
                 else:
-                    self._fail_receivers()
+                    self._finished = True
                     return
-            while receivers and receivers[0].done():
-                receivers.popleft()  # cancelled by the app while waiting
-            if cancelled:
-                self._fail_receivers()
-                await self._park()
-            elif receivers:
+            if self._wanted and not cancelled:
                 message: Message | None = None
                 try:
                     with trio.CancelScope() as self._waiting:
-                        try:
-                            message = await self._receive()
-                        except trio.Cancelled:
-                            raise
-                        except Exception as exc:
-                            settle(receivers.popleft(), exc=exc)
+                        message = await self._receive()
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:
+                    message = {"type": "http.disconnect"}
+                    log.debug("receive() failed under an asyncio app: %r", exc)
                 finally:
                     self._waiting = None
                 if message is not None:
                     self._deliver(message)
             else:
+                while self._wanted:
+                    self._deliver({"type": "http.disconnect"})
                 await self._park()
-
-    def _deliver(self, message: Message) -> None:
-        receivers = self._receivers
-        while receivers:
-            if self._settle(receivers.popleft(), message):
-                return
-        # The application gave up waiting before it came: keep it for its
-        # next receive() rather than lose a part of the body.
-        self._stash = message
-
-    def _fail_receivers(self) -> None:
-        while self._receivers:
-            self._settle(self._receivers.popleft(), {"type": "http.disconnect"})
 
     async def _park(self) -> None:
         self._parked = True
@@ -621,21 +578,19 @@ async def open_app_loop(app: ASGIApp, mode: str) -> AsyncIterator[ASGIApp]:
     """Open the event loop ``app`` runs on; yield what the server calls.
 
     ``mode`` ``"trio"``: nothing to open, ``app`` itself. ``"asyncio"``: an
-    :class:`AsyncioHost` runs in a nursery of its own until the block ends,
-    then its tasks are cancelled and the loop closed (bounded).
+    :class:`AsyncioHost` runs until the block ends; then its tasks are
+    cancelled and the loop closed (bounded).
     """
     if mode == "trio":
         yield app
         return
     host = AsyncioHost()
+    host.start()
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(host.run)
-            try:
-                yield AsyncioApp(host, app)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await host.drain()
-                nursery.cancel_scope.cancel()
+        yield AsyncioApp(host, app)
     finally:
-        host.close()
+        with trio.CancelScope(shield=True):
+            try:
+                await host.drain()
+            finally:
+                await host.close()

@@ -11,7 +11,8 @@ Each backend serves ``APP`` (``MODULE:ATTR`` under bench/, e.g.
 CPU time (user + system, from /proc) per request, which includes every thread
 of the process (the loop's thread, executors) and moves far less with the
 machine's load than req/s does. Backends: ``aioscgi``, ``trioscgi`` (as
-shipped), ``driven`` and ``trio-asyncio`` (bench/apploop_probes.py).
+shipped), ``thread``, ``driven`` and ``trio-asyncio``
+(bench/apploop_probes.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def command(name: str, sock: str, spec: str) -> list[str]:
     return {
         "aioscgi": [os.path.join(os.path.dirname(sys.executable), "aioscgi"), "-u", sock, spec],
         "trioscgi": [*trioscgi, spec],
+        "thread": [*probe, "apploop_probes:thread_app"],
         "driven": [*probe, "apploop_probes:driven_app"],
         "trio-asyncio": [*probe, "apploop_probes:trio_asyncio_app"],
     }[name]
@@ -66,7 +68,7 @@ def main() -> None:
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     spec, count = sys.argv[1], int(sys.argv[2])
-    names = sys.argv[3:] or ["aioscgi", "trioscgi", "driven", "trio-asyncio"]
+    names = sys.argv[3:] or ["aioscgi", "trioscgi", "thread", "driven", "trio-asyncio"]
     folder = tempfile.mkdtemp(prefix="apploop-cpu-")
     env = dict(os.environ, PYTHONPATH=HERE, PROBE_APP=spec)
     for name in names:

@@ -10,9 +10,10 @@ folder of peers.py (default: ``$PEERS_DIR``, else the first ``shared/bench``
 found beside the repository or a folder above it). Every backend peers.py
 starts with ``apps:hello`` (aioscgi, trioscgi, fcgisgi, uvicorn-http,
 hypercorn-trio-http…) gets ``APP`` instead;
-bench/ is put on their PYTHONPATH. Two more backends run trioscgi with the
-application bridged another way, to compare designs (bench/apploop_probes.py):
-``trioscgi-driven`` (an asyncio loop in the trio thread, run in passes by a
+bench/ is put on their PYTHONPATH. Three more backends run trioscgi with the
+application's asyncio loop hosted one way whatever the app, to compare designs
+(bench/apploop_probes.py): ``trioscgi-thread`` (a loop of its own in a second
+thread), ``trioscgi-driven`` (a loop in the trio thread, run in passes by a
 trio task) and ``trioscgi-trio-asyncio`` (trio-asyncio's loop). With
 ``TRIOSCGI_BASE`` set to another source tree of trioscgi (e.g. ``git archive``
 of the commit before a change), ``trioscgi-base`` runs that one, for a
@@ -73,6 +74,11 @@ def main() -> None:
                 ]
             out[name] = (location, sock, argv)
         trio_cmd = [python, "-m", "trioscgi", "--bind", f"unix:{d}/scgi.sock", "--app-loop"]
+        out["trioscgi-thread"] = (
+            "/scgi/",
+            "scgi.sock",
+            [*trio_cmd, "trio", "--lifespan", "on", "apploop_probes:thread_app"],
+        )
         out["trioscgi-driven"] = (
             "/scgi/",
             "scgi.sock",

@@ -22,7 +22,27 @@ from scgi_client import connect, encode_request, environ, exchange, parse_respon
 import trioscgi
 from trioscgi import _apploop as apploop
 from trioscgi._apploop import RequestCancelled, detect_app_loop, other_framework_hint
+from trioscgi._apploop import pick_host as real_pick_host
 from trioscgi._config import ConfigError
+
+
+@pytest.fixture(autouse=True, params=["driven", "thread"])
+def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test under both hosts of an asyncio app's loop (auto picks by app)."""
+    kind = str(request.param)
+    monkeypatch.setattr(apploop, "pick_host", lambda app: kind)
+    return kind
+
+
+def set_from_app(event: trio.Event, token: trio.lowlevel.TrioToken) -> None:
+    """Set a trio Event from an asyncio app on either host (trio's thread or its own)."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        trio.from_thread.run_sync(event.set, trio_token=token)
+    else:
+        event.set()
+
 
 # --- choosing the loop ------------------------------------------------------------------
 
@@ -290,7 +310,7 @@ async def test_client_disconnect_reaches_the_app(tmp_path: Path) -> None:
         try:
             got.append((await receive())["type"])  # blocks until the client goes away
         finally:
-            trio.from_thread.run_sync(done.set, trio_token=token)
+            set_from_app(done, token)
 
     async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio") as srv:
         stream = await connect(srv.address)
@@ -435,7 +455,7 @@ async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> N
     async def app(scope: Any, receive: Any, send: Any) -> None:
         loops.append(asyncio.get_running_loop())
         child = asyncio.create_task(asyncio.Event().wait())
-        trio.from_thread.run_sync(started.set, trio_token=token)
+        set_from_app(started, token)
         try:
             await asyncio.Event().wait()  # stuck for good
         except asyncio.CancelledError:
@@ -476,7 +496,7 @@ async def test_task_ignoring_its_cancellation_is_reported(
     token = trio.lowlevel.current_trio_token()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        trio.from_thread.run_sync(started.set, trio_token=token)
+        set_from_app(started, token)
         tasks.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await asyncio.Event().wait()
@@ -567,3 +587,39 @@ async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
         signal.set_wakeup_fd(current)
         assert current == wakeup_fd
     assert answers == ["refused"]
+
+
+@pytest.fixture(params=["default", "stdlib"])
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The thread host's loop: uvloop when installed, and the standard library's."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(apploop, "_new_loop", asyncio.new_event_loop)
+    return str(request.param)
+
+
+async def test_either_loop_serves_and_closes(
+    tmp_path: Path, loop_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apploop, "pick_host", lambda app: "thread")
+    app = LifespanApp()
+    async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", lifespan="on") as srv:
+        for _ in range(3):
+            assert (await request(srv.address)).body == b"alive"
+    assert app.background is not None
+    loop = app.background.get_loop()
+    if loop_kind == "stdlib":
+        assert type(loop).__module__.startswith("asyncio")
+    assert loop.is_closed()
+    assert app.events == ["shutdown, background done: False", "background cancelled"]
+
+
+def test_pick_host_by_app() -> None:
+    # Django lives in sync_to_async threads: a loop of its own in a thread.
+    # Other asyncio apps: the loop driven from the trio thread.
+    from django.core.handlers.asgi import ASGIHandler
+    from quart import Quart
+
+    assert real_pick_host(_bare(ASGIHandler)) == "thread"
+    assert real_pick_host(Middleware(_bare(ASGIHandler))) == "thread"
+    assert real_pick_host(Quart("t")) == "driven"
+    assert real_pick_host(plain) == "driven"

@@ -21,20 +21,29 @@ import contextlib
 import contextvars
 import functools
 import logging
+import selectors
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import sniffio
 import trio
-from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import (
+    Abort,
+    Task,
+    current_task,
+    reschedule,
+    wait_readable,
+    wait_task_rescheduled,
+)
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "AsyncioApp",
-    "AsyncioHost",
+    "DrivenHost",
     "RequestCancelled",
+    "ThreadHost",
     "detect_app_loop",
     "open_app_loop",
     "other_framework_hint",
@@ -53,6 +62,9 @@ ASYNCIO_MODULES = ("django.core.handlers.asgi", "quart", "channels", "asgiref")
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
+# Iterations of the driven loop one pass may run while there is work, before
+# trio tasks get their turn.
+_SPINS = 16
 # After a cancelled request's asyncio task was told to stop, how long it may
 # take to finish before we give up waiting for it (it is then reported, and
 # cancelled again when the loop closes).
@@ -238,37 +250,29 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-class AsyncioHost:
-    """An asyncio event loop (uvloop when installed) in a thread of its own.
+class _Host:
+    """What the bridge needs of a loop's host: the loop and the two ways across."""
 
-    The loop runs in a daemon thread named ``trioscgi-asyncio`` from
-    :meth:`start` until :meth:`close`. ``to_loop`` hands calls to it,
-    ``to_trio`` hands calls back to the trio thread; both batch.
-    """
+    loop: asyncio.AbstractEventLoop
+    closed = False
 
-    def __init__(self) -> None:
-        self.loop = _new_loop()
-        self.closed = False
-        self.to_loop = _Handoff(self.loop.call_soon_threadsafe)
-        self.to_trio = _Handoff(_not_started)
-        self._thread = threading.Thread(target=self._run, name="trioscgi-asyncio", daemon=True)
+    def to_loop(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop's side (soon, in order)."""
+        raise NotImplementedError
 
-    def start(self) -> None:
-        """Start the loop's thread (from the trio thread: hand-offs come back to this run)."""
-        self.to_trio = _Handoff(trio.lowlevel.current_trio_token().run_sync_soon)
-        self._thread.start()
+    def to_trio(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the trio thread (soon, in order); called from the loop's side."""
+        raise NotImplementedError
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            asyncio.set_event_loop(None)
+    async def close(self) -> None:
+        """Stop the loop and close it (after :meth:`drain`)."""
+        raise NotImplementedError
 
     async def drain(self) -> None:
         """Cancel the tasks left, close async generators, join the default executor.
 
         Each step bounded by ``_CLOSE_GRACE``; no new call starts after this.
+        The loop must still be running.
         """
         self.closed = True
         future = asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
@@ -306,6 +310,39 @@ class AsyncioHost:
             except asyncio.TimeoutError:
                 log.warning("closing the asyncio loop: %s did not finish", what)
 
+
+class ThreadHost(_Host):
+    """An asyncio event loop (uvloop when installed) in a thread of its own.
+
+    The loop runs in a daemon thread named ``trioscgi-asyncio`` from
+    :meth:`start` until :meth:`close`. Hand-offs both ways are batched
+    (:class:`_Handoff`).
+    """
+
+    def __init__(self) -> None:
+        self.loop = _new_loop()
+        self._to_loop = _Handoff(self.loop.call_soon_threadsafe)
+        self._to_trio = _Handoff(_not_started)
+        self._thread = threading.Thread(target=self._run, name="trioscgi-asyncio", daemon=True)
+
+    def to_loop(self, fn: Callable[[], None]) -> None:
+        self._to_loop(fn)
+
+    def to_trio(self, fn: Callable[[], None]) -> None:
+        self._to_trio(fn)
+
+    def start(self) -> None:
+        """Start the loop's thread (from the trio thread: hand-offs come back to this run)."""
+        self._to_trio = _Handoff(trio.lowlevel.current_trio_token().run_sync_soon)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            asyncio.set_event_loop(None)
+
     async def close(self) -> None:
         """Stop the loop, join its thread (bounded) and close it."""
         self.closed = True
@@ -318,6 +355,129 @@ class AsyncioHost:
                 return
         if not self.loop.is_closed():
             self.loop.close()
+
+
+class _Selector(selectors.DefaultSelector):
+    """The driven loop's selector: polls without blocking; ends the pass when idle.
+
+    asyncio computes how long it may sleep (0 when callbacks are ready, the
+    time to the next timer, or forever) and passes it here. While callbacks
+    are ready or events come in, the loop goes on to its next iteration (at
+    most ``spins`` times a pass: tasks that hand each other work finish it in
+    one pass). Once it would sleep, we note for how long and stop the loop
+    after this iteration; the trio task then does the sleeping, on the
+    selector's own fd (an epoll fd is readable when any fd registered in it
+    is), so trio tasks run meanwhile.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.wanted: float | None = 0.0
+        self.spins = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        events: list[tuple[Any, int]] = super().select(0)
+        if (timeout == 0 or events) and self.spins > 0:
+            self.spins -= 1
+            return events
+        self.wanted = 0.0 if events else timeout
+        assert self.loop is not None
+        self.loop.stop()
+        return events
+
+
+class DrivenHost(_Host):
+    """An asyncio event loop in the trio thread, run in passes by one trio task.
+
+    :meth:`run` is that task. Each pass is a ``run_forever`` that the
+    selector stops once the loop would sleep (or after ``_SPINS``
+    iterations): every callback that is ready runs, with the loop set as the
+    running loop, asyncio's async generator hooks installed and sniffio
+    saying ``"asyncio"``. Between passes the task sleeps until an fd the loop
+    watches is ready (its self-pipe too, which ``call_soon_threadsafe``
+    writes), its next timer is due, or trio code hands it work. Hand-offs
+    are plain calls: asyncio code never runs at the same time as trio code.
+    """
+
+    def __init__(self) -> None:
+        self._selector = _Selector()
+        self.loop = _DrivenLoop(self._selector)
+        self._selector.loop = self.loop
+        self._waiting: trio.CancelScope | None = None
+        self._woken = False
+        self._scope = trio.CancelScope()
+        self._ended = trio.Event()
+
+    def to_loop(self, fn: Callable[[], None]) -> None:
+        # The loop is between passes (or this runs inside one): change it now.
+        fn()
+        self._woken = True
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.cancel()
+
+    def to_trio(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def _pass(self) -> None:
+        self._selector.spins = _SPINS
+        previous = sniffio.thread_local.name
+        sniffio.thread_local.name = "asyncio"
+        try:
+            self.loop.run_forever()
+        finally:
+            sniffio.thread_local.name = previous
+
+    async def run(self) -> None:
+        """Drive the loop until :meth:`close`."""
+        selector = self._selector
+        fd = selector.fileno()
+        try:
+            with self._scope:
+                await self._drive(selector, fd)
+        finally:
+            self._ended.set()
+
+    async def _drive(self, selector: _Selector, fd: int) -> None:
+        while True:
+            self._woken = False
+            self._pass()
+            wanted = selector.wanted
+            if wanted == 0 or self._woken:
+                # More is ready already: let the trio tasks run first (they
+                # hand over more work, and the next pass takes it all).
+                await trio.lowlevel.checkpoint()
+                continue
+            with trio.CancelScope() as self._waiting:
+                if wanted is not None:
+                    self._waiting.deadline = trio.current_time() + wanted
+                await wait_readable(fd)
+            self._waiting = None
+
+    async def close(self) -> None:
+        """End the driving task, run a last pass and close the loop."""
+        self.closed = True
+        self._scope.cancel()
+        # The driving task waits on the selector's fd: the fd stays open
+        # until the task has left.
+        await self._ended.wait()
+        if not self.loop.is_closed():
+            self._pass()
+            self.loop.close()
+
+
+class _DrivenLoop(asyncio.SelectorEventLoop):
+    """The driven loop: the main thread's signals belong to the server.
+
+    asyncio's ``add_signal_handler`` would take over the process's wakeup fd
+    (``signal.set_wakeup_fd``), which trio's signal handling (SIGTERM,
+    SIGINT…) relies on. It raises ``NotImplementedError`` instead, as on
+    loops without signal support; libraries catch that and go on.
+    """
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:  # type: ignore[override]
+        raise NotImplementedError("signals belong to the server (trioscgi), not the app's loop")
 
 
 def _not_started(fn: Callable[[], None]) -> None:
@@ -368,7 +528,7 @@ class _Bridge:
         "_wanted",
     )
 
-    def __init__(self, host: AsyncioHost, receive: Receive, send: Send) -> None:
+    def __init__(self, host: _Host, receive: Receive, send: Send) -> None:
         self._host = host
         self._loop = host.loop
         self._receive = receive
@@ -565,7 +725,7 @@ class AsyncioApp:
 
     __slots__ = ("app", "host")
 
-    def __init__(self, host: AsyncioHost, app: ASGIApp) -> None:
+    def __init__(self, host: _Host, app: ASGIApp) -> None:
         self.host = host
         self.app = app
 
@@ -573,24 +733,48 @@ class AsyncioApp:
         await _Bridge(self.host, receive, send).call(self.app, scope)
 
 
+# Where the loop runs, by what the app is (docs/asyncio.md has the figures):
+# Django (and Channels, asgiref's adapters) go to sync_to_async threads many
+# times per request (15 executor round trips for a hello with startproject's
+# middleware), and block the loop while starting and joining them; a loop of
+# their own in a thread runs those at native speed while the trio thread keeps
+# serving. Every other asyncio app spends its time in asyncio code and ASGI
+# messages, which are cheaper without crossing threads: the driven loop.
+THREAD_MODULES = ("django", "channels", "asgiref")
+
+
+def pick_host(app: Any) -> Literal["thread", "driven"]:
+    """``"thread"`` for apps that live in sync_to_async threads, ``"driven"`` otherwise."""
+    module = _asyncio_framework(app) or ""
+    if any(module == m or module.startswith(m + ".") for m in THREAD_MODULES):
+        return "thread"
+    return "driven"
+
+
 @contextlib.asynccontextmanager
 async def open_app_loop(app: ASGIApp, mode: str) -> AsyncIterator[ASGIApp]:
     """Open the event loop ``app`` runs on; yield what the server calls.
 
-    ``mode`` ``"trio"``: nothing to open, ``app`` itself. ``"asyncio"``: an
-    :class:`AsyncioHost` runs until the block ends; then its tasks are
-    cancelled and the loop closed (bounded).
+    ``mode`` ``"trio"``: nothing to open, ``app`` itself. ``"asyncio"``: the
+    host :func:`pick_host` chooses runs until the block ends; then its tasks
+    are cancelled and the loop closed (bounded).
     """
     if mode == "trio":
         yield app
         return
-    host = AsyncioHost()
-    host.start()
-    try:
-        yield AsyncioApp(host, app)
-    finally:
-        with trio.CancelScope(shield=True):
-            try:
-                await host.drain()
-            finally:
-                await host.close()
+    async with trio.open_nursery() as nursery:
+        host: _Host
+        if pick_host(app) == "thread":
+            host = thread_host = ThreadHost()
+            thread_host.start()
+        else:
+            host = driven_host = DrivenHost()
+            nursery.start_soon(driven_host.run)
+        try:
+            yield AsyncioApp(host, app)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await host.drain()
+                finally:
+                    await host.close()

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from trioscgi._apploop import DrivenHost, ThreadHost, _Bridge, _Host
+from trioscgi._asynciohost import DrivenHost, ThreadHost, _Bridge, _Host
 
 
 def _load() -> Any:

@@ -21,6 +21,7 @@ from scgi_client import connect, encode_request, environ, exchange, parse_respon
 
 import trioscgi
 from trioscgi import _apploop as apploop
+from trioscgi import _asynciohost as asynciohost
 from trioscgi._apploop import RequestCancelled, detect_app_loop, other_framework_hint
 from trioscgi._apploop import pick_host as real_pick_host
 from trioscgi._config import ConfigError
@@ -490,7 +491,7 @@ async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> N
 async def test_task_ignoring_its_cancellation_is_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(apploop, "_CANCEL_GRACE", 0.2)
+    monkeypatch.setattr(asynciohost, "_CANCEL_GRACE", 0.2)
     started = trio.Event()
     tasks: list[asyncio.Task[Any]] = []
     token = trio.lowlevel.current_trio_token()
@@ -593,7 +594,7 @@ async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
 def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The thread host's loop: uvloop when installed, and the standard library's."""
     if request.param == "stdlib":
-        monkeypatch.setattr(apploop, "_new_loop", asyncio.new_event_loop)
+        monkeypatch.setattr(asynciohost, "_new_loop", asyncio.new_event_loop)
     return str(request.param)
 
 

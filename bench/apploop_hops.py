@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What one executor round trip costs an asyncio task on each of trioscgi's loop hosts.
 
-Usage: ``python bench/apploop_hops.py [N]``
+Usage: ``python bench/apploop_hops.py [N]`` (the loop in a thread is
+bench/apploop_probes.py's).
 
 A task awaits ``loop.run_in_executor(executor, f)`` N times (asgiref's
 ``sync_to_async`` is that, and Django's hello makes 15 of them); printed: CPU
@@ -19,8 +20,9 @@ import time
 from collections.abc import Callable
 
 import trio
+from apploop_probes import ThreadHost
 
-from trioscgi._asynciohost import DrivenHost, ThreadHost, _Host
+from trioscgi._asynciohost import DrivenHost, _Host
 
 EXECUTOR = concurrent.futures.ThreadPoolExecutor(1)
 

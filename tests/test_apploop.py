@@ -20,30 +20,8 @@ from asgiref.sync import sync_to_async
 from scgi_client import connect, encode_request, environ, exchange, parse_response, request, serving
 
 import trioscgi
-from trioscgi import _apploop as apploop
-from trioscgi import _asynciohost as asynciohost
 from trioscgi._apploop import RequestCancelled, detect_app_loop, other_framework_hint
-from trioscgi._apploop import pick_host as real_pick_host
 from trioscgi._config import ConfigError
-
-
-@pytest.fixture(autouse=True, params=["driven", "thread"])
-def host(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test under both hosts of an asyncio app's loop (auto picks by app)."""
-    kind = str(request.param)
-    monkeypatch.setattr(apploop, "pick_host", lambda app: kind)
-    return kind
-
-
-def set_from_app(event: trio.Event, token: trio.lowlevel.TrioToken) -> None:
-    """Set a trio Event from an asyncio app on either host (trio's thread or its own)."""
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        trio.from_thread.run_sync(event.set, trio_token=token)
-    else:
-        event.set()
-
 
 # --- choosing the loop ------------------------------------------------------------------
 
@@ -304,14 +282,13 @@ async def test_errors_become_500s_and_serving_goes_on(tmp_path: Path) -> None:
 async def test_client_disconnect_reaches_the_app(tmp_path: Path) -> None:
     got: list[str] = []
     done = trio.Event()
-    token = trio.lowlevel.current_trio_token()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()  # the (empty) body
         try:
             got.append((await receive())["type"])  # blocks until the client goes away
         finally:
-            set_from_app(done, token)
+            done.set()
 
     async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio") as srv:
         stream = await connect(srv.address)
@@ -445,18 +422,17 @@ async def test_quart_startup_and_shutdown_hooks(tmp_path: Path) -> None:
     assert events == ["startup", "shutdown"]
 
 
-async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> None:
-    # Real time: the app's loop runs in its own thread, which trio's clock
-    # does not see.
+async def test_graceful_timeout_cancels_stuck_asyncio_tasks(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
     seen: list[str] = []
     started = trio.Event()
     loops: list[asyncio.AbstractEventLoop] = []
-    token = trio.lowlevel.current_trio_token()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         loops.append(asyncio.get_running_loop())
         child = asyncio.create_task(asyncio.Event().wait())
-        set_from_app(started, token)
+        started.set()
         try:
             await asyncio.Event().wait()  # stuck for good
         except asyncio.CancelledError:
@@ -471,7 +447,7 @@ async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> N
             child.cancel()
 
     async with (
-        serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", graceful_timeout=0.3) as srv,
+        serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", graceful_timeout=3.0) as srv,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(exchange, srv.address, encode_request(environ()))
@@ -481,7 +457,7 @@ async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> N
         await srv.stopped.wait()
         nursery.cancel_scope.cancel()
     assert srv.stopped_at is not None
-    assert 0.3 <= srv.stopped_at - start < 3.0
+    assert 3.0 <= srv.stopped_at - start < 4.0
     assert seen == ["cancelled", "send refused"]
     # Nothing leaked: the loop is closed with no task left.
     assert loops[0].is_closed()
@@ -489,15 +465,13 @@ async def test_graceful_timeout_cancels_stuck_asyncio_tasks(tmp_path: Path) -> N
 
 
 async def test_task_ignoring_its_cancellation_is_reported(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(asynciohost, "_CANCEL_GRACE", 0.2)
     started = trio.Event()
     tasks: list[asyncio.Task[Any]] = []
-    token = trio.lowlevel.current_trio_token()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        set_from_app(started, token)
+        started.set()
         tasks.append(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await asyncio.Event().wait()
@@ -506,7 +480,7 @@ async def test_task_ignoring_its_cancellation_is_reported(
         await asyncio.Event().wait()  # cancelled again when the loop closes
 
     async with (
-        serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", graceful_timeout=0.1) as srv,
+        serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", graceful_timeout=1.0) as srv,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(exchange, srv.address, encode_request(environ()))
@@ -515,7 +489,7 @@ async def test_task_ignoring_its_cancellation_is_reported(
         await srv.stopped.wait()
         nursery.cancel_scope.cancel()
     messages = [r.getMessage() for r in caplog.records]
-    assert any("ignored its cancellation for 0.2 s" in m for m in messages), messages
+    assert any("ignored its cancellation for 5 s" in m for m in messages), messages
     # The loop's close cancelled it again, and that time it ended: no leak.
     assert tasks[0].cancelled()
     assert tasks[0].get_loop().is_closed()
@@ -573,8 +547,7 @@ async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
-        except (NotImplementedError, RuntimeError, ValueError):
-            # Not in the main thread: asyncio refuses (the loop's thread is not it).
+        except NotImplementedError:
             answers.append("refused")
         for message in _json_response(b"ok"):
             await send(message)
@@ -588,39 +561,3 @@ async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
         signal.set_wakeup_fd(current)
         assert current == wakeup_fd
     assert answers == ["refused"]
-
-
-@pytest.fixture(params=["default", "stdlib"])
-def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The thread host's loop: uvloop when installed, and the standard library's."""
-    if request.param == "stdlib":
-        monkeypatch.setattr(asynciohost, "_new_loop", asyncio.new_event_loop)
-    return str(request.param)
-
-
-async def test_either_loop_serves_and_closes(
-    tmp_path: Path, loop_kind: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(apploop, "pick_host", lambda app: "thread")
-    app = LifespanApp()
-    async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", lifespan="on") as srv:
-        for _ in range(3):
-            assert (await request(srv.address)).body == b"alive"
-    assert app.background is not None
-    loop = app.background.get_loop()
-    if loop_kind == "stdlib":
-        assert type(loop).__module__.startswith("asyncio")
-    assert loop.is_closed()
-    assert app.events == ["shutdown, background done: False", "background cancelled"]
-
-
-def test_pick_host_by_app() -> None:
-    # Django lives in sync_to_async threads: a loop of its own in a thread.
-    # Other asyncio apps: the loop driven from the trio thread.
-    from django.core.handlers.asgi import ASGIHandler
-    from quart import Quart
-
-    assert real_pick_host(_bare(ASGIHandler)) == "thread"
-    assert real_pick_host(Middleware(_bare(ASGIHandler))) == "thread"
-    assert real_pick_host(Quart("t")) == "driven"
-    assert real_pick_host(plain) == "driven"

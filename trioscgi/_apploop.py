@@ -4,14 +4,12 @@ The server stays trio: its connection tasks call the application as a trio
 coroutine. For an application that needs asyncio, :func:`open_app_loop`
 opens an asyncio event loop and returns a trio-callable face of the
 application whose calls run as asyncio tasks on that loop (``_Bridge``).
-The loop is hosted one of two ways, picked by the app (:func:`pick_host`):
-in a thread of its own with batched hand-offs (``ThreadHost``, for Django,
-which lives in sync_to_async threads), or in the trio thread, run in passes
-by a trio task (``DrivenHost``, for the rest); both are in _asynciohost.py,
-imported only then, so that a server of trio apps never imports asyncio.
+The loop runs in the trio thread, in passes driven by a trio task
+(``DrivenHost`` in _asynciohost.py, imported only then, so that a server of
+trio apps never imports asyncio).
 
-Why these shapes and not trio-asyncio: docs/asyncio.md (measured on Django,
-Quart and trio apps).
+Why this shape and not trio-asyncio or a loop in a thread of its own:
+docs/asyncio.md (measured on Django, Quart and trio apps).
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ __all__ = [
     "detect_app_loop",
     "open_app_loop",
     "other_framework_hint",
-    "pick_host",
 ]
 
 # Modules (and their submodules) whose ASGI applications run on asyncio only
@@ -174,45 +171,22 @@ def other_framework_hint(exc: BaseException) -> str | None:
 # The asyncio loop, driven by a trio task
 
 
-# Where the loop runs, by what the app is (docs/asyncio.md has the figures):
-# Django (and Channels, asgiref's adapters) go to sync_to_async threads many
-# times per request (15 executor round trips for a hello with startproject's
-# middleware), and block the loop while starting and joining them; a loop of
-# their own in a thread runs those at native speed while the trio thread keeps
-# serving. Every other asyncio app spends its time in asyncio code and ASGI
-# messages, which are cheaper without crossing threads: the driven loop.
-THREAD_MODULES = ("django", "channels", "asgiref")
-
-
-def pick_host(app: Any) -> Literal["thread", "driven"]:
-    """``"thread"`` for apps that live in sync_to_async threads, ``"driven"`` otherwise."""
-    module = _asyncio_framework(app) or ""
-    if any(module == m or module.startswith(m + ".") for m in THREAD_MODULES):
-        return "thread"
-    return "driven"
-
-
 @contextlib.asynccontextmanager
 async def open_app_loop(app: ASGIApp, mode: str) -> AsyncIterator[ASGIApp]:
     """Open the event loop ``app`` runs on; yield what the server calls.
 
-    ``mode`` ``"trio"``: nothing to open, ``app`` itself. ``"asyncio"``: the
-    host :func:`pick_host` chooses runs until the block ends; then its tasks
-    are cancelled and the loop closed (bounded).
+    ``mode`` ``"trio"``: nothing to open, ``app`` itself. ``"asyncio"``: an
+    asyncio loop driven by a task in a nursery of its own until the block
+    ends; then its tasks are cancelled and the loop closed (bounded).
     """
     if mode == "trio":
         yield app
         return
-    from ._asynciohost import AsyncioApp, DrivenHost, ThreadHost, _Host  # noqa: PLC0415
+    from ._asynciohost import AsyncioApp, DrivenHost  # noqa: PLC0415 - asyncio only then
 
     async with trio.open_nursery() as nursery:
-        host: _Host
-        if pick_host(app) == "thread":
-            host = thread_host = ThreadHost()
-            thread_host.start()
-        else:
-            host = driven_host = DrivenHost()
-            nursery.start_soon(driven_host.run)
+        host = DrivenHost()
+        nursery.start_soon(host.run)
         try:
             yield AsyncioApp(host, app)
         finally:

@@ -1,24 +1,23 @@
-"""The asyncio side of an asyncio application: its loop's two hosts and the per-call bridge.
+"""The asyncio side of an asyncio application: the loop's host and the per-call bridge.
 
 Imported only when an application runs on asyncio (trioscgi/_apploop.py
 decides), so that a server of trio apps never imports asyncio.
-:class:`ThreadHost` runs the loop in a thread of its own with batched
-hand-offs; :class:`DrivenHost` runs it in the trio thread, in passes driven by
-a trio task. :class:`_Bridge` is one call of the application (a request, or
-the lifespan), the same on both. docs/asyncio.md has the design and figures.
+:class:`DrivenHost` runs the loop in the trio thread, in passes driven by a
+trio task; :class:`_Bridge` is one call of the application (a request, or the
+lifespan). The bridge reaches the loop only through its host's ``to_loop`` /
+``to_trio``, so other hosts can be measured against this one
+(bench/apploop_probes.py has a loop in a thread of its own).
+docs/asyncio.md has the design and the figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import contextlib
 import contextvars
 import functools
 import logging
 import selectors
-import threading
 import types
 from collections.abc import Callable, Generator
 from typing import Any
@@ -37,7 +36,7 @@ from trio.lowlevel import (
 from ._apploop import RequestCancelled
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AsyncioApp", "DrivenHost", "ThreadHost"]
+__all__ = ["AsyncioApp", "DrivenHost"]
 
 log = logging.getLogger("trioscgi")
 
@@ -51,54 +50,6 @@ _CANCEL_GRACE = 5.0
 # How long closing the loop waits for the tasks it cancels, the async
 # generators it closes and the default executor's threads.
 _CLOSE_GRACE = 5.0
-
-
-class _Handoff:
-    """Calls handed to another thread's event loop, one wake-up per batch.
-
-    ``wake(run)`` is the thread-safe way in (``loop.call_soon_threadsafe``,
-    a trio token's ``run_sync_soon``); it is called only when no batch is
-    already on its way, so a busy side wakes the other once for many calls.
-    Appending to a deque and the flag are atomic under the GIL; the flag is
-    cleared before the batch is taken, so a call is never left behind.
-    """
-
-    __slots__ = ("_calls", "_scheduled", "_wake")
-
-    def __init__(self, wake: Callable[[Callable[[], None]], object]) -> None:
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
-        self._scheduled = False
-        self._wake = wake
-
-    def __call__(self, fn: Callable[[], None]) -> None:
-        self._calls.append(fn)
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                self._wake(self._run)
-            except (RuntimeError, trio.RunFinishedError):
-                # The other side is gone (its loop closed, its run over):
-                # nothing is waiting for these calls any more.
-                self._scheduled = False
-                self._calls.clear()
-
-    def _run(self) -> None:
-        self._scheduled = False
-        calls = self._calls
-        while calls:
-            try:
-                calls.popleft()()
-            except Exception:  # pragma: no cover - a bug of ours, not the app's
-                log.exception("error in a hand-off between the trio and asyncio loops")
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # noqa: PLC0415 - optional, the faster loop when installed
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 class _Host:
@@ -126,10 +77,11 @@ class _Host:
         The loop must still be running.
         """
         self.closed = True
+        done = trio.Event()
         future = asyncio.run_coroutine_threadsafe(self._drain(), self.loop)
-        await trio.to_thread.run_sync(
-            functools.partial(concurrent.futures.wait, [future], timeout=4 * _CLOSE_GRACE)
-        )
+        future.add_done_callback(lambda _: self.to_trio(done.set))
+        with trio.move_on_after(4 * _CLOSE_GRACE):
+            await done.wait()
         if not future.done():
             log.warning("closing the asyncio loop took longer than %g s", 4 * _CLOSE_GRACE)
 
@@ -160,52 +112,6 @@ class _Host:
                 await asyncio.wait_for(step, _CLOSE_GRACE)
             except asyncio.TimeoutError:
                 log.warning("closing the asyncio loop: %s did not finish", what)
-
-
-class ThreadHost(_Host):
-    """An asyncio event loop (uvloop when installed) in a thread of its own.
-
-    The loop runs in a daemon thread named ``trioscgi-asyncio`` from
-    :meth:`start` until :meth:`close`. Hand-offs both ways are batched
-    (:class:`_Handoff`).
-    """
-
-    def __init__(self) -> None:
-        self.loop = _new_loop()
-        self._to_loop = _Handoff(self.loop.call_soon_threadsafe)
-        self._to_trio = _Handoff(_not_started)
-        self._thread = threading.Thread(target=self._run, name="trioscgi-asyncio", daemon=True)
-
-    def to_loop(self, fn: Callable[[], None]) -> None:
-        self._to_loop(fn)
-
-    def to_trio(self, fn: Callable[[], None]) -> None:
-        self._to_trio(fn)
-
-    def start(self) -> None:
-        """Start the loop's thread (from the trio thread: hand-offs come back to this run)."""
-        self._to_trio = _Handoff(trio.lowlevel.current_trio_token().run_sync_soon)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-        finally:
-            asyncio.set_event_loop(None)
-
-    async def close(self) -> None:
-        """Stop the loop, join its thread (bounded) and close it."""
-        self.closed = True
-        if self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.loop.stop)
-            await trio.to_thread.run_sync(self._thread.join, _CLOSE_GRACE)
-            if self._thread.is_alive():
-                log.warning("the asyncio loop's thread did not stop within %g s", _CLOSE_GRACE)
-                return
-        if not self.loop.is_closed():
-            self.loop.close()
 
 
 class _Selector(selectors.DefaultSelector):
@@ -331,10 +237,6 @@ class _DrivenLoop(asyncio.SelectorEventLoop):
         raise NotImplementedError("signals belong to the server (trioscgi), not the app's loop")
 
 
-def _not_started(fn: Callable[[], None]) -> None:
-    raise RuntimeError("the asyncio loop's host is not started")
-
-
 # --------------------------------------------------------------------------------------
 # One call of the application: its asyncio task and the trio task that serves it
 
@@ -347,7 +249,7 @@ _DONE = 3
 class _Bridge:
     """One call of an asyncio application (a request, or the lifespan).
 
-    The application runs as an asyncio task in the loop's thread. Its
+    The application runs as an asyncio task on the host's loop. Its
     ``receive``/``send`` post to an inbox that the calling trio task (the
     connection's own) works through with the server's ``receive``/``send``;
     results go back as completed asyncio futures. No task, thread or channel
@@ -357,9 +259,10 @@ class _Bridge:
     out meanwhile. The server's ``receive`` loses nothing when cancelled
     while it waits (it is called again after the sends).
 
-    Each side's state belongs to its thread: the inbox and the waiting to
-    the trio thread, the futures and the stash of early messages to the
-    loop's; they meet only through the host's hand-offs.
+    Each side's state belongs to its side: the inbox and the waiting to
+    trio, the futures and the stash of early messages to the loop; they meet
+    only through the host's ``to_loop``/``to_trio`` (plain calls on the
+    driven host, which runs both in one thread).
     """
 
     __slots__ = (

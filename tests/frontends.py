@@ -1,8 +1,13 @@
-"""Test harness: real nginx, Apache mod_proxy_scgi and lighttpd mod_scgi on loopback.
+"""Test harness: real front-ends on loopback, for SCGI and for FastCGI.
+
+SCGI: nginx ``scgi_pass``, Apache mod_proxy_scgi, lighttpd mod_scgi. FastCGI: nginx
+``fastcgi_pass``, Apache mod_proxy_fcgi and mod_fcgid, lighttpd mod_fastcgi, HAProxy
+``fcgi-app``, and ``cgi-fcgi`` (libfcgi) as a plain client.
 
 Each front-end runs in the foreground, as the current user, from its own temp
 dir with a free port, and is stopped (and waited for) when its context exits.
-Also: a tiny HTTP client, and a blocking SCGI capture backend in a thread.
+Also: a tiny HTTP client, and a blocking SCGI capture backend in a thread (the
+FastCGI one is in tests/fcgi_capture.py).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -18,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +37,10 @@ HTTP_TIMEOUT = 15.0
 
 FRONTEND_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 NGINX_SCGI_PARAMS_CANDIDATES = ("/etc/nginx/scgi_params", "/usr/local/nginx/conf/scgi_params")
+NGINX_FASTCGI_PARAMS_CANDIDATES = (
+    "/etc/nginx/fastcgi_params",
+    "/usr/local/nginx/conf/fastcgi_params",
+)
 APACHE_MODULE_DIRS = (
     "/usr/lib/apache2/modules",
     "/usr/lib64/httpd/modules",
@@ -246,6 +256,8 @@ class FrontEnd:
     proc: subprocess.Popen[bytes]
     error_log: Path
     variants: dict[str, str] = field(default_factory=dict)
+    # Set at exit when processes of the front-end's group outlived it (and were killed).
+    left_behind: bool = False
 
     def request(self, method: str, target: str, **kwargs: object) -> HTTPResponse:
         return http_request(self.port, method, target, **kwargs)  # type: ignore[arg-type]
@@ -415,44 +427,96 @@ def nginx_version() -> tuple[int, ...]:
     return tuple(int(x) for x in out.split("nginx/", 1)[1].split()[0].split("."))
 
 
-def _apache_module_dir() -> str:
-    for d in APACHE_MODULE_DIRS:
-        if os.path.exists(os.path.join(d, "mod_proxy_scgi.so")):
-            return d
-    missing("Apache mod_proxy_scgi")
+def apache_user() -> tuple[str, int] | None:
+    """``(user, gid)`` that Apache's worker (and mod_fcgid's applications) run as.
+
+    ``None`` when we are not root: Apache then stays who we are. As root it must switch
+    (it refuses to serve as root): to ``www-data`` (else ``nobody``), with our group.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for user in ("www-data", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return user, os.getegid()
+    raise RuntimeError("running as root, but there is neither a www-data nor a nobody user")
+
+
+def runnable_by_apache_user(path: str) -> bool:
+    """Whether Apache's user can exec ``path`` (search permission on every directory too)."""
+    who = apache_user()
+    if who is None:
+        return os.access(path, os.X_OK)
+    done = subprocess.run(
+        ["/bin/sh", "-c", 'test -x "$1"', "sh", path],
+        user=who[0],
+        group=who[1],
+        extra_groups=[],
+        env=FRONTEND_ENV,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def python_for_apache_user() -> tuple[str, dict[str, str]]:
+    """An interpreter that mod_fcgid can exec, and the environment it needs.
+
+    mod_fcgid runs its applications as Apache's user. As root that is ``www-data``,
+    which can't reach an interpreter under ``/root`` (pyenv, a venv made from it: the
+    exec fails with "Permission denied" and Apache answers 500 "End of script output
+    before headers"). Then this falls back to the system ``python3`` of the same
+    ``X.Y``, with ``PYTHONPATH`` = the repository and this interpreter's site-packages
+    (pure-Python packages and same-ABI extensions load from there).
+    """
+    if runnable_by_apache_user(sys.executable):
+        return sys.executable, {}
+    import site
+
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        if os.path.exists(candidate) and runnable_by_apache_user(candidate):
+            repo = str(Path(__file__).resolve().parent.parent)
+            paths = [repo, *site.getsitepackages()]
+            return candidate, {"PYTHONPATH": os.pathsep.join(paths)}
+    missing(f"a {version} that Apache's user can run (for mod_fcgid)")
     raise AssertionError("unreachable")
 
 
-def _apache_proxy_url(backend: str) -> str:
+def _apache_module_dir(module: str = "mod_proxy_scgi", what: str = "Apache mod_proxy_scgi") -> str:
+    for d in APACHE_MODULE_DIRS:
+        if os.path.exists(os.path.join(d, f"{module}.so")):
+            return d
+    missing(what)
+    raise AssertionError("unreachable")
+
+
+def _apache_proxy_url(backend: str, scheme: str = "scgi") -> str:
     addr = backend_address(backend)
     if isinstance(addr, str):
-        return f'"unix:{addr}|scgi://localhost/"'
-    return f"scgi://{addr[0]}:{addr[1]}/"
+        return f'"unix:{addr}|{scheme}://localhost/"'
+    return f"{scheme}://{addr[0]}:{addr[1]}/"
 
 
-def apache_config(workdir: Path, port: int, backend: str, modules: str) -> str:
-    """httpd.conf: ``ProxyPass /app/`` and ``ProxyPass /`` to the SCGI backend."""
+def _apache_head(workdir: Path, port: int, modules: str, load: list[str]) -> list[str]:
+    """The lines every test httpd.conf starts with: modules, user, port, files in ``workdir``."""
     d = workdir
     builtin = subprocess.run(
         [find_binary("apache2", "httpd"), "-l"], capture_output=True, text=True, check=False
     ).stdout
-    load = ["mpm_event", "authz_core", "proxy", "proxy_scgi"]
     if "mod_unixd.c" not in builtin:
-        load.append("unixd")
+        load = [*load, "unixd"]
     lines = [f"ServerRoot {d}"]
     lines += [f"LoadModule {m}_module {modules}/mod_{m}.so" for m in load]
     # Apache refuses to serve as root (no BIG_SECURITY_HOLE): as root, the
     # worker becomes an unprivileged user but keeps our group, so it can reach
     # a 0660 Unix socket in a 0750 directory that we own.
-    if os.geteuid() == 0:
-        user = "www-data"
-        try:
-            import pwd
-
-            pwd.getpwnam(user)
-        except KeyError:
-            user = "nobody"
-        lines += [f"User {user}", f"Group #{os.getegid()}"]
+    who = apache_user()
+    if who is not None:
+        lines += [f"User {who[0]}", f"Group #{who[1]}"]
     lines += [
         "ServerName 127.0.0.1",
         f"Listen 127.0.0.1:{port}",
@@ -464,11 +528,57 @@ def apache_config(workdir: Path, port: int, backend: str, modules: str) -> str:
         "Timeout 30",
         # Default Off answers 404 for any %2F in the path, before proxying.
         "AllowEncodedSlashes NoDecode",
-        f"ProxyPass /app/ {_apache_proxy_url(backend)}",
-        f"ProxyPass / {_apache_proxy_url(backend)}",
-        "",
     ]
+    return lines
+
+
+def apache_config(
+    workdir: Path,
+    port: int,
+    backend: str,
+    modules: str,
+    *,
+    scheme: str = "scgi",
+    reuse: bool = False,
+) -> str:
+    """httpd.conf: ``ProxyPass /app/`` and ``ProxyPass /`` to the backend.
+
+    ``scheme`` is ``scgi`` (mod_proxy_scgi) or ``fcgi`` (mod_proxy_fcgi); ``reuse``
+    adds ``enablereuse=on`` (FastCGI keep-conn; Apache closes after each request without).
+    """
+    lines = _apache_head(
+        workdir, port, modules, ["mpm_event", "authz_core", "proxy", f"proxy_{scheme}"]
+    )
+    url = _apache_proxy_url(backend, scheme)
+    # Both ProxyPass lines share one worker (same URL): its parameters go on the first one
+    # only (on both, Apache warns AH01146 "Ignoring parameter ... because of worker sharing").
+    reuse_param = " enablereuse=on" if reuse else ""
+    lines += [f"ProxyPass /app/ {url}{reuse_param}", f"ProxyPass / {url}", ""]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _run_apache_conf(
+    name: str, workdir: Path | None, variants: dict[str, str], config: Callable[[Path, int], str]
+) -> Iterator[FrontEnd]:
+    """Run ``apache2 -X`` (one process, foreground) with the httpd.conf ``config(dir, port)``."""
+    binary = find_binary("apache2", "httpd")
+    with _workdir(workdir, name) as d:
+        if os.geteuid() == 0:
+            d.chmod(0o755)  # the unprivileged worker writes nothing here, but must traverse
+        port = free_port()
+        conf = d / "httpd.conf"
+        conf.write_text(config(d, port))
+        error_log = d / "error.log"
+        with _running(
+            "apache",
+            argv=[binary, "-X", "-f", str(conf)],
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants=variants,
+        ) as fe:
+            yield fe
 
 
 @contextlib.contextmanager
@@ -478,25 +588,14 @@ def run_apache(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEn
     Variants: ``root`` = "" (``ProxyPass /``), ``prefix`` = "/app" (``ProxyPass /app/``).
     Apache sends SCRIPT_NAME = the whole decoded path in both.
     """
-    binary = find_binary("apache2", "httpd")
     modules = _apache_module_dir()
-    with _workdir(workdir, "apache") as d:
-        if os.geteuid() == 0:
-            d.chmod(0o755)  # the unprivileged worker writes nothing here, but must traverse
-        port = free_port()
-        conf = d / "httpd.conf"
-        conf.write_text(apache_config(d, port, backend, modules))
-        error_log = d / "error.log"
-        argv = [binary, "-X", "-f", str(conf)]
-        with _running(
-            "apache",
-            argv=argv,
-            workdir=d,
-            port=port,
-            error_log=error_log,
-            variants={"root": "", "prefix": "/app"},
-        ) as fe:
-            yield fe
+    with _run_apache_conf(
+        "apache",
+        workdir,
+        {"root": "", "prefix": "/app"},
+        lambda d, port: apache_config(d, port, backend, modules),
+    ) as fe:
+        yield fe
 
 
 def _lighttpd_backend(backend: str) -> str:
@@ -506,8 +605,10 @@ def _lighttpd_backend(backend: str) -> str:
     return f'"host" => "{addr[0]}", "port" => {addr[1]}'
 
 
-def lighttpd_config(workdir: Path, port: int, backend: str, *, fix_root: bool = True) -> str:
-    """lighttpd.conf: ``scgi.server`` for "/app" (prefix) and "/" (root).
+def lighttpd_config(
+    workdir: Path, port: int, backend: str, *, fix_root: bool = True, module: str = "scgi"
+) -> str:
+    """lighttpd.conf: ``scgi.server`` (or ``fastcgi.server``) for "/app" and "/" (root).
 
     Without ``fix-root-scriptname``, the "/" mount sends SCRIPT_NAME = the whole
     path and no PATH_INFO (like Apache).
@@ -516,7 +617,7 @@ def lighttpd_config(workdir: Path, port: int, backend: str, *, fix_root: bool = 
     be = _lighttpd_backend(backend)
     fix = ', "fix-root-scriptname" => "enable"' if fix_root else ""
     return f"""\
-server.modules = ("mod_scgi")
+server.modules = ("mod_{module}")
 server.document-root = "{d}"
 server.bind = "127.0.0.1"
 server.port = {port}
@@ -527,7 +628,7 @@ server.max-request-size = 65536
 # no SSE, and an endless response never reaches the client. 2 = stream, with
 # backpressure on the backend when the client reads slowly.
 server.stream-response-body = 2
-scgi.server = (
+{module}.server = (
     "/app" => (({be}, "check-local" => "disable")),
     "/" => (({be}, "check-local" => "disable"{fix})),
 )
@@ -561,6 +662,404 @@ def run_lighttpd(
 
 
 FRONTENDS = {"nginx": run_nginx, "apache": run_apache, "lighttpd": run_lighttpd}
+
+
+# --------------------------------------------------------------------------- FastCGI front-ends
+
+
+def _nginx_fastcgi_params() -> str:
+    found = next((p for p in NGINX_FASTCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if found is None:
+        missing("nginx's fastcgi_params file")
+    assert found is not None
+    return found
+
+
+def nginx_fastcgi_config(
+    workdir: Path, port: int, backend: str, fastcgi_params: str, *, keep_conn: bool = False
+) -> str:
+    """nginx.conf for ``fastcgi_pass``: stock, prefix, no params, unbuffered request body.
+
+    ``keep_conn``: every location goes through ``upstream { keepalive 8; }`` with
+    ``fastcgi_keep_conn on`` (nginx needs both to keep a FastCGI connection open).
+    """
+    d = workdir
+    if keep_conn:
+        upstream = f"upstream fcgi_backend {{ server {_nginx_pass(backend)}; keepalive 8; }}"
+        target = "fcgi_backend"
+        keep = "fastcgi_keep_conn on;"
+    else:
+        upstream = ""
+        target = _nginx_pass(backend)
+        keep = ""
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    fastcgi_read_timeout 30s;
+    {upstream}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        {keep}
+
+        # What users have by default: the stock fastcgi_params, SCRIPT_NAME =
+        # $fastcgi_script_name (the whole path), no PATH_INFO.
+        location / {{
+            include {fastcgi_params};
+            fastcgi_pass {target};
+        }}
+
+        # Mounted under a prefix, nginx's own way: SCRIPT_NAME = /app, PATH_INFO = the rest.
+        location /app/ {{
+            fastcgi_split_path_info ^(/app)(/.*)$;
+            include {fastcgi_params};
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_pass {target};
+        }}
+
+        # No fastcgi_params at all: HTTP_* only.
+        location /noparams/ {{
+            fastcgi_pass {target};
+        }}
+
+        # Request buffering off: a chunked upload streams through as STDIN records.
+        location /unbuffered/ {{
+            fastcgi_split_path_info ^(/unbuffered)(/.*)$;
+            include {fastcgi_params};
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_request_buffering off;
+            fastcgi_pass {target};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_fastcgi(
+    backend: str, *, workdir: Path | None = None, keep_conn: bool = False
+) -> Iterator[FrontEnd]:
+    """Run nginx with ``fastcgi_pass`` to ``backend`` (``unix:/path`` or ``host:port``).
+
+    Variants: ``stock`` = "" (``include fastcgi_params;`` only), ``prefix`` = "/app"
+    (``fastcgi_split_path_info``), ``noparams`` = "/noparams", ``unbuffered`` =
+    "/unbuffered" (``fastcgi_request_buffering off``). ``keep_conn=True``: all of them
+    with ``fastcgi_keep_conn on`` and an upstream ``keepalive 8``.
+    """
+    binary = find_binary("nginx")
+    fastcgi_params = _nginx_fastcgi_params()
+    with _workdir(workdir, "nginx-fcgi") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_fastcgi_config(d, port, backend, fastcgi_params, keep_conn=keep_conn))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={
+                "stock": "",
+                "prefix": "/app",
+                "noparams": "/noparams",
+                "unbuffered": "/unbuffered",
+            },
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
+@contextlib.contextmanager
+def run_apache_fastcgi(
+    backend: str, *, workdir: Path | None = None, reuse: bool = False
+) -> Iterator[FrontEnd]:
+    """Run Apache with mod_proxy_fcgi: ``ProxyPass /app/`` and ``ProxyPass /`` to ``backend``.
+
+    Variants: ``root`` = "", ``prefix`` = "/app". ``reuse=True`` adds ``enablereuse=on``
+    (keep-conn; without it Apache sends flags 0 and closes after each request).
+    """
+    modules = _apache_module_dir("mod_proxy_fcgi", "Apache mod_proxy_fcgi")
+    with _run_apache_conf(
+        "apache-fcgi",
+        workdir,
+        {"root": "", "prefix": "/app"},
+        lambda d, port: apache_config(d, port, backend, modules, scheme="fcgi", reuse=reuse),
+    ) as fe:
+        yield fe
+
+
+def apache_fcgid_config(
+    workdir: Path, port: int, modules: str, script: Path, env: Mapping[str, str]
+) -> str:
+    """httpd.conf: mod_fcgid runs ``script`` (``.fcgi``) as ``/x/index.fcgi`` and ``/app``."""
+    d = workdir
+    lines = _apache_head(d, port, modules, ["mpm_event", "authz_core", "alias", "fcgid"])
+    lines += [
+        f"DocumentRoot {d}/htdocs",
+        # mod_fcgid's sockets and shared process table; as root it chowns them to User.
+        f"FcgidIPCDir {d}/fcgid-ipc",
+        f"FcgidProcessTableFile {d}/fcgid-shm",
+        "FcgidMaxProcessesPerClass 2",
+        "FcgidIOTimeout 30",
+        # mod_fcgid reads the whole body before it sends anything, and answers 500 past
+        # FcgidMaxRequestLen (default 131072 bytes): 64 MB, as nginx's client_max_body_size.
+        "FcgidMaxRequestLen 67108864",
+        "FcgidConnectTimeout 10",
+    ]
+    lines += [f"FcgidInitialEnv {k} {v}" for k, v in env.items()]
+    lines += [
+        # The usual set-up: a directory of scripts, so SCRIPT_NAME = the script's URL and
+        # PATH_INFO = what follows it.
+        f"Alias /x/ {script.parent}/",
+        # A mount point: the script aliased to a prefix (SCRIPT_NAME = /app).
+        f"Alias /app {script}",
+        f"<Directory {script.parent}>",
+        "    Options +ExecCGI",
+        "    SetHandler fcgid-script",
+        "    Require all granted",
+        "</Directory>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def run_apache_fcgid(
+    command: Sequence[str],
+    *,
+    workdir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[FrontEnd]:
+    """Run Apache with mod_fcgid spawning ``command`` (argv) as a FastCGI application.
+
+    mod_fcgid execs ``index.fcgi`` (a shell wrapper that execs ``command``) with a
+    listening Unix socket on fd 0 and the environment ``env`` (``FcgidInitialEnv``) plus
+    its own few variables. Variants: ``script`` = "/x/index.fcgi" (SCRIPT_NAME = the script,
+    PATH_INFO = the rest), ``alias`` = "/app" (``Alias /app .../index.fcgi``).
+
+    As root, Apache runs its worker and mod_fcgid's process manager as ``www-data``
+    (``User``) with our group (``Group``), so the application runs as that user too:
+    ``command``'s interpreter and files must be readable and searchable by it (see
+    :func:`python_for_apache_user`), and whatever it writes must be group-writable by us.
+    """
+    modules = _apache_module_dir("mod_fcgid", "Apache mod_fcgid (libapache2-mod-fcgid)")
+    with _workdir(workdir, "apache-fcgid") as d:
+        cgi = d / "cgi"
+        cgi.mkdir()
+        (d / "htdocs").mkdir()
+        script = cgi / "index.fcgi"
+        script.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in command) + "\n")
+        script.chmod(0o755)
+        cgi.chmod(0o755)
+        started: FrontEnd | None = None
+        try:
+            with _run_apache_conf(
+                "apache-fcgid",
+                d,
+                {"script": "/x/index.fcgi", "alias": "/app"},
+                lambda d, port: apache_fcgid_config(d, port, modules, script, env or {}),
+            ) as fe:
+                started = fe
+                yield fe
+        finally:
+            # mod_fcgid's process manager and the application are in Apache's process
+            # group (start_new_session: Apache leads it) and go with it; once (a request
+            # refused while the application was being spawned) the manager outlived
+            # Apache, orphaned, and spun once its directory was gone. Whatever is left
+            # of the group goes now, before the directory does, and the test can see it.
+            if started is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(started.proc.pid, signal.SIGKILL)
+                    started.left_behind = True
+
+
+@contextlib.contextmanager
+def run_lighttpd_fastcgi(
+    backend: str, *, workdir: Path | None = None, fix_root: bool = True
+) -> Iterator[FrontEnd]:
+    """Run lighttpd (``-D``) with mod_fastcgi. Variants: ``root`` = "", ``prefix`` = "/app".
+
+    ``fix_root=False`` leaves out ``fix-root-scriptname`` on the "/" mount.
+    """
+    binary = find_binary("lighttpd")
+    with _workdir(workdir, "lighttpd-fcgi") as d:
+        port = free_port()
+        conf = d / "lighttpd.conf"
+        conf.write_text(lighttpd_config(d, port, backend, fix_root=fix_root, module="fastcgi"))
+        error_log = d / "error.log"
+        with _running(
+            "lighttpd",
+            argv=[binary, "-D", "-f", str(conf)],
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"root": "", "prefix": "/app"},
+        ) as fe:
+            yield fe
+
+
+def haproxy_config(
+    workdir: Path,
+    port: int,
+    backend: str,
+    *,
+    keep_conn: bool = True,
+    mpxs_conns: bool = False,
+    max_reqs: int | None = None,
+    get_values: bool = False,
+    http_reuse: str | None = None,
+) -> str:
+    """haproxy.cfg: ``fcgi-app`` + ``use-fcgi-app`` + ``server ... proto fcgi``.
+
+    Two fcgi-apps: ``root`` (no ``path-info``: SCRIPT_NAME = the whole path) and
+    ``prefix`` for ``/app/`` (``path-info ^(/app)(/.*)$``). ``docroot`` is mandatory.
+    """
+    d = workdir
+    addr = backend_address(backend)
+    server = addr if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
+    options = ["option keep-conn" if keep_conn else "no option keep-conn"]
+    if mpxs_conns:
+        options.append("option mpxs-conns")
+    if max_reqs is not None:
+        options.append(f"option max-reqs {max_reqs}")
+    if get_values:
+        options.append("option get-values")
+    opts = "\n".join(f"    {o}" for o in options)
+    reuse = f"    http-reuse {http_reuse}\n" if http_reuse else ""
+    return f"""\
+global
+    # One thread: idle backend connections are kept per thread, so with two a request
+    # accepted by the other thread may open a new connection instead of reusing one.
+    nbthread 1
+    log stderr format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+
+frontend front
+    bind 127.0.0.1:{port}
+    use_backend app_prefix if {{ path_beg /app/ }}
+    default_backend app_root
+
+backend app_root
+    use-fcgi-app fcgi_root
+{reuse}    server app {server} proto fcgi
+
+backend app_prefix
+    use-fcgi-app fcgi_prefix
+{reuse}    server app {server} proto fcgi
+
+fcgi-app fcgi_root
+    docroot {d}
+{opts}
+
+fcgi-app fcgi_prefix
+    docroot {d}
+    path-info ^(/app)(/.*)$
+{opts}
+"""
+
+
+@contextlib.contextmanager
+def run_haproxy_fastcgi(
+    backend: str,
+    *,
+    workdir: Path | None = None,
+    keep_conn: bool = True,
+    mpxs_conns: bool = False,
+    max_reqs: int | None = None,
+    get_values: bool = False,
+    http_reuse: str | None = None,
+) -> Iterator[FrontEnd]:
+    """Run HAProxy (``-db``: foreground) with an ``fcgi-app`` in front of ``backend``.
+
+    Variants: ``root`` = "", ``prefix`` = "/app" (``path-info`` regex). The keyword
+    arguments are the fcgi-app's connection options (HAProxy's defaults: ``keep-conn`` on,
+    no multiplexing, ``max-reqs`` 1, no GET_VALUES) and the backend's ``http-reuse``
+    (default ``safe``).
+    """
+    binary = find_binary("haproxy")
+    with _workdir(workdir, "haproxy") as d:
+        port = free_port()
+        conf = d / "haproxy.cfg"
+        conf.write_text(
+            haproxy_config(
+                d,
+                port,
+                backend,
+                keep_conn=keep_conn,
+                mpxs_conns=mpxs_conns,
+                max_reqs=max_reqs,
+                get_values=get_values,
+                http_reuse=http_reuse,
+            )
+        )
+        # HAProxy logs to stderr (the "log stderr" line), which _running puts in stdout.log.
+        log = d / "stdout.log"
+        with _running(
+            "haproxy",
+            argv=[binary, "-db", "-f", str(conf)],
+            workdir=d,
+            port=port,
+            error_log=log,
+            variants={"root": "", "prefix": "/app"},
+            stop_signal=signal.SIGUSR1,  # soft stop: finish in-flight requests
+        ) as fe:
+            yield fe
+
+
+# name -> run_*(backend, **options): the FastCGI front-ends that proxy to a backend.
+FASTCGI_FRONTENDS: dict[str, Callable[..., contextlib.AbstractContextManager[FrontEnd]]] = {
+    "nginx": run_nginx_fastcgi,
+    "apache": run_apache_fastcgi,
+    "lighttpd": run_lighttpd_fastcgi,
+    "haproxy": run_haproxy_fastcgi,
+}
+
+
+def cgi_fcgi(
+    backend: str, environ: Mapping[str, str], body: bytes = b"", *, timeout: float = HTTP_TIMEOUT
+) -> bytes:
+    """One request with libfcgi's ``cgi-fcgi -bind -connect`` to ``backend``; its stdout.
+
+    ``cgi-fcgi`` sends its whole process environment as PARAMS, so ``environ`` is exactly
+    what the application gets (nothing is added), and ``body`` as STDIN: it reads its
+    stdin up to CONTENT_LENGTH bytes (nothing without one).
+    """
+    binary = find_binary("cgi-fcgi")
+    addr = backend_address(backend)
+    conn = addr if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
+    done = subprocess.run(
+        [binary, "-bind", "-connect", conn],
+        env=dict(environ),
+        input=body,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cgi-fcgi exited with {done.returncode}: {done.stderr[-2000:]!r}")
+    return done.stdout
 
 
 # --------------------------------------------------------------------------- capture backend

@@ -38,7 +38,7 @@ def scope(**overrides: Any) -> dict[str, Any]:
 
 
 def line(fmt: str, the_scope: dict[str, Any] | None = None, **kw: Any) -> str:
-    logger = AccessLogger(Config(access_log_format=fmt))
+    logger = AccessLogger(fmt)
     args = {"status": 201, "size": 1234, "duration": 1.25, **kw}
     return logger.format(the_scope if the_scope is not None else scope(), **args)
 
@@ -120,14 +120,14 @@ def test_bad_formats(fmt: str, error: str) -> None:
 
 
 def test_log_writes_to_the_access_logger(caplog: pytest.LogCaptureFixture) -> None:
-    logger = AccessLogger(Config(access_log_format="%(m)s %(s)s"))
+    logger = AccessLogger("%(m)s %(s)s")
     with caplog.at_level(logging.INFO, logger="trioscgi.access"):
         logger.log(scope(), 404, 0, 0.01)
     assert [(r.name, r.getMessage()) for r in caplog.records] == [("trioscgi.access", "POST 404")]
 
 
 def test_log_is_silent_when_the_logger_is_off(caplog: pytest.LogCaptureFixture) -> None:
-    logger = AccessLogger(Config(access_log_format="%(m)s"))
+    logger = AccessLogger("%(m)s")
     with caplog.at_level(logging.WARNING, logger="trioscgi.access"):
         logger.log(scope(), 200, 1, 0.01)
     assert caplog.records == []
@@ -135,7 +135,7 @@ def test_log_is_silent_when_the_logger_is_off(caplog: pytest.LogCaptureFixture) 
 
 def test_percent_in_request_is_not_reformatted(caplog: pytest.LogCaptureFixture) -> None:
     # A client-controlled "%s" in the path must reach the log as written.
-    logger = AccessLogger(Config(access_log_format="%(U)s"))
+    logger = AccessLogger("%(U)s")
     with caplog.at_level(logging.INFO, logger="trioscgi.access"):
         logger.log(scope(path="/%s%(h)s"), 200, 1, 0.01)
     assert caplog.records[0].getMessage() == "/%s%(h)s"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trioscgi import Config, __version__
+from trioscgi import Config, __version__, _cli, _config
 from trioscgi._cli import build_parser, resolve_config
 from trioscgi._config import ConfigError
 from trioscgi._importer import AppLoadError, load_app
@@ -122,10 +122,75 @@ def test_no_app_is_a_usage_error() -> None:
     assert "no application given" in result.stderr
 
 
-def test_unknown_flag_is_a_usage_error() -> None:
+def test_unknown_flag_is_a_usage_error_with_the_nearest_flag() -> None:
+    # As the config file's unknown keys do (the same helper).
     result = trioscgi("--graceful-timout", "3", "x:y")
     assert result.returncode == 2
-    assert "unrecognized arguments" in result.stderr
+    assert result.stderr.endswith(
+        "trioscgi: error: unrecognized argument '--graceful-timout' "
+        "(did you mean '--graceful-timeout'?)\n"
+    )
+    result = trioscgi("--graceful-timout=3", "x:y")
+    assert "unrecognized argument '--graceful-timout' (did you mean" in result.stderr
+    result = trioscgi("--zzzzzz", "x:y")
+    assert result.stderr.endswith("trioscgi: error: unrecognized argument '--zzzzzz'\n")
+
+
+@pytest.mark.parametrize(
+    ("flags", "meant"),
+    [(["--grace", "7"], "--graceful-timeout"), (["--work", "2"], "--workers")],
+)
+def test_flag_abbreviations_are_refused(flags: list[str], meant: str) -> None:
+    # argparse accepts unique prefixes by default: "--grace 7" set graceful_timeout.
+    result = trioscgi(*flags, "examples.hello:app", "--check-config")
+    assert result.returncode == 2
+    assert f"unrecognized argument {flags[0]!r} (did you mean {meant!r}?)" in result.stderr
+    assert result.stdout == ""
+
+
+def test_extra_positional_arguments_are_a_usage_error() -> None:
+    result = trioscgi("a:b", "c:d")
+    assert result.returncode == 2
+    assert "unrecognized arguments: c:d" in result.stderr
+
+
+def test_a_bad_positional_app_is_named_as_such() -> None:
+    # There is no --app flag: the message names the positional argument.
+    result = trioscgi("just_a_module", "--check-config")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "trioscgi: config error: app (the positional argument): app must be MODULE:ATTR"
+    )
+    assert "--app" not in result.stderr
+
+
+def test_help_says_what_every_flag_does_and_its_default() -> None:
+    # pip installs no docs: --help alone must be enough to run the server.
+    result = trioscgi("--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "docs/configuration.md" not in text
+    assert "-b BIND, --bind BIND address to listen on" in text
+    assert "(default: 127.0.0.1:4000)" in text
+    assert "-w WORKERS, --workers WORKERS worker processes" in text
+    assert "(default: 1)" in text
+    assert "(default: 16)" in text  # --wsgi-threads
+    assert '(default: %(h)s "%(r)s" %(s)s %(b)s %(D)s)' in text  # % survives argparse
+    for code, meaning in [
+        (0, "clean stop"),
+        (1, "runtime error"),
+        (2, "usage or configuration error"),
+        (3, "the application's lifespan startup failed"),
+    ]:
+        assert f"{code} {meaning}" in text
+    assert "source repository" in text
+    # Every flag of a config key has its own line of help; every setting shows its default.
+    parser = build_parser()
+    for action in parser._actions:
+        if action.dest in _config.FIELD_NAMES and action.dest not in _cli._NO_FLAG:
+            assert action.dest in _cli._HELP, f"no help line for {action.dest!r} in _cli._HELP"
+        if action.dest not in ("help", "version", "check_config", "app"):
+            assert "(default: " in str(action.help), action.dest
 
 
 def test_config_file_with_an_unknown_key(tmp_path: Path) -> None:
@@ -192,6 +257,78 @@ def test_bad_lifespan_choice_is_an_argparse_error() -> None:
 
 
 # --- precedence and --check-config ------------------------------------------
+
+
+def test_check_config_says_what_it_checked(apps: Path, tmp_path: Path) -> None:
+    sock = tmp_path / "app.sock"
+    pid = tmp_path / "app.pid"
+    result = trioscgi(
+        "good:app", "--check-config", "-b", f"unix:{sock}", "-b", "127.0.0.1:0",
+        "-b", "fd://3", "--pid-file", str(pid), cwd=apps,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "trioscgi: checked: the settings (defaults, command line)",
+        "trioscgi: checked: the logs open (error_log '-', access_log off)",
+        f"trioscgi: checked: pid_file '{pid}' can be written",
+        "trioscgi: checked: the app 'good:app' imports (an ASGI application)",
+        f"trioscgi: checked: bind unix:{sock}: the socket can be created in {tmp_path}",
+        "trioscgi: checked: bind 127.0.0.1:0: a TCP address (the port is bound at start)",
+        "trioscgi: not checked: bind fd://3: the socket is inherited at start",
+    ]
+    assert 'app = "good:app"' in result.stdout.splitlines()
+    # Checked, not done: no socket, no pid file.
+    assert not sock.exists()
+    assert not pid.exists()
+    wsgi = trioscgi("wsgi:application", "--check-config", cwd=apps)
+    assert "checked: the app 'wsgi:application' imports (a WSGI application)" in wsgi.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("absent_module_h3a:app", "no module named 'absent_module_h3a'"),
+        ("raises:app", "raised RuntimeError: boom at import"),
+        ("good:nope", "'good' has no attribute 'nope'"),
+        ("wsgi:ambiguous", "cannot tell whether"),
+    ],
+)
+def test_check_config_fails_for_an_app_that_cannot_be_loaded(
+    apps: Path, spec: str, expected: str
+) -> None:
+    result = trioscgi(spec, "--check-config", cwd=apps)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "checked: the app" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_needs_an_app() -> None:
+    result = trioscgi("--check-config")
+    assert result.returncode == 2
+    assert "no application given" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_fails_for_a_bind_that_cannot_be_created(apps: Path, tmp_path: Path) -> None:
+    # Exit 1, as the start itself would fail ("cannot listen").
+    missing = tmp_path / "no-such-dir" / "app.sock"
+    result = trioscgi("good:app", "--check-config", "-b", f"unix:{missing}", cwd=apps)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"trioscgi: cannot listen: can't bind unix:{missing}: "
+        f"directory {missing.parent} does not exist"
+    )
+    assert result.stdout == ""
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("data")
+    result = trioscgi("good:app", "--check-config", "-b", f"unix:{not_a_socket}", cwd=apps)
+    assert result.returncode == 1
+    assert "exists and is not a socket" in result.stderr
+    assert not_a_socket.read_text() == "data"
+    result = trioscgi("good:app", "--check-config", "--pid-file", str(missing), cwd=apps)
+    assert result.returncode == 2
+    assert f"pid_file: cannot write '{missing}': directory" in result.stderr
 
 
 def test_check_config_prints_effective_config_with_precedence(tmp_path: Path) -> None:

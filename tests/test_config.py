@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from pathlib import Path
@@ -19,6 +20,8 @@ from trioscgi._config import (
     render_config,
     validate,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -101,6 +104,12 @@ def test_unknown_key_names_file_key_and_nearest(tmp_path: Path) -> None:
 def test_unknown_key_without_a_near_one(tmp_path: Path) -> None:
     message = load_error(tmp_path, "zzzzzz = 1\n")
     assert message.endswith("unknown key 'zzzzzz'")
+
+
+def test_unknown_key_that_begins_one_key_suggests_it(tmp_path: Path) -> None:
+    # The same helper suggests flags on the command line ("--grace").
+    message = load_error(tmp_path, "wsgi = 4\n")
+    assert message.endswith("unknown key 'wsgi' (did you mean 'wsgi_threads'?)")
 
 
 def test_unknown_table_is_an_unknown_key(tmp_path: Path) -> None:
@@ -271,3 +280,42 @@ def test_cpu_affinity_lists() -> None:
     ]:
         with pytest.raises(ConfigError, match=why):
             Config(cpu_affinity=bad).validate()
+
+
+def _package_imports(module: str) -> set[str]:
+    """The trioscgi modules ``module`` imports, at the top or inside functions."""
+    tree = ast.parse((ROOT / "trioscgi" / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is None:
+                found.update(alias.name for alias in node.names)
+            else:
+                found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trioscgi."):
+            found.add((node.module or "").split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("trioscgi."))
+    return found
+
+
+def test_config_imports_only_leaf_modules() -> None:
+    # The configuration checks bind strings, trusted peers, the access-log
+    # format and the app spec with parsers that import nothing of the server,
+    # so there is no import cycle back into _config: config imports nothing
+    # of the server.
+    imported = _package_imports("_config")
+    assert imported == {"_accesslog", "_addresses", "_importer"}
+    for module in imported:
+        assert _package_imports(module) == set(), module
+    # And the listeners take the parsers from there rather than owning a copy.
+    assert "_addresses" in _package_imports("_listeners")
+
+
+def test_every_timeout_is_checked_non_negative() -> None:
+    # A *_timeout key added without its validator would accept -1 silently.
+    timeouts = [name for name in FIELD_NAMES if name.endswith("_timeout")]
+    assert len(timeouts) >= 7
+    for name in timeouts:
+        with pytest.raises(ConfigError, match=f"key '{name}' must be >= 0, got -1"):
+            check_value(name, -1.0)

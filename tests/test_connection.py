@@ -751,3 +751,49 @@ async def test_truncated_body_is_served_and_warned_about_at_most_once_per_interv
     assert len(warnings()) == 2
     assert "(2 more like it since the last such line)" in warnings()[1]
     no_errors(caplog)
+
+
+async def test_write_timeout_bounds_each_wait_not_the_whole_write(
+    bind: str, autojump_clock: Any
+) -> None:
+    """A front-end that reads slowly but steadily gets the whole body (issue: cut at 8 MiB)."""
+    body = b"y" * BIG
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    async with serving(app, bind, write_timeout=2) as srv, await connect(srv.address) as s:
+        await s.send_all(encode_request(environ()))
+        received = 0
+        start = trio.current_time()
+        while True:
+            chunk = await s.receive_some(1 << 20)
+            if not chunk:
+                break
+            received += len(chunk)
+            await trio.sleep(1)  # virtual: about 1 MB/s, far slower than the body's size
+        elapsed = trio.current_time() - start
+    assert elapsed > 2 * 3  # the write took many times write_timeout...
+    assert received > BIG  # ...and nothing was cut (head + body)
+
+
+async def test_websocket_upgrade_is_served_as_http_and_logged_once(
+    bind: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
+    pairs = environ(
+        "GET",
+        "/ws",
+        extra={"HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade"},
+    )
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "WebSocket" in r.getMessage()]
+
+    async with serving(hello, bind) as srv:
+        for _ in range(3):
+            assert (await request(srv.address, pairs)).status == 200
+        plain = environ("GET", "/", extra={"HTTP_UPGRADE": "h2c"})
+        assert (await request(srv.address, plain)).status == 200
+    [line] = warnings()  # once, not per request (and not for other upgrades)
+    assert line.startswith("GET /ws: a WebSocket upgrade request, served as plain HTTP")

@@ -794,7 +794,10 @@ def test_fd_exhaustion_recovers_by_itself(tmp_path: Path) -> None:
 
 @pytest.mark.hostile
 def test_fd_exhaustion_logs_one_line_per_episode(tmp_path: Path) -> None:
-    """Issue 6: EMFILE & co. -> *one* log line, back off; not a line per retry while it lasts."""
+    """Issue 6: EMFILE & co. -> *one* log line, back off; not a line per retry while it lasts.
+
+    Then the server recovers and serves again.
+    """
     nofile = 40
     with running_server(tmp_path, {"header_timeout": 60.0}, nofile=nofile) as server:
         held = []
@@ -812,6 +815,16 @@ def test_fd_exhaustion_logs_one_line_per_episode(tmp_path: Path) -> None:
             for s in held:
                 s.close()
         assert len(lines) == 1, "\n".join(lines)
+        # And the episode ends: the held connections end (EOF), the backlog drains,
+        # the server says accept() works again and serves on both listeners.
+        reply = blocking_exchange(server.unix, scgi_request(b"/"), timeout=15)
+        assert (reply.status, reply.body) == (200, b"hello")
+        server.wait_log(r"accept\(\) on .* works again")
+        assert_healthy(server)
+        failures = [
+            ln for ln in server.stderr().splitlines() if "accept()" in ln and "failed" in ln
+        ]
+        assert len(failures) == 1, "\n".join(failures)
 
 
 # --------------------------------------------------------------------------- response splitting

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fcgi_capture import GET_VALUES, STDIN, FcgiRequest, decode_pairs, parse_fcgi
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from trioscgi._scope import ScopeError, http_scope, request_target
+from trioscgi._wsgi import build_environ
 from trioscgi.protocol import Connection, Request
 
 Environ = list[tuple[bytes, bytes]]
@@ -446,6 +450,82 @@ def test_scopes_share_no_mutable_parts() -> None:
     assert (b"x", b"y") not in second["headers"]
 
 
+# --- FastCGI ------------------------------------------------------------------------------
+
+
+def test_fastcgi_params_go_in_their_own_extension() -> None:
+    params = nginx_stock()
+    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    assert scope["extensions"] == {"fastcgi": {"params": params}}
+    assert scope["extensions"]["fastcgi"]["params"] is params
+    # The same pairs over SCGI: the SCGI key, nothing else differs.
+    scgi = scope_of(params)
+    assert scgi["extensions"] == {"scgi": {"environ": params}}
+    assert {k: v for k, v in scope.items() if k != "extensions"} == {
+        k: v for k, v in scgi.items() if k != "extensions"
+    }
+
+
+def test_missing_method_advice_names_the_protocol_params() -> None:
+    # nginx without `include fastcgi_params;` sends HTTP_* only.
+    with pytest.raises(ScopeError, match="include fastcgi_params"):
+        http_scope(pairs(("HTTP_HOST", "h")), root_path="", state=None, fastcgi=True)
+    with pytest.raises(ScopeError, match="include scgi_params"):
+        scope_of(pairs(("CONTENT_LENGTH", "0"), ("HTTP_HOST", "h")))
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_empty_content_length_means_absent(method: str) -> None:
+    # nginx's fastcgi_params: `CONTENT_LENGTH $content_length`, empty on a GET and on a
+    # chunked upload with `fastcgi_request_buffering off` (the body is the STDIN stream).
+    environ = nginx_stock(method=method, length="", content_type="text/plain")
+    environ += pairs(("HTTP_TRANSFER_ENCODING", "chunked"))
+    notes: list[str] = []
+    scope = http_scope(environ, root_path="", state=None, notes=notes, fastcgi=True)
+    assert [h for h in scope["headers"] if h[0].startswith(b"content-")] == [
+        (b"content-type", b"text/plain")
+    ]
+    assert all(n != b"transfer-encoding" for n, _ in scope["headers"])
+    assert notes == []
+
+
+@pytest.mark.parametrize(
+    ("server_name", "expected"),
+    [
+        # HAProxy's fcgi-app: SERVER_NAME = the Host header, port and all; no SERVER_ADDR.
+        ("example.org:8080", "example.org"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("[::1]:8080", "::1"),
+        ("[::1]", "::1"),
+        ("example.org:", "example.org"),
+        ("example.org", "example.org"),
+        # Not a host:port: left as it is.
+        ("::1", "::1"),
+        ("a:b", "a:b"),
+        ("[::1", "[::1"),
+    ],
+)
+def test_server_name_loses_its_port(server_name: str, expected: str) -> None:
+    environ = pairs(
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/"),
+        ("SERVER_NAME", server_name),
+        ("SERVER_PORT", "8080"),
+    )
+    assert scope_of(environ)["server"] == (expected, 8080)
+
+
+def test_server_addr_is_never_cut() -> None:
+    environ = pairs(
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", "/"),
+        ("SERVER_ADDR", "::1"),
+        ("SERVER_NAME", "example.org:8080"),
+        ("SERVER_PORT", "8080"),
+    )
+    assert scope_of(environ)["server"] == ("::1", 8080)
+
+
 # --- property -------------------------------------------------------------------------------
 
 _KNOWN = [
@@ -481,24 +561,29 @@ _name = st.one_of(st.sampled_from(_KNOWN), _printable.filter(bool))
 
 
 @given(
-    st.lists(st.tuples(_name, _value), max_size=12),
-    st.one_of(st.sampled_from(["GET", "post"]), _printable),
-    st.one_of(st.none(), _path_like),
-    st.one_of(_printable, st.sampled_from(["", "/app", "/app/", "/"])),
-    st.booleans(),
+    items=st.lists(st.tuples(_name, _value), max_size=12),
+    method=st.one_of(st.sampled_from(["GET", "post"]), _printable),
+    uri=st.one_of(st.none(), _path_like),
+    root_path=st.one_of(_printable, st.sampled_from(["", "/app", "/app/", "/"])),
+    with_state=st.booleans(),
+    fastcgi=st.booleans(),
 )
 def test_any_printable_environ_gives_a_scope_or_a_scope_error(
+    *,
     items: list[tuple[str, str]],
     method: str,
     uri: str | None,
     root_path: str,
     with_state: bool,
+    fastcgi: bool,
 ) -> None:
     if uri is not None:
         items = [("REQUEST_URI", uri), *items]
     environ = pairs(("REQUEST_METHOD", method), *items)
     try:
-        scope = http_scope(environ, root_path=root_path, state={} if with_state else None)
+        scope = http_scope(
+            environ, root_path=root_path, state={} if with_state else None, fastcgi=fastcgi
+        )
     except ScopeError as error:
         assert str(error)
         event("ScopeError")
@@ -509,6 +594,10 @@ def test_any_printable_environ_gives_a_scope_or_a_scope_error(
     assert isinstance(scope["raw_path"], bytes)
     assert isinstance(scope["query_string"], bytes)
     assert scope["scheme"] in ("http", "https")
+    if fastcgi:
+        assert scope["extensions"] == {"fastcgi": {"params": environ}}
+    else:
+        assert scope["extensions"] == {"scgi": {"environ": environ}}
     for name, value in scope["headers"]:
         assert name == name.lower() != b""
         assert b"_" not in name
@@ -649,6 +738,302 @@ def test_capture_nginx_get_has_no_content_headers() -> None:
     # nginx sends CONTENT_TYPE="" and CONTENT_LENGTH=0 on a GET.
     headers = scope_of(captured_environ("nginx-stock-get-query"))["headers"]
     assert all(not n.startswith(b"content-") for n, _ in headers)
+
+
+# --- captured FastCGI requests (tests/data/captures/*.fcgi, see its README) -----------------
+
+FCGI_CAPTURES = sorted(p.stem for p in CAPTURES.glob("*.fcgi"))
+_ENCODED_RAW = b"/p/a%2Fb/x/%2e%2e/caf%C3%A9"
+_ODD_QUERY = b"q=%2F%2e%2e"
+
+
+def captured_request(name: str) -> FcgiRequest:
+    return parse_fcgi((CAPTURES / f"{name}.fcgi").read_bytes())
+
+
+def fcgi_scope(name: str, root_path: str = "") -> Any:
+    return http_scope(captured_request(name).params, root_path=root_path, state=None, fastcgi=True)
+
+
+def wsgi_split(scope: Any) -> tuple[str, str]:
+    """SCRIPT_NAME and PATH_INFO of the WSGI environ built from ``scope``, back in UTF-8."""
+    environ = build_environ(scope, io.BytesIO(), sys.stderr, False)
+    script_name, path_info = environ["SCRIPT_NAME"], environ["PATH_INFO"]
+    return (
+        script_name.encode("latin-1").decode("utf-8"),
+        path_info.encode("latin-1").decode("utf-8"),
+    )
+
+
+def test_there_are_fastcgi_captures_of_every_front_end() -> None:
+    front_ends = {name.split("-", 1)[0] for name in FCGI_CAPTURES}
+    assert front_ends == {"nginx", "apache", "lighttpd", "haproxy", "fcgid", "cgifcgi"}
+
+
+@pytest.mark.parametrize("name", FCGI_CAPTURES)
+def test_every_fastcgi_capture_gives_a_consistent_scope(name: str) -> None:
+    request = captured_request(name)
+    assert request.role == 1  # RESPONDER, from every front-end
+    params = request.params
+    if name.startswith("nginx-noparams-"):
+        # No fastcgi_params: HTTP_* only (not even CONTENT_LENGTH). 400 with advice.
+        assert all(n.startswith(b"HTTP_") for n, _ in params)
+        with pytest.raises(ScopeError, match="fastcgi_params"):
+            http_scope(params, root_path="", state=None, fastcgi=True)
+        return
+    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    assert scope["extensions"] == {"fastcgi": {"params": params}}
+    assert scope["extensions"]["fastcgi"]["params"] is params
+    assert scope["path"].startswith(scope["root_path"])
+    assert scope["scheme"] == "http"
+    assert scope["http_version"] == "1.1"
+    assert scope["client"][0] == "127.0.0.1"
+    if scope["server"] is not None:  # cgi-fcgi's big-body request names no server
+        assert ":" not in scope["server"][0]  # HAProxy's SERVER_NAME has the port
+        assert isinstance(scope["server"][1], int)
+    names = [n for n, _ in scope["headers"]]
+    assert b"transfer-encoding" not in names
+    assert names.count(b"content-length") <= 1
+    assert names.count(b"content-type") <= 1
+    # The body is the STDIN stream; when CONTENT_LENGTH is given, it is its length.
+    length = [v for n, v in scope["headers"] if n == b"content-length"]
+    if length:
+        assert int(length[0]) == len(request.stdin)
+    # WSGI splits the same path the same way.
+    assert wsgi_split(scope) == (
+        scope["root_path"],
+        scope["path"][len(scope["root_path"]) :],
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "root_path", "expected"),
+    [
+        # nginx's stock fastcgi_params: SCRIPT_NAME = the whole path, no PATH_INFO.
+        ("nginx-stock-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("nginx-stock-get-query", "/echo", ("/echo", "/echo/path", b"/echo/path", _QUERY)),
+        ("nginx-keep-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("nginx-stock-odd-path", "", ("", "/p/a/b/x/../café/ü", _ODD_RAW, _ODD_QUERY)),
+        # fastcgi_split_path_info: SCRIPT_NAME = /app, PATH_INFO = the (normalised) rest.
+        ("nginx-prefix-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        (
+            "nginx-prefix-odd-path",
+            "",
+            ("/app", "/app/p/a/b/café/ü", b"/app" + _ODD_RAW, _ODD_QUERY),
+        ),
+        # Apache mod_proxy_fcgi: SCRIPT_NAME = the whole path, prefix or not.
+        ("apache-root-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("apache-prefix-get-query", "", ("", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("apache-prefix-get-query", "/app", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("apache-root-odd-path", "", ("", "/p/a/b/x/../café/ü", _ODD_RAW, _ODD_QUERY)),
+        # lighttpd mod_fastcgi: as mod_scgi, the "/" trap included.
+        ("lighttpd-root-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("lighttpd-prefix-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("lighttpd-rootnofix-get-query", "", ("/echo", "/echo/path", b"/echo/path", _QUERY)),
+        ("lighttpd-rootnofix-get-query", "/", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("lighttpd-root-odd-path", "", ("", "/p/a/b/café/ü", _ODD_RAW, _ODD_QUERY)),
+        # HAProxy: SCRIPT_NAME = the whole decoded (not normalised) path; with `path-info`
+        # the regex's two captures. It answers 400 to odd-path's raw UTF-8 byte.
+        ("haproxy-root-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+        ("haproxy-prefix-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("haproxy-root-encoded-path", "", ("", "/p/a/b/x/../café", _ENCODED_RAW, _ODD_QUERY)),
+        (
+            "haproxy-prefix-encoded-path",
+            "",
+            ("/app", "/app/p/a/b/x/../café", b"/app" + _ENCODED_RAW, _ODD_QUERY),
+        ),
+        # mod_fcgid: SCRIPT_NAME = the script's URL (or the Alias), PATH_INFO = the rest.
+        (
+            "fcgid-script-get-query",
+            "",
+            ("/x/index.fcgi", "/x/index.fcgi/echo/path", b"/x/index.fcgi/echo/path", _QUERY),
+        ),
+        ("fcgid-alias-get-query", "", ("/app", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        # Apache with AllowEncodedSlashes NoDecode leaves %2F encoded in PATH_INFO.
+        (
+            "fcgid-script-odd-path",
+            "",
+            (
+                "/x/index.fcgi",
+                "/x/index.fcgi/p/a%2Fb/café/ü",
+                b"/x/index.fcgi" + _ODD_RAW,
+                _ODD_QUERY,
+            ),
+        ),
+        # The configured root_path wins over mod_fcgid's SCRIPT_NAME (fcgisgi's
+        # force_script_name), and applies only inside it.
+        ("fcgid-alias-get-query", "/", ("", "/app/echo/path", b"/app/echo/path", _QUERY)),
+        ("cgifcgi-bind-get-query", "", ("", "/echo/path", b"/echo/path", _QUERY)),
+    ],
+)
+def test_fastcgi_capture_paths(
+    name: str, root_path: str, expected: tuple[str, str, bytes, bytes]
+) -> None:
+    scope = fcgi_scope(name, root_path)
+    assert (scope["root_path"], scope["path"], scope["raw_path"], scope["query_string"]) == expected
+    assert scope["method"] == "GET"
+    assert wsgi_split(scope) == (expected[0], expected[1][len(expected[0]) :])
+
+
+def test_fastcgi_wsgi_environ_under_mod_fcgid() -> None:
+    scope = fcgi_scope("fcgid-script-get-query")
+    environ = build_environ(scope, io.BytesIO(), sys.stderr, False)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/x/index.fcgi", "/echo/path")
+    assert environ["SCRIPT_FILENAME"].endswith("/cgi/index.fcgi")  # raw params are kept
+    assert environ["QUERY_STRING"] == _QUERY.decode()
+
+
+def test_fastcgi_wsgi_environ_under_stock_nginx() -> None:
+    # The params say SCRIPT_NAME=/echo/path; WSGI gets what the ASGI scope has.
+    scope = fcgi_scope("nginx-stock-get-query")
+    assert (b"SCRIPT_NAME", b"/echo/path") in scope["extensions"]["fastcgi"]["params"]
+    environ = build_environ(scope, io.BytesIO(), sys.stderr, False)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("", "/echo/path")
+    assert "CONTENT_LENGTH" not in environ  # nginx's empty one
+    assert "CONTENT_TYPE" not in environ
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # A GET: nginx sends CONTENT_LENGTH and CONTENT_TYPE empty, Apache no
+        # CONTENT_LENGTH, lighttpd, HAProxy and mod_fcgid "0": no content headers.
+        ("nginx-stock-get-query", []),
+        ("apache-root-get-query", []),
+        ("lighttpd-root-get-query", []),
+        ("haproxy-root-get-query", []),
+        ("fcgid-script-get-query", []),
+        *[
+            (
+                f"{fe}-post-form",
+                [
+                    (b"content-type", b"application/x-www-form-urlencoded"),
+                    (b"content-length", b"46"),
+                ],
+            )
+            for fe in (
+                "nginx-stock",
+                "apache-root",
+                "lighttpd-root",
+                "haproxy-root",
+                "fcgid-script",
+            )
+        ],
+        # Buffered chunked uploads arrive with their de-chunked length.
+        (
+            "nginx-stock-chunked",
+            [(b"content-type", b"application/octet-stream"), (b"content-length", b"19")],
+        ),
+        (
+            "apache-root-chunked",
+            [(b"content-type", b"application/octet-stream"), (b"content-length", b"19")],
+        ),
+        (
+            "haproxy-root-chunked",
+            [(b"content-type", b"application/octet-stream"), (b"content-length", b"19")],
+        ),
+        # nginx with fastcgi_request_buffering off: CONTENT_LENGTH empty, the body is
+        # streamed as STDIN records.
+        ("nginx-unbuffered-chunked", [(b"content-type", b"application/octet-stream")]),
+    ],
+)
+def test_fastcgi_capture_content_headers(name: str, expected: list[tuple[bytes, bytes]]) -> None:
+    scope = fcgi_scope(name)
+    assert [h for h in scope["headers"] if h[0].startswith(b"content-")] == expected
+
+
+def test_unbuffered_nginx_streams_a_chunked_body_as_stdin_records() -> None:
+    request = captured_request("nginx-unbuffered-chunked")
+    assert (b"CONTENT_LENGTH", b"") in request.params
+    assert (b"HTTP_TRANSFER_ENCODING", b"chunked") in request.params
+    assert request.stdin == b"hello chunked world"
+    assert request.records[STDIN] == 4  # one record per chunk, then the empty one
+
+
+@pytest.mark.parametrize(
+    ("name", "cookies", "dups"),
+    [
+        # nginx 1.22 and HAProxy repeat duplicate headers; Apache and lighttpd join them.
+        ("nginx-stock-dup-headers", [b"a=1", b"b=2"], [b"first", b"second"]),
+        ("haproxy-root-dup-headers", [b"a=1", b"b=2"], [b"first", b"second"]),
+        ("apache-root-dup-headers", [b"a=1, b=2"], [b"first, second"]),
+        ("fcgid-script-dup-headers", [b"a=1, b=2"], [b"first, second"]),
+        ("lighttpd-root-dup-headers", [b"a=1; b=2"], [b"first, second"]),
+    ],
+)
+def test_fastcgi_capture_duplicate_headers(
+    name: str, cookies: list[bytes], dups: list[bytes]
+) -> None:
+    headers = fcgi_scope(name)["headers"]
+    assert [v for n, v in headers if n == b"cookie"] == cookies
+    assert [v for n, v in headers if n == b"x-dup"] == dups
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # Names with "_": dropped by all but lighttpd, which skips empty values instead.
+        ("nginx-stock-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("apache-root-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("haproxy-root-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("fcgid-script-odd-headers", [(b"x-empty", b""), (b"x-spaces", b"a  b")]),
+        ("lighttpd-root-odd-headers", [(b"x-under-score", b"underscore"), (b"x-spaces", b"a  b")]),
+    ],
+)
+def test_fastcgi_capture_odd_headers(name: str, expected: list[tuple[bytes, bytes]]) -> None:
+    headers = fcgi_scope(name)["headers"]
+    assert [h for h in headers if h[0].startswith(b"x-")] == expected
+
+
+def test_haproxy_server_name_carries_the_port() -> None:
+    request = captured_request("haproxy-root-get-query")
+    params = dict(request.params)
+    port = params[b"SERVER_PORT"]
+    assert params[b"SERVER_NAME"] == b"127.0.0.1:" + port
+    assert b"SERVER_ADDR" not in params
+    assert b"REQUEST_SCHEME" not in params
+    assert fcgi_scope("haproxy-root-get-query")["server"] == ("127.0.0.1", int(port))
+
+
+def test_mod_fcgid_adds_connection_close() -> None:
+    # The client sent no Connection header; mod_fcgid passes HTTP_CONNECTION=close.
+    assert (b"connection", b"close") in fcgi_scope("fcgid-script-get-query")["headers"]
+    assert all(n != b"connection" for n, _ in fcgi_scope("apache-root-get-query")["headers"])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "flags", "ids"),
+    [
+        # KEEP_CONN only where the config asks for it; HAProxy asks by default.
+        ("nginx-stock-", 0, {1}),
+        ("nginx-keep-", 1, {1}),
+        ("apache-root-", 0, {1}),
+        ("apache-reuse-", 1, {1}),
+        ("lighttpd-root-", 0, {1}),
+        ("fcgid-script-", 0, {1}),
+        ("cgifcgi-bind-", 0, {1}),
+        ("haproxy-root-", 1, {1}),
+        ("haproxy-nokeep-", 0, {1}),
+        # With http-reuse always, the next request on a kept connection gets the next odd id.
+        ("haproxy-mpxs-", 1, {1, 3, 5, 7, 9, 11}),
+    ],
+)
+def test_fastcgi_captures_keep_conn_flags_and_request_ids(
+    prefix: str, flags: int, ids: set[int]
+) -> None:
+    requests = [captured_request(n) for n in FCGI_CAPTURES if n.startswith(prefix)]
+    assert requests
+    assert {r.flags for r in requests} == {flags}
+    assert {r.request_id for r in requests} <= ids
+    if len(ids) > 1:
+        assert len({r.request_id for r in requests}) > 1
+
+
+def test_haproxy_get_values_asks_before_the_first_request() -> None:
+    request = captured_request("haproxy-getvalues-get-query")
+    [get_values] = request.management
+    assert get_values.type == GET_VALUES
+    assert decode_pairs(get_values.content) == [(b"FCGI_MAX_REQS", b""), (b"FCGI_MPXS_CONNS", b"")]
 
 
 # --- what the operator should hear about -----------------------------------------------------

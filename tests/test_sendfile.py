@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from scgi_client import connect, serving
 
 from trioscgi import _sendfile
 from trioscgi._sendfile import sendfile
@@ -274,13 +275,15 @@ async def serve_one(app: Any, request: bytes | None = None, quit_after: int | No
     from types import SimpleNamespace
 
     from trioscgi import Config
-    from trioscgi._connection import Connection
+    from trioscgi._scgi import SCGIConnection
 
     server_sock, front = socket.socketpair()
     server_sock.setblocking(False)
     front.setblocking(False)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    server = SimpleNamespace(config=Config(), app=app, state=None, access_logger=None)
+    server = SimpleNamespace(
+        config=Config(), app=app, state=None, access_logger=None, warn_request=print
+    )
     received: list[bytes] = []
     try:
         front.sendall(request if request is not None else scgi_request())
@@ -292,7 +295,7 @@ async def serve_one(app: Any, request: bytes | None = None, quit_after: int | No
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(frontend)
-            await Connection(server_sock, server).run()
+            await SCGIConnection(server_sock, server).run()
     finally:
         server_sock.close()
         front.close()
@@ -403,22 +406,64 @@ async def test_pathsend_client_gone_raises_oserror_in_app(tmp_path: Path) -> Non
     assert len(errors) == 1
 
 
-async def test_file_shorter_than_count_closes_early(tmp_path: Path) -> None:
-    path, data = make_file(tmp_path, 1000)
+async def read_until_reset(address: str, data: bytes) -> tuple[bytes, bool]:
+    """Send ``data`` over TCP, read to the end; return what came and whether it ended in a reset."""
+    received = b""
+    async with await connect(address) as stream:
+        await stream.send_all(data)
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return received, True
+            if not chunk:
+                return received, False
+            received += chunk
+
+
+@pytest.mark.parametrize("kind", ["zerocopysend", "file-shrunk", "offset-past-end"])
+async def test_file_response_cut_short_ends_with_a_reset(tmp_path: Path, kind: str) -> None:
+    """A file that can't deliver what was promised must not look complete (TCP: a reset shows)."""
+    path, data = make_file(tmp_path, 300_000)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", b"5000")],
-            }
-        )
-        with open(path, "rb") as f:
-            await send({"type": "http.response.zerocopysend", "file": f, "count": 5000})
+        # No Content-Length: only the way the connection ends tells a cut from a whole.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if kind == "zerocopysend":
+            with open(path, "rb") as f:
+                await send({"type": "http.response.zerocopysend", "file": f, "count": 500_000})
+        elif kind == "file-shrunk":
+            with open(path, "rb") as f:
+                os.truncate(path, 1000)  # the file shrinks after the app measured it
+                await send({"type": "http.response.zerocopysend", "file": f, "count": 300_000})
+        else:
+            with open(path, "rb") as f:  # an offset past the end: nothing to read at all
+                await send(
+                    {
+                        "type": "http.response.zerocopysend",
+                        "file": f,
+                        "offset": 400_000,
+                        "count": 10,
+                    }
+                )
 
-    _, body = split_response(await serve_one(app))
-    assert body == data  # truncated: the front-end sees fewer bytes than Content-Length
+    async with serving(app, "127.0.0.1:0") as srv:
+        raw, reset = await read_until_reset(srv.address, scgi_request())
+        assert raw.startswith(b"Status: 200 OK\r\n")
+        assert reset, "a truncated response ended with a clean EOF"
+
+        # A file sent whole: a clean end, not a reset.
+        (tmp_path / "whole").mkdir()
+        path, data = make_file(tmp_path / "whole", 300_000)
+
+        async def whole(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.pathsend", "path": str(path)})
+
+    async with serving(whole, "127.0.0.1:0") as srv:
+        raw, reset = await read_until_reset(srv.address, scgi_request())
+        assert not reset
+        assert raw.endswith(data)
 
 
 async def test_starlette_file_response_uses_pathsend(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import trio.testing
 
 from trioscgi import Config
 from trioscgi._scope import http_scope
-from trioscgi._wsgi import FileWrapper, build_environ, detect_interface, wrap_wsgi
+from trioscgi._wsgi import FileWrapper, detect_interface, wrap_wsgi
+from trioscgi._wsgi_environ import build_environ
 
 Environ = list[tuple[bytes, bytes]]
 StartResponse = Any
@@ -746,6 +747,41 @@ async def test_input_get_never_receives() -> None:
     assert conn.receive_calls == 0
 
 
+@pytest.mark.parametrize(
+    "length",
+    [
+        [("CONTENT_LENGTH", "")],  # nginx, `fastcgi_request_buffering off`
+        [],  # Apache mod_proxy_fcgi streaming a chunked upload it did not prefetch whole
+    ],
+)
+async def test_input_without_content_length_is_the_whole_stream(
+    length: list[tuple[str, str]],
+) -> None:
+    # FastCGI: with no CONTENT_LENGTH the body is the STDIN stream, to its end.
+    got: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        got.append("CONTENT_LENGTH" in environ)
+        got.append("HTTP_TRANSFER_ENCODING" in environ)
+        got.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return []
+
+    params = [
+        (k.encode(), v.encode())
+        for k, v in [
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_URI", "/up"),
+            *length,
+            ("CONTENT_TYPE", "application/octet-stream"),
+            ("HTTP_TRANSFER_ENCODING", "chunked"),
+        ]
+    ]
+    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    await call(app, scope, FakeConnection([b"hello ", b"chunked ", b"world"]))
+    assert got == [False, False, b"hello chunked world"]
+
+
 async def test_input_client_gone_while_reading() -> None:
     def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         try:
@@ -823,7 +859,7 @@ async def test_file_wrapper_without_a_file_descriptor() -> None:
     assert conn.body == b"in memory" * 300
 
 
-# --- lifespan and the thread limit ------------------------------------------------------------
+# --- lifespan and the thread limit (the pool itself: test_wsgi_pool.py) ----------------------
 
 
 async def test_lifespan_answers_complete() -> None:
@@ -914,92 +950,3 @@ async def test_hung_view_does_not_hold_the_shutdown(tmp_path: Path, autojump_clo
             await stream.aclose()
     finally:
         gate.set()
-
-
-# --- the worker pool -------------------------------------------------------------------------
-
-
-async def test_a_free_thread_serves_the_next_request() -> None:
-    idents = []
-
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        idents.append(threading.get_ident())
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    asgi = wrap_wsgi(app, Config(wsgi_threads=4))
-    for _ in range(5):
-        conn = FakeConnection()
-        await asgi(make_scope(), conn.receive, conn.send)
-        assert conn.body == b"ok"
-    assert len(set(idents)) == 1
-    assert threading.get_ident() not in idents
-
-
-async def test_a_blocked_view_does_not_hold_up_the_next_request() -> None:
-    # Each request is promised its own thread: the second one runs while the first
-    # still blocks (it waits for the second).
-    second_ran = threading.Event()
-    first_saw_it = []
-
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        if environ["PATH_INFO"] == "/first":
-            first_saw_it.append(second_ran.wait(10))
-        else:
-            second_ran.set()
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    asgi = wrap_wsgi(app, Config(wsgi_threads=2))
-    conns = [FakeConnection(), FakeConnection()]
-    async with trio.open_nursery() as nursery:
-        for conn, path in zip(conns, ["/first", "/second"], strict=True):
-            nursery.start_soon(asgi, make_scope(nginx_environ(path)), conn.receive, conn.send)
-            await trio.testing.wait_all_tasks_blocked()
-    assert first_saw_it == [True]
-    assert [conn.body for conn in conns] == [b"ok", b"ok"]
-
-
-async def test_a_cancelled_request_keeps_its_thread_until_the_view_returns() -> None:
-    started = threading.Event()
-    gate = threading.Event()
-
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        if environ["PATH_INFO"] == "/hang":
-            started.set()
-            gate.wait(10)
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    asgi = wrap_wsgi(app, Config(wsgi_threads=1))
-    limiter = asgi.limiter  # type: ignore[attr-defined]
-    conn = FakeConnection()
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(asgi, make_scope(nginx_environ("/hang")), conn.receive, conn.send)
-            assert await trio.to_thread.run_sync(started.wait, 10)
-            scope.cancel()
-    assert scope.cancelled_caught
-    assert conn.sent == []
-    # The task stopped waiting; the thread (and the limiter's one token) is still busy.
-    assert limiter.borrowed_tokens == 1
-    gate.set()
-    with trio.fail_after(10):
-        while limiter.borrowed_tokens:
-            await trio.sleep(0.01)
-    conn2 = FakeConnection()
-    await asgi(make_scope(), conn2.receive, conn2.send)
-    assert conn2.body == b"ok"
-
-
-def test_one_adapter_in_two_trio_runs() -> None:
-    # The threads belong to one trio.run; a later run gets its own.
-    asgi = wrap_wsgi(hello, Config(wsgi_threads=2))
-
-    async def one() -> bytes:
-        conn = FakeConnection()
-        await asgi(make_scope(), conn.receive, conn.send)
-        return conn.body
-
-    assert trio.run(one) == b"Hello, world!"
-    assert trio.run(one) == b"Hello, world!"

@@ -1,6 +1,6 @@
 """trioscgi: a trio-native SCGI server for ASGI and WSGI applications."""
 
-from . import protocol
+from . import fastcgi, protocol
 from ._config import Config, ConfigError
 from ._lifespan import LifespanFailure
 from ._listeners import BindError
@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "LifespanFailure",
     "__version__",
+    "fastcgi",
     "protocol",
     "serve",
 ]

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from ._config import Config
-
 # (scope, status, size, duration) -> value of one atom
 Getter = Callable[[dict[str, Any], int, int, float], object]
 
@@ -166,14 +164,17 @@ class AccessLogger:
     """Writes one access-log line per request to the ``trioscgi.access`` logger.
 
     Args:
-        config: ``access_log_format`` is compiled here, once.
+        fmt: the line's format (``Config.access_log_format``), compiled here, once.
+
+    Raises:
+        ValueError: ``fmt`` is not a valid format (see :func:`compile_format`).
     """
 
     __slots__ = ("_fmt", "_getters", "_logger")
 
-    def __init__(self, config: Config) -> None:
-        self._fmt = config.access_log_format
-        self._getters = compile_format(config.access_log_format)
+    def __init__(self, fmt: str) -> None:
+        self._fmt = fmt
+        self._getters = compile_format(fmt)
         self._logger = logging.getLogger("trioscgi.access")
 
     def log(self, scope: dict[str, Any], status: int, size: int, duration: float) -> None:

@@ -11,18 +11,169 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from ._accesslog import compile_format
+from ._addresses import parse_bind, parse_trusted_peers
+from ._importer import split_app_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+def _describe(value: Any) -> str:
+    """``'two' (a string)`` style rendering of a value in an error message."""
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+# ---------------------------------------------------------------------------
+# Validators: the checks beyond the type. Each one takes (key, value), the
+# value already type-checked against the field's annotation (None for an
+# optional field that is unset), and raises ConfigError naming the key. A
+# field lists its validators in its annotation: Annotated[type, check, ...].
+# ---------------------------------------------------------------------------
+
+
+def _non_negative(key: str, value: Any) -> None:
+    if value is not None and (math.isnan(value) or value < 0):
+        raise ConfigError(f"key {key!r} must be >= 0, got {value!r}")
+
+
+def _at_least_one(key: str, value: Any) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"key {key!r} must be >= 1, got {value!r}")
+
+
+def _request_ids(key: str, value: Any) -> None:
+    # FastCGI request ids are 16-bit and 0 is for management records.
+    if value > 65535:
+        raise ConfigError(f"key {key!r} must be at most 65535, got {value!r}")
+
+
+def _not_empty(key: str, value: Any) -> None:
+    if value == "":
+        raise ConfigError(f"key {key!r} must not be an empty string")
+
+
+def _app_spec(key: str, value: Any) -> None:
+    if value is not None:
+        try:
+            split_app_spec(value)
+        except ValueError as exc:
+            raise ConfigError(f"key {key!r}: {exc}") from None
+
+
+def _bind_list(key: str, value: list[str]) -> None:
+    if not value:
+        raise ConfigError(f"key {key!r} must name at least one address")
+    for entry in value:
+        try:
+            parse_bind(entry)
+        except ValueError as exc:
+            raise ConfigError(f"key {key!r}: {exc}") from None
+
+
+def _peer_list(key: str, value: list[str]) -> None:
+    try:
+        parse_trusted_peers(value)
+    except ValueError as exc:
+        raise ConfigError(f"key {key!r}: {exc}") from None
+
+
+def _url_prefix(key: str, value: str) -> None:
+    # "/" is allowed: "mounted at the root", overriding a SCRIPT_NAME the
+    # front-end sends (lighttpd on "/" without fix-root-scriptname).
+    if value not in ("", "/") and (not value.startswith("/") or value.endswith("/")):
+        raise ConfigError(
+            f"key {key!r} must be empty, '/', or start with '/' and not end with '/' "
+            f"(like '/app'), got {value!r}"
+        )
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _log_level(key: str, value: str) -> None:
+    if value.lower() not in _LOG_LEVELS:
+        wanted = ", ".join(repr(v) for v in _LOG_LEVELS)
+        raise ConfigError(f"key {key!r} must be one of {wanted}, got {value!r}")
+
+
+def _cpu_list(key: str, value: str) -> None:
+    try:
+        parse_cpu_list(value)
+    except ValueError as exc:
+        raise ConfigError(f"key {key!r}: {exc}") from None
+
+
+def _log_format(key: str, value: str) -> None:
+    try:
+        compile_format(value)
+    except ValueError as exc:
+        raise ConfigError(f"key {key!r}: {exc}") from None
+
+
+class _Parse:
+    """Annotated metadata for a field whose value needs more than a type check.
+
+    ``parse(value)`` takes the value as written (TOML, a flag's text, code),
+    replaces the type check and returns the field's value.
+    """
+
+    __slots__ = ("parse",)
+
+    def __init__(self, parse: Callable[[Any], Any]) -> None:
+        self.parse = parse
+
+
+def _octal_mode(value: Any) -> int:
+    # TOML can say 0o660 itself; a string ("660", "0o660") is the other
+    # spelling operators know from chmod. A decimal 660 is surely a mistake.
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        if not text or any(c not in "01234567" for c in text):
+            raise ConfigError(
+                f"key 'unix_socket_mode' must be an octal mode like \"660\" or 0o660, "
+                f"got {_describe(value)}"
+            )
+        value = int(text, 8)
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(
+            f"key 'unix_socket_mode' must be an octal mode like 0o660 or \"660\", "
+            f"got {_describe(value)}"
+        )
+    if not 0 <= value <= 0o777:
+        raise ConfigError(
+            f"key 'unix_socket_mode' must be a mode between 0o000 and 0o777, got {value} "
+            '(write 0o660 or "660": a bare 660 is a decimal number)'
+        )
+    return int(value)
+
+
 Lifespan = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
 AppLoop = Literal["auto", "trio", "asyncio"]
+Protocol = Literal["auto", "scgi", "fastcgi"]
+Seconds = Annotated[float, _non_negative]
+AtLeastOne = Annotated[int, _at_least_one]
+NonNegative = Annotated[int, _non_negative]
+NonEmptyStr = Annotated[str, _not_empty]
 
 
 @dataclass
@@ -34,52 +185,74 @@ class Config:
     ``config.example.toml`` and ``docs/configuration.md``.
     """
 
+    # To add a setting, add its field here, and only here for the code: name,
+    # type, default, and its checks beyond the type as Annotated metadata:
+    #
+    #     fastcgi_max_requests: Annotated[int, _at_least_one] = 16
+    #     accept_timeout: Seconds = 5.0
+    #     protocol: Literal["scgi", "fastcgi", "auto"] = "scgi"
+    #
+    # The annotation alone is checked: bool, int, float, str, a Literal of
+    # choices, list[str], dict[str, Any], each "| None" when it may be unset.
+    # A validator is a function (key, value) -> None raising ConfigError (see
+    # above); _Parse(fn) replaces the type check (unix_socket_mode). The
+    # command line gets a --flag for it (see _cli.py; give it a _HELP line
+    # there). Then document it in config.example.toml and
+    # docs/configuration.md: tests/test_config.py checks both.
+
     # --- what to serve -------------------------------------------------------
-    app: str | None = None
+    app: Annotated[str | None, _app_spec] = None
     factory: bool = False
-    app_dir: str | None = None
+    app_dir: NonEmptyStr | None = None
     interface: Interface = "auto"
     app_loop: AppLoop = "auto"
-    wsgi_threads: int = 16
+    wsgi_threads: AtLeastOne = 16
 
     # --- where to listen -----------------------------------------------------
-    bind: list[str] = field(default_factory=lambda: ["127.0.0.1:4000"])
-    backlog: int = 1024
-    unix_socket_mode: int = 0o660
+    bind: Annotated[list[str], _bind_list] = field(default_factory=lambda: ["127.0.0.1:4000"])
+    backlog: AtLeastOne = 1024
+    unix_socket_mode: Annotated[int, _Parse(_octal_mode)] = 0o660
     unix_socket_owner: str | None = None
     unix_socket_group: str | None = None
-    trusted_peers: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    trusted_peers: Annotated[list[str], _peer_list] = field(
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
+
+    # --- the wire protocol -----------------------------------------------------
+    protocol: Protocol = "auto"
+    idle_timeout: Seconds = 60.0
+    fastcgi_max_requests: Annotated[int, _at_least_one, _request_ids] = 64
 
     # --- the scope -----------------------------------------------------------
-    root_path: str = ""
+    root_path: Annotated[str, _url_prefix] = ""
 
     # --- lifespan and shutdown ----------------------------------------------
     lifespan: Lifespan = "auto"
-    startup_timeout: float = 60.0
-    shutdown_timeout: float = 30.0
-    graceful_timeout: float = 30.0
+    startup_timeout: Seconds = 60.0
+    shutdown_timeout: Seconds = 30.0
+    graceful_timeout: Seconds = 30.0
 
     # --- limits --------------------------------------------------------------
-    max_header_size: int = 65536
-    max_body_size: int | None = None
-    header_timeout: float = 10.0
-    read_timeout: float = 60.0
-    write_timeout: float = 60.0
-    drain_timeout: float = 5.0
-    max_connections: int = 1024
+    max_header_size: AtLeastOne = 65536
+    max_body_size: Annotated[int | None, _non_negative] = None
+    header_timeout: Seconds = 10.0
+    read_timeout: Seconds = 60.0
+    write_timeout: Seconds = 60.0
+    drain_timeout: Seconds = 5.0
+    max_connections: AtLeastOne = 1024
 
     # --- processes -----------------------------------------------------------
-    workers: int = 1
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    pid_file: str | None = None
-    cpu_affinity: str = ""
+    workers: AtLeastOne = 1
+    max_requests: NonNegative = 0
+    max_requests_jitter: NonNegative = 0
+    pid_file: NonEmptyStr | None = None
+    cpu_affinity: Annotated[str, _cpu_list] = ""
 
     # --- logging -------------------------------------------------------------
-    log_level: str = "info"
-    error_log: str = "-"
-    access_log: str | None = None
-    access_log_format: str = '%(h)s "%(r)s" %(s)s %(b)s %(D)s'
+    log_level: Annotated[str, _log_level] = "info"
+    error_log: NonEmptyStr = "-"
+    access_log: NonEmptyStr | None = None
+    access_log_format: Annotated[str, _log_format] = '%(h)s "%(r)s" %(s)s %(b)s %(D)s'
     logging: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -100,27 +273,24 @@ class Config:
 # Config objects built in code by embedding programs all go through here).
 # ---------------------------------------------------------------------------
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or out of range."""
-
-
+# The types alone (Annotated stripped), for the type check and the CLI.
 _HINTS: dict[str, Any] = typing.get_type_hints(Config)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
-_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _describe(value: Any) -> str:
-    """``'two' (a string)`` style rendering of a value in an error message."""
-    kind = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-    return f"{value!r} ({kind})"
+def _metadata(hint: Any) -> tuple[Any, ...]:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return tuple(hint.__metadata__)
+    if origin in (typing.Union, types.UnionType):  # NonEmptyStr | None
+        return tuple(m for arg in typing.get_args(hint) for m in _metadata(arg))
+    return ()
+
+
+# Each field's Annotated metadata: its validators (and _Parse).
+_CHECKS: dict[str, tuple[Any, ...]] = {
+    key: _metadata(hint) for key, hint in typing.get_type_hints(Config, include_extras=True).items()
+}
 
 
 def _strip_optional(hint: Any) -> tuple[Any, bool]:
@@ -176,109 +346,6 @@ def _check_type(key: str, value: Any) -> Any:
     raise AssertionError(f"no type check for {key!r}: {hint!r}")  # pragma: no cover
 
 
-def _mode(value: Any) -> int:
-    # TOML can say 0o660 itself; a string ("660", "0o660") is the other
-    # spelling operators know from chmod. A decimal 660 is surely a mistake.
-    if isinstance(value, str):
-        text = value.strip().lower().removeprefix("0o")
-        if not text or any(c not in "01234567" for c in text):
-            raise ConfigError(
-                f"key 'unix_socket_mode' must be an octal mode like \"660\" or 0o660, "
-                f"got {_describe(value)}"
-            )
-        value = int(text, 8)
-    elif not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(
-            f"key 'unix_socket_mode' must be an octal mode like 0o660 or \"660\", "
-            f"got {_describe(value)}"
-        )
-    if not 0 <= value <= 0o777:
-        raise ConfigError(
-            f"key 'unix_socket_mode' must be a mode between 0o000 and 0o777, got {value} "
-            '(write 0o660 or "660": a bare 660 is a decimal number)'
-        )
-    return int(value)
-
-
-def _non_negative(key: str, value: Any) -> None:
-    if value is not None and (math.isnan(value) or value < 0):
-        raise ConfigError(f"key {key!r} must be >= 0, got {value!r}")
-
-
-def _at_least_one(key: str, value: Any) -> None:
-    if value is not None and value < 1:
-        raise ConfigError(f"key {key!r} must be >= 1, got {value!r}")
-
-
-def _check_bind(value: list[str]) -> None:
-    if not value:
-        raise ConfigError("key 'bind' must name at least one address")
-    # Imported here: the listeners module imports this one.
-    from ._listeners import parse_bind  # noqa: PLC0415
-
-    for entry in value:
-        try:
-            parse_bind(entry)
-        except ValueError as exc:
-            raise ConfigError(f"key 'bind': {exc}") from None
-
-
-def _check_trusted_peers(value: list[str]) -> None:
-    from ._listeners import parse_trusted_peers  # noqa: PLC0415
-
-    try:
-        parse_trusted_peers(value)
-    except ValueError as exc:
-        raise ConfigError(f"key 'trusted_peers': {exc}") from None
-
-
-def _check_value(key: str, value: Any) -> None:
-    """Range and syntax checks beyond the type."""
-    if key.endswith("_timeout") or key in ("max_requests", "max_requests_jitter", "max_body_size"):
-        _non_negative(key, value)
-    elif key in ("workers", "wsgi_threads", "backlog", "max_header_size", "max_connections"):
-        _at_least_one(key, value)
-    elif key == "bind":
-        _check_bind(value)
-    elif key == "trusted_peers":
-        _check_trusted_peers(value)
-    elif key == "log_level":
-        if value.lower() not in _LOG_LEVELS:
-            wanted = ", ".join(repr(v) for v in _LOG_LEVELS)
-            raise ConfigError(f"key 'log_level' must be one of {wanted}, got {value!r}")
-    elif key == "root_path":
-        # "/" is allowed: "mounted at the root", overriding a SCRIPT_NAME the
-        # front-end sends (lighttpd on "/" without fix-root-scriptname).
-        if value not in ("", "/") and (not value.startswith("/") or value.endswith("/")):
-            raise ConfigError(
-                f"key 'root_path' must be empty, '/', or start with '/' and not end with '/' "
-                f"(like '/app'), got {value!r}"
-            )
-    elif key == "app":
-        if value is not None:
-            from ._importer import split_app_spec  # noqa: PLC0415
-
-            try:
-                split_app_spec(value)
-            except ValueError as exc:
-                raise ConfigError(f"key 'app': {exc}") from None
-    elif key in ("error_log", "access_log", "pid_file", "app_dir"):
-        if value == "":
-            raise ConfigError(f"key {key!r} must not be an empty string")
-    elif key == "cpu_affinity":
-        try:
-            parse_cpu_list(value)
-        except ValueError as exc:
-            raise ConfigError(f"key 'cpu_affinity': {exc}") from None
-    elif key == "access_log_format":
-        from ._accesslog import compile_format  # noqa: PLC0415
-
-        try:
-            compile_format(value)
-        except ValueError as exc:
-            raise ConfigError(f"key 'access_log_format': {exc}") from None
-
-
 def parse_cpu_list(text: str) -> list[int]:
     """CPU numbers from ``"0,2-3"`` (taskset's syntax); ``""`` is none.
 
@@ -309,10 +376,13 @@ def check_value(key: str, value: Any) -> Any:
     Raises:
         ConfigError: naming ``key``, what was expected and ``value``.
     """
-    if key == "unix_socket_mode":
-        return _mode(value)
+    checks = _CHECKS[key]
+    for check in checks:
+        if isinstance(check, _Parse):
+            return check.parse(value)
     value = _check_type(key, value)
-    _check_value(key, value)
+    for check in checks:
+        check(key, value)
     return value
 
 
@@ -326,11 +396,23 @@ def validate(config: Config) -> None:
         check_value(key, getattr(config, key))
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'y'?)`` for the choice closest to a mistyped ``word``, or ``""``.
+
+    The config file's keys and the command line's flags both use it. A word
+    that begins exactly one choice (an abbreviation) suggests that choice.
+    """
+    choices = list(choices)
+    starting = [c for c in choices if c.startswith(word)]
+    if len(starting) == 1:
+        return f" (did you mean {starting[0]!r}?)"
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def unknown_key_message(key: str) -> str:
     """``unknown key 'x' (did you mean 'y'?)``."""
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key {key!r}{hint}"
+    return f"unknown key {key!r}{did_you_mean(key, FIELD_NAMES)}"
 
 
 def config_from_mapping(data: Mapping[str, Any], *, base: Config | None = None) -> Config:

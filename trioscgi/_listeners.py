@@ -2,7 +2,8 @@
 
 Kinds: ``unix:PATH`` (and Linux abstract ``unix:@NAME``), ``HOST:PORT``,
 ``[V6]:PORT``, ``fd://N`` (an inherited socket) and ``systemd`` /
-``systemd:NAME`` (socket activation). Also the ``trusted_peers`` filter.
+``systemd:NAME`` (socket activation). The strings themselves, and the
+``trusted_peers`` filter, are parsed in :mod:`trioscgi._addresses`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import pwd
 import socket
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from ._addresses import UNIX_PATH_MAX, BindSpec, PeerFilter, parse_bind, parse_trusted_peers
 from ._config import Config
 
 __all__ = [
@@ -27,12 +29,10 @@ __all__ = [
     "Listener",
     "PeerFilter",
     "bind_all",
+    "check_binds",
     "parse_bind",
     "parse_trusted_peers",
 ]
-
-# sun_path is 108 bytes on Linux, including the terminating NUL.
-_UNIX_PATH_MAX = 107
 
 # sd_listen_fds(3): passed sockets start at fd 3.
 _SD_LISTEN_FDS_START = 3
@@ -40,168 +40,6 @@ _SD_LISTEN_FDS_START = 3
 
 class BindError(Exception):
     """A listener could not be created; the message names the address and the cause."""
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class BindSpec:
-    """One parsed ``bind`` entry.
-
-    Attributes:
-        kind: ``"unix"``, ``"tcp"``, ``"fd"`` or ``"systemd"``.
-        text: the entry as written.
-        path: unix socket path (``"@name"`` = Linux abstract namespace).
-        host: TCP host (IP literal or name), without brackets.
-        port: TCP port (0 = any free port).
-        fd: inherited file descriptor for ``fd://N``.
-        name: systemd socket name (``FileDescriptorName=``), or None for every socket.
-    """
-
-    kind: Literal["unix", "tcp", "fd", "systemd"]
-    text: str
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-    fd: int | None = None
-    name: str | None = None
-
-
-def _invalid(s: str, why: str) -> ValueError:
-    return ValueError(f"invalid bind {s!r}: {why}")
-
-
-def _parse_port(s: str, port: str) -> int:
-    if not port.isdigit() or not port.isascii():
-        raise _invalid(s, f"port {port!r} is not a number")
-    n = int(port)
-    if n > 65535:
-        raise _invalid(s, f"port {n} is out of range (0-65535)")
-    return n
-
-
-def parse_bind(s: str) -> BindSpec:
-    """Parse one ``bind`` entry.
-
-    Accepted forms: ``unix:/path.sock``, ``unix:@abstract``, ``HOST:PORT``,
-    ``[V6ADDR]:PORT``, ``fd://N``, ``systemd``, ``systemd:NAME``.
-
-    Raises:
-        ValueError: ``"invalid bind 'x': why"``.
-    """
-    if not isinstance(s, str) or not s:
-        raise _invalid(str(s), "empty")
-    if s.startswith("unix:"):
-        path = s[5:]
-        if not path or path == "@":
-            raise _invalid(s, "no socket path after 'unix:'")
-        if "\0" in path:
-            raise _invalid(s, "NUL byte in the path")
-        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-            raise _invalid(s, f"unix socket paths are limited to {_UNIX_PATH_MAX} bytes")
-        return BindSpec("unix", s, path=path)
-    if s.startswith("fd://"):
-        num = s[5:]
-        if not num.isdigit() or not num.isascii():
-            raise _invalid(s, "expected fd://N with N a file descriptor number")
-        return BindSpec("fd", s, fd=int(num))
-    if s == "systemd":
-        return BindSpec("systemd", s)
-    if s.startswith("systemd:"):
-        name = s[8:]
-        # systemd: "FileDescriptorName= ... may contain up to 255 ASCII characters,
-        # excluding control characters and ':'".
-        if not name or ":" in name or len(name) > 255 or not name.isprintable():
-            raise _invalid(s, "expected systemd:NAME (the socket unit's FileDescriptorName=)")
-        return BindSpec("systemd", s, name=name)
-    if s.startswith("["):
-        end = s.find("]")
-        if end == -1 or s[end + 1 : end + 2] != ":":
-            raise _invalid(s, "expected [IPV6]:PORT")
-        host = s[1:end]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _invalid(s, f"{host!r} is not an IPv6 address") from None
-        return BindSpec("tcp", s, host=host, port=_parse_port(s, s[end + 2 :]))
-    host, sep, port = s.rpartition(":")
-    if not sep or not host:
-        raise _invalid(s, "expected unix:PATH, HOST:PORT, [IPV6]:PORT, fd://N or systemd[:NAME]")
-    if ":" in host:
-        raise _invalid(s, "write IPv6 addresses in brackets: [::1]:4000")
-    return BindSpec("tcp", s, host=host, port=_parse_port(s, port))
-
-
-# --------------------------------------------------------------------------- trust
-
-
-class PeerFilter:
-    """Which TCP peers may talk to us.
-
-    SCGI hands REMOTE_ADDR, HTTPS and every header to the app as facts, so a
-    peer that can connect can claim anything: by default only loopback.
-    """
-
-    __slots__ = ("_exact", "_networks")
-
-    def __init__(
-        self,
-        exact: Iterable[str],
-        networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
-    ) -> None:
-        self._exact = frozenset(exact)
-        self._networks = tuple(networks)
-
-    def __call__(self, host: str) -> bool:
-        # Fast path: accept() gives the canonical inet_ntop() text, which is what
-        # str(ip_address(...)) produced for the exact entries.
-        if host in self._exact:
-            return True
-        if not self._networks and not host.startswith("::ffff:"):
-            return False
-        try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        # A dual-stack socket inherited through fd:// reports IPv4 peers as
-        # ::ffff:a.b.c.d; judge them as the IPv4 address they are.
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-            if str(ip) in self._exact:
-                return True
-        return any(ip in net for net in self._networks)
-
-
-def parse_trusted_peers(peers: Iterable[str]) -> PeerFilter | None:
-    """Parse ``trusted_peers``: addresses, CIDR networks, or ``"*"``.
-
-    Returns:
-        None when ``"*"`` is present (every peer trusted), else a PeerFilter.
-
-    Raises:
-        ValueError: an entry is neither an address, a network nor ``"*"``.
-    """
-    exact: set[str] = set()
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for p in peers:
-        if p == "*":
-            return None
-        try:
-            if "/" in p:
-                net = ipaddress.ip_network(p, strict=False)
-                if net.num_addresses == 1:
-                    exact.add(str(net.network_address))
-                else:
-                    networks.append(net)
-            else:
-                exact.add(str(ipaddress.ip_address(p)))
-        except ValueError:
-            raise ValueError(
-                f"invalid trusted_peers entry {p!r}: expected an IP address, a CIDR "
-                'network like "10.0.0.0/24", or "*"'
-            ) from None
-    return PeerFilter(exact, networks)
 
 
 # --------------------------------------------------------------------------- listener
@@ -348,7 +186,7 @@ def _bind_unix(spec: BindSpec, config: Config) -> Listener:
             ) from None
         tmp = os.path.join(tmpdir, "s")
         try:
-            if len(os.fsencode(tmp)) > _UNIX_PATH_MAX:
+            if len(os.fsencode(tmp)) > UNIX_PATH_MAX:
                 # The temporary path would not fit sun_path: bind in place,
                 # under a umask that leaves no permission beyond the final
                 # mode (still nobody can connect() before listen()).
@@ -575,3 +413,105 @@ def bind_all(config: Config) -> list[Listener]:
             listener.close()
         raise
     return out
+
+
+# --------------------------------------------------------------------------- check
+
+
+def check_binds(config: Config) -> Iterator[tuple[bool, str]]:
+    """Check what :func:`bind_all` will need, without binding (``--check-config``).
+
+    The running server may hold the addresses while a new configuration is
+    checked, so nothing is bound or probed: Unix socket directories must exist
+    and let this user create the socket, a path there must not be something
+    other than a socket, host names must resolve, owner and group must exist.
+
+    Yields:
+        Per address (and owner/group), as it is checked: whether it could be
+        checked here, and what was found (or why it can't be before the start).
+
+    Raises:
+        BindError: what :func:`bind_all` would raise for it, naming the address.
+    """
+    try:
+        parse_trusted_peers(config.trusted_peers)
+        specs = [parse_bind(b) for b in config.bind]
+    except ValueError as e:
+        raise BindError(str(e)) from None
+    if not specs:
+        raise BindError("nothing to bind: the bind list is empty")
+    files = [s for s in specs if s.kind == "unix" and not (s.path or "").startswith("@")]
+    if files and (config.unix_socket_owner is not None or config.unix_socket_group is not None):
+        _resolve_owner(config)
+        yield True, "unix_socket_owner and unix_socket_group exist"
+    for spec in specs:
+        yield _check_bind(spec)
+
+
+def _check_bind(spec: BindSpec) -> tuple[bool, str]:
+    desc = spec.text
+    if spec.kind == "unix":
+        path = spec.path
+        assert path is not None
+        if path.startswith("@"):
+            return True, f"{desc}: an abstract socket (no file)"
+        parent = os.path.dirname(os.path.abspath(path))
+        # _bind_unix creates a directory next to the socket: the parent must
+        # exist and let us write and enter it.
+        if not os.path.isdir(parent):
+            raise BindError(f"can't bind {desc}: directory {parent} does not exist")
+        if not os.access(
+            parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
+        ):
+            raise BindError(
+                f"can't bind {desc}: can't create a socket in {parent}: permission denied"
+            )
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True, f"{desc}: the socket can be created in {parent}"
+        except OSError as e:
+            raise BindError(f"can't bind {desc}: {e}") from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise BindError(
+                f"can't bind {desc}: {path} exists and is not a socket; refusing to remove it"
+            )
+        return True, f"{desc}: a socket is there, replaced at start if nothing listens on it"
+    if spec.kind == "tcp":
+        host = spec.host
+        assert host is not None
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                try:
+                    socket.getaddrinfo(host, spec.port, type=socket.SOCK_STREAM)
+                except OSError as e:
+                    raise BindError(f"can't bind {desc}: can't resolve {host!r}: {e}") from None
+                return True, f"{desc}: {host!r} resolves (the port is bound at start)"
+        return True, f"{desc}: a TCP address (the port is bound at start)"
+    if spec.kind == "fd":
+        return False, f"{desc}: the socket is inherited at start"
+    return False, f"{desc}: systemd passes the sockets at start"
+
+
+def spawned_with_listening_socket() -> bool:
+    """fd 0 is a listening stream socket: a FastCGI spawner started us.
+
+    Apache mod_fcgid, spawn-fcgi and lighttpd's ``bin-path`` start the
+    application with its listening socket as standard input
+    (``FCGI_LISTENSOCK_FILENO``, FastCGI spec 2.2) and pass no address.
+    """
+    try:
+        sock = socket.socket(fileno=0)
+    except OSError:
+        return False  # not a socket (a terminal, /dev/null, a pipe) or closed
+    try:
+        return (
+            sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        )
+    except OSError:
+        return False
+    finally:
+        sock.detach()

@@ -1,7 +1,9 @@
-"""Turn an SCGI environ into an ASGI HTTP scope (pure functions: no I/O, no trio, no logging).
+"""Turn an SCGI environ or FastCGI params into an ASGI HTTP scope (pure functions: no I/O).
 
 The path rules live in :func:`request_target`, shared with the WSGI environ builder so that
-``root_path``/``path`` (ASGI) and ``SCRIPT_NAME``/``PATH_INFO`` (WSGI) always agree.
+``root_path``/``path`` (ASGI) and ``SCRIPT_NAME``/``PATH_INFO`` (WSGI) always agree. Every
+front-end quirk lives here, with the front-end named; docs/fastcgi-frontends.md and
+tests/data/captures/README.md show what each front-end sends.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ _NAMES: dict[bytes, bytes] = {
     # "HTTP_" alone names no header.
     b"HTTP_": b"",
 }
+# The one header http_scope looks at itself (by identity: the cached name object).
+_UPGRADE = b"upgrade"
+_NAMES |= {
+    b"HTTP_UPGRADE": _UPGRADE,
+}
 
 
 def _header_name(name: bytes) -> bytes:
@@ -95,20 +102,26 @@ def _origin_path(target: bytes) -> bytes:
 def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str, bytes, bytes]:
     """Work out where a request goes, with the rules every front-end needs.
 
-    - ``path``: with ``PATH_INFO`` present (lighttpd; an nginx location that sets
-      SCRIPT_NAME and PATH_INFO), ``SCRIPT_NAME + PATH_INFO``, both already decoded (and
-      normalised) by the front-end. Otherwise (nginx's stock ``scgi_params`` sends neither;
-      Apache mod_proxy_scgi sends ``SCRIPT_NAME`` = the whole decoded path and no
-      PATH_INFO) the percent-decoded path of ``REQUEST_URI``, not normalised (``%2e%2e``
-      becomes ``..``), as uvicorn and hypercorn pass what the client sent.
+    - ``path``: with ``PATH_INFO`` present (lighttpd mod_scgi and mod_fastcgi; an nginx
+      location that sets SCRIPT_NAME and PATH_INFO or uses ``fastcgi_split_path_info``;
+      Apache mod_fcgid, where SCRIPT_NAME is the script's URL; HAProxy's ``path-info``),
+      ``SCRIPT_NAME + PATH_INFO``, both already decoded (and normalised, except by HAProxy)
+      by the front-end. Apache with ``AllowEncodedSlashes NoDecode`` leaves ``%2F`` encoded
+      in them, so the path keeps ``%2F`` (as a WSGI app under mod_fcgid sees it too).
+      Otherwise the percent-decoded path of ``REQUEST_URI``, not normalised (``%2e%2e``
+      becomes ``..``), as uvicorn and hypercorn pass what the client sent: nginx's stock
+      ``scgi_params`` sends neither variable, and these send ``SCRIPT_NAME`` = the whole
+      decoded path and no PATH_INFO: nginx's stock ``fastcgi_params``
+      (``$fastcgi_script_name``), Apache mod_proxy_scgi and mod_proxy_fcgi, HAProxy's
+      ``fcgi-app`` without ``path-info``.
     - ``root_path``: the configured one when set (``"/"`` means "mounted at the root":
       ``""``). It applies when it is a prefix of ``path`` at a ``/`` boundary; otherwise the
       request came in outside the mount point, so ``root_path`` is ``""`` and ``path`` is
       left as is. With no configured root, ``SCRIPT_NAME`` when ``PATH_INFO`` is present,
-      else ``""``: Apache's SCRIPT_NAME (the whole path) is never a root path. The
-      configured value wins over SCRIPT_NAME because a front-end can be wrong: lighttpd
-      mounted at ``"/"`` without ``fix-root-scriptname`` sends the first path segment as
-      SCRIPT_NAME.
+      else ``""``: a SCRIPT_NAME without PATH_INFO (the whole path, above) is never a
+      root path. The configured value wins over SCRIPT_NAME because a front-end can be
+      wrong: lighttpd (mod_scgi and mod_fastcgi) mounted at ``"/"`` without
+      ``fix-root-scriptname`` sends the first path segment as SCRIPT_NAME.
     - ``raw_path``: ``REQUEST_URI`` without its query (the raw target: ``%2F`` intact);
       absent that, the path re-encoded.
     - ``query_string``: what follows ``?`` in ``REQUEST_URI``; ``QUERY_STRING`` only when
@@ -148,7 +161,8 @@ def request_target(env: Mapping[bytes, bytes], root_path: str) -> tuple[str, str
     elif raw_path is not None:
         # Invalid UTF-8 after decoding becomes U+FFFD, as in uvicorn and hypercorn (urllib's
         # unquote default): the request is still served, and raw_path keeps the exact bytes.
-        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode(
+        # 37 is ord("%"): an int needle is `in`'s fast path on bytes (see SERVER_NAME below).
+        path = (unquote_to_bytes(raw_path) if 37 in raw_path else raw_path).decode(
             "utf-8", "replace"
         )
     else:
@@ -175,20 +189,26 @@ def http_scope(
     root_path: str,
     state: dict[str, Any] | None,
     notes: list[str] | None = None,
+    fastcgi: bool = False,
 ) -> dict[str, Any]:
-    """Build the ASGI HTTP connection scope for one SCGI request.
+    """Build the ASGI HTTP connection scope for one SCGI or FastCGI request.
 
     Args:
-        environ: the request's ``(name, value)`` pairs in wire order, duplicates kept.
+        environ: the request's ``(name, value)`` pairs in wire order, duplicates kept: the
+            SCGI environ, or the FastCGI PARAMS.
         root_path: the configured root path (``Config.root_path``); see
             :func:`request_target` for when it applies.
         state: the lifespan state; the scope gets a shallow copy, or no ``state`` key when
             ``None`` (no lifespan).
         notes: where to append what the operator should hear about (the request is served
             all the same); ``None`` to skip those checks.
+        fastcgi: the pairs are FastCGI PARAMS (only the ``extensions`` key and the advice in
+            errors differ).
 
     Returns:
-        The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``.
+        The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``, or
+        ``{"fastcgi": {"params": environ}}`` with ``fastcgi``: the raw pairs, for apps that
+        need a variable the scope has no field for.
 
     Raises:
         ScopeError: the environ cannot describe an HTTP request (no ``REQUEST_METHOD``, no
@@ -198,6 +218,7 @@ def http_scope(
     headers: list[tuple[bytes, bytes]] = []
     header_name = _NAMES.get
     add_header = headers.append
+    upgrade = None
     for name, value in environ:
         header = header_name(name)
         if header is None:
@@ -206,15 +227,20 @@ def http_scope(
             # Values pass through as sent; nginx < 1.23 repeats a header sent twice (two
             # HTTP_COOKIE), and ASGI keeps duplicates in order.
             add_header((header, value))
+            if header is _UPGRADE:
+                upgrade = value
         else:
             # Names are unique by the SCGI spec; if one repeats, the last one wins.
             env[name] = value
 
     raw_method = env.get(b"REQUEST_METHOD")
     if not raw_method:
-        # nginx without `include scgi_params;` sends only CONTENT_LENGTH and HTTP_*.
+        # nginx without `include scgi_params;` sends only CONTENT_LENGTH and HTTP_*; without
+        # `include fastcgi_params;` only HTTP_*.
+        what = "FastCGI" if fastcgi else "SCGI"
         raise ScopeError(
-            "the SCGI request has no REQUEST_METHOD (nginx: is `include scgi_params;` missing?)"
+            f"the {what} request has no REQUEST_METHOD"
+            f" (nginx: is `include {what.lower()}_params;` missing?)"
         )
     method = _METHODS.get(raw_method)
     if method is None:
@@ -227,7 +253,10 @@ def http_scope(
     if content_type:  # nginx sends CONTENT_TYPE="" on a GET: empty means absent.
         add_header((b"content-type", content_type))
     content_length = env.get(b"CONTENT_LENGTH")
-    if content_length is not None:
+    # Empty means absent: nginx's fastcgi_params sends `CONTENT_LENGTH $content_length`,
+    # empty on a GET and on a chunked upload with `fastcgi_request_buffering off`. (A FastCGI
+    # body is the STDIN stream whatever CONTENT_LENGTH says; SCGI's is always digits.)
+    if content_length:
         if not content_length.isdigit():
             raise ScopeError(f"CONTENT_LENGTH {content_length[:40]!r} is not a number")
         if content_length.strip(b"0") or method in _BODY_METHODS:
@@ -251,6 +280,14 @@ def http_scope(
                     " short this way with `scgi_request_buffering off`; leave it on)"
                 )
 
+    if upgrade is not None and notes is not None and b"websocket" in upgrade.lower():
+        # nginx tunnels a 101 over SCGI, but trioscgi does not speak WebSocket yet: the
+        # app gets the handshake as a plain HTTP request and can only refuse it.
+        notes.append(
+            "a WebSocket upgrade request, served as plain HTTP: trioscgi has no WebSocket"
+            " support yet (docs/protocol.md)"
+        )
+
     scheme_value = env.get(b"REQUEST_SCHEME")
     scheme = _SCHEMES.get(scheme_value.lower()) if scheme_value else None
     if scheme is None:
@@ -269,7 +306,13 @@ def http_scope(
         )
     else:
         client = None
-    server_host = env.get(b"SERVER_ADDR") or env.get(b"SERVER_NAME")
+    server_host = env.get(b"SERVER_ADDR")
+    if not server_host:
+        server_host = env.get(b"SERVER_NAME")
+        # 58 is ord(":"). An int is `in`'s fast path on bytes: a bytes needle first fails
+        # a conversion to int (a TypeError raised and cleared), ~100 ns a test.
+        if server_host and 58 in server_host:
+            server_host = _strip_port(server_host)
     server = (
         (server_host.decode("latin-1"), _port(env.get(b"SERVER_PORT"))) if server_host else None
     )
@@ -288,11 +331,24 @@ def http_scope(
         "headers": headers,
         "client": client,
         "server": server,
-        "extensions": {"scgi": {"environ": environ}},
+        "extensions": (
+            {"fastcgi": {"params": environ}} if fastcgi else {"scgi": {"environ": environ}}
+        ),
     }
     if state is not None:
         scope["state"] = state.copy()
     return scope
+
+
+def _strip_port(host: bytes) -> bytes:
+    """``SERVER_NAME`` without a port: HAProxy's fcgi-app sends the Host header there
+    (``example.org:8080``, ``[::1]:8080``) and no SERVER_ADDR. A bare IPv6 address (more
+    than one ``:``, no brackets) is left as is."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[1:end] if end > 0 else host
+    name, _, port = host.partition(b":")
+    return name if port.isdigit() or not port else host
 
 
 def _port(value: bytes | None) -> int | None:

@@ -8,17 +8,22 @@ import math
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
 from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
-from ._connection import Connection
+from ._fastcgi import FastCGIConnection
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
+from ._scgi import SCGIConnection
+from ._sockio import RECV_SIZE
 from ._types import ASGIApp
+
+if TYPE_CHECKING:
+    from ._accesslog import AccessLogger
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -79,11 +84,11 @@ class Server:
         self.app_loop = detect_app_loop(app, config.app_loop)
         self.config = config
         self.state: dict[str, Any] = {}
-        self.access_logger: Any = None
+        self.access_logger: AccessLogger | None = None
         if config.access_log is not None:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
-            self.access_logger = AccessLogger(config)
+            self.access_logger = AccessLogger(config.access_log_format)
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
         self._owns_listeners = listeners is None
         self._starting = trio.CancelScope()
@@ -100,7 +105,7 @@ class Server:
                 0, max(0, config.max_requests_jitter)
             )
         self.shutting_down = False
-        self.finished = trio.Event()
+        self.fastcgi_connections: set[FastCGIConnection] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
 
@@ -148,7 +153,6 @@ class Server:
                                 await lifespan.shutdown()
         finally:
             self._close_listeners()
-            self.finished.set()
         if failure is not None:
             raise failure
 
@@ -158,12 +162,14 @@ class Server:
         config = self.config
         async with trio.open_nursery() as connections:
             self._connections = connections
+            # A shutdown() before this point cancelled the scope already: a
+            # scope cancelled before it is entered is cancelled once entered.
             with self._accepting:
-                if self.shutting_down:
-                    self._accepting.cancel()
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener)
+                    if config.protocol != "scgi":
+                        accepting.start_soon(self._close_idle_connections)
                     descriptions = [lst.description for lst in listeners]
                     log.info("listening on %s", ", ".join(descriptions))
                     task_status.started(descriptions)
@@ -186,6 +192,10 @@ class Server:
             log.info("shutting down")
         self._starting.cancel()
         self._accepting.cancel()
+        # Kept-alive FastCGI connections: idle ones close now, busy ones once
+        # their requests are done.
+        for connection in list(self.fastcgi_connections):
+            connection.stop_when_idle()
 
     def force_shutdown(self) -> None:
         """Cancel everything now (a second signal); lifespan shutdown is skipped."""
@@ -265,6 +275,24 @@ class Server:
                 burst = 0
                 await checkpoint()
 
+    async def _close_idle_connections(self) -> None:
+        """Close kept-alive FastCGI connections idle for ``idle_timeout``.
+
+        One task for the server instead of a deadline per connection: the
+        per-request path then sets no timer at all.
+        """
+        idle_timeout = self.config.idle_timeout
+        while True:
+            now = trio.current_time()
+            wake = now + idle_timeout
+            for connection in list(self.fastcgi_connections):
+                idle = connection.idle_for(now)
+                if idle >= idle_timeout:
+                    connection.close_idle()
+                elif idle > 0:
+                    wake = min(wake, now + idle_timeout - idle)
+            await trio.sleep_until(wake)
+
     def _log_refused(self, listener: Listener, addr: Any) -> None:
         self._warn_refused(
             "refused connection from %s on %s: not in trusted_peers",
@@ -274,21 +302,66 @@ class Server:
 
     async def _handle(self, sock: socket.socket) -> None:
         try:
-            await Connection(sock, self).run()
+            protocol = self.config.protocol
+            if protocol == "scgi":
+                await SCGIConnection(sock, self).run()
+                self.request_served()
+            elif protocol == "fastcgi":
+                await FastCGIConnection(sock, self).run()
+            else:
+                await self._sniff(sock)
         except Exception:
             log.exception("unexpected error while serving a connection")
         finally:
             self._active -= 1
             self._below_limit.set()
-            if self._max_requests:
-                self._served += 1
-                if self._served == self._max_requests:
-                    log.info(
-                        "served %d connections (max_requests): stopping this process"
-                        " so the supervisor can start a fresh one",
-                        self._served,
-                    )
-                    self.shutdown()
+
+    async def _sniff(self, sock: socket.socket) -> None:
+        """``protocol = "auto"``: the first byte tells FastCGI (version 1) from SCGI (a digit)."""
+        try:
+            data = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        if data is None:
+            with trio.move_on_after(self.config.header_timeout):
+                while data is None:
+                    await wait_readable(sock)
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+            if data is None:
+                log.info(
+                    "request not received within %g s (header_timeout)",
+                    self.config.header_timeout,
+                )
+                sock.close()
+                return
+        if data[:1] == b"\x01":
+            await FastCGIConnection(sock, self).run(data)
+        elif data:
+            # A digit, or garbage: the SCGI parser answers garbage with a 400
+            # and a log line saying what it found.
+            await SCGIConnection(sock, self).run(data)
+            self.request_served()
+        else:
+            sock.close()  # connected and closed without a byte
+
+    def request_served(self) -> None:
+        """Count one request against ``max_requests``."""
+        if self._max_requests:
+            self._served += 1
+            if self._served == self._max_requests:
+                log.info(
+                    "served %d requests (max_requests): stopping this process"
+                    " so the supervisor can start a fresh one",
+                    self._served,
+                )
+                self.shutdown()
 
 
 class CallOnStarted:

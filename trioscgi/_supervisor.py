@@ -15,14 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ._config import Config, parse_cpu_list
 from ._listeners import BindError, Listener, bind_all
-from ._logging import reopen_on_sigusr1
+from ._logging import reopen_logs, reopen_on_sigusr1
 from ._notify import notify, watchdog_interval
-from ._run import pin_to_cpu
+from ._run import pin_to_cpu, run
 from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["run_supervisor"]
@@ -50,7 +49,7 @@ IMMEDIATE_GRACE = 2.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
-@dataclass
+@dataclasses.dataclass
 class _Worker:
     pid: int
     generation: int
@@ -155,7 +154,7 @@ class _Supervisor:
             elif signum == signal.SIGHUP:
                 self._reload()
             elif signum == signal.SIGUSR1:
-                _reopen_logs()
+                reopen_logs()
                 self._signal_all(signal.SIGUSR1)
             # SIGCHLD: _reap() runs after every wake-up anyway.
 
@@ -295,9 +294,6 @@ class _Supervisor:
                 )
                 code = EXIT_USAGE
                 return
-            from ._logging import reopen_logs  # noqa: PLC0415
-            from ._run import run  # noqa: PLC0415
-
             ready_w = self.ready_w
 
             def on_ready(bound: list[str]) -> None:
@@ -439,12 +435,6 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _reopen_logs() -> None:
-    from ._logging import reopen_logs  # noqa: PLC0415
-
-    reopen_logs()
 
 
 def _exit_with_parent(fd: int) -> None:  # pragma: no cover - runs in the child

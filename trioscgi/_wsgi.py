@@ -2,50 +2,31 @@
 
 The server only speaks ASGI; :func:`wrap_wsgi` turns a WSGI app into an ASGI app
 whose requests run in a pool of long-lived worker threads, at most
-``Config.wsgi_threads`` at once.
+``Config.wsgi_threads`` at once. This module is the adapter (start_response, the
+response iterable, the hand-offs between the thread and trio); the environ and its
+streams are in :mod:`trioscgi._wsgi_environ`, the threads in :mod:`trioscgi._wsgi_pool`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import inspect
-import logging
 import os
-import queue
 import stat
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import unquote_to_bytes
 
 import trio
 
 from ._config import Config
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._wsgi_environ import ErrorStream, FileWrapper, InputStream, build_environ
+from ._wsgi_pool import ThreadPool
 
 __all__ = ["FileWrapper", "detect_interface", "wrap_wsgi"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-_errors_logger = logging.getLogger("trioscgi.wsgi")
-
-# CGI variables that are not headers and that PEP 3333 / CGI (RFC 3875) name; the
-# environ keeps every other SCGI variable as the front-end sent it.
-# nginx passes HTTP_CONTENT_LENGTH next to CONTENT_LENGTH, and HTTP_TRANSFER_ENCODING
-# ("chunked") although it de-chunked the body: a WSGI framework seeing "chunked" (werkzeug)
-# ignores CONTENT_LENGTH, so both are dropped. The body ends where wsgi.input says.
-_DROP = frozenset({"HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING"})
-
-# Header names that repeat (nginx < 1.23 sends a header twice as two variables) are joined
-# the way HTTP joins them: "; " for Cookie (RFC 6265), ", " for every other header.
-_COOKIE = "HTTP_COOKIE"
-
-
-class _ClientDisconnected(OSError):
-    """The client went away while the application was reading the request body."""
-
 
 # --------------------------------------------------------------------------------------
 # Interface detection
@@ -137,261 +118,6 @@ def _positional_count(app: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------------------
-# wsgi.file_wrapper
-
-
-class FileWrapper:
-    """``wsgi.file_wrapper``: a file to send, with sendfile when the server can.
-
-    When an application returns one as its response iterable, trioscgi sends the file
-    from its current position with the ``http.response.zerocopysend`` extension (the
-    kernel copies it); otherwise, or if the object has no usable file descriptor, it is
-    iterated in blocks of ``blksize`` like any iterable.
-    """
-
-    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-        if hasattr(filelike, "close"):
-            self.close = filelike.close
-
-    def __iter__(self) -> Iterator[bytes]:
-        read = self.filelike.read
-        while True:
-            data = read(self.blksize)
-            if not data:
-                return
-            yield data
-
-
-# --------------------------------------------------------------------------------------
-# wsgi.errors
-
-
-class _ErrorStream:
-    """``wsgi.errors``: text written by the app becomes one log record per line."""
-
-    def __init__(self) -> None:
-        self._partial = ""
-
-    def write(self, s: str) -> int:
-        if "\n" not in s:
-            self._partial += s
-            return len(s)
-        text = self._partial + s
-        *lines, self._partial = text.split("\n")
-        for line in lines:
-            _errors_logger.warning("%s", line)
-        return len(s)
-
-    def writelines(self, seq: Iterable[str]) -> None:
-        for s in seq:
-            self.write(s)
-
-    def flush(self) -> None:
-        if self._partial:
-            _errors_logger.warning("%s", self._partial)
-            self._partial = ""
-
-
-# --------------------------------------------------------------------------------------
-# wsgi.input
-
-
-class _InputStream:
-    """``wsgi.input``: the request body, pulled from the connection only as the app reads.
-
-    Every refill is one ``receive()`` run on the trio side (``trio.from_thread.run``), so
-    a slow reader leaves the body in the socket: the front-end is pushed back, nothing
-    piles up in memory. Reads return ``b""`` at the end of the body (CONTENT_LENGTH).
-    """
-
-    def __init__(self, receive: Receive, at_eof: bool) -> None:
-        self._receive = receive
-        self._buf = bytearray()
-        self._eof = at_eof
-
-    def _fill(self) -> bytes:
-        """Receive the next chunk of the body (``b""`` once at the end)."""
-        if self._eof:
-            return b""
-        message = trio.from_thread.run(self._receive)
-        kind = message["type"]
-        if kind == "http.request":
-            if not message.get("more_body", False):
-                self._eof = True
-            return bytes(message.get("body", b""))
-        if kind == "http.disconnect":
-            self._eof = True
-            raise _ClientDisconnected("the client went away before the request body was read")
-        raise RuntimeError(f"unexpected message {kind!r} while reading the request body")
-
-    def read(self, size: int | None = -1) -> bytes:
-        buf = self._buf
-        if size is None or size < 0:
-            while not self._eof:
-                buf += self._fill()
-            data = bytes(buf)
-            buf.clear()
-            return data
-        if not buf:
-            # The common case (framework reading in chunks): hand over what arrived,
-            # without copying it into the buffer, when it fits.
-            while not buf and not self._eof:
-                chunk = self._fill()
-                if len(chunk) == size or (self._eof and len(chunk) < size):
-                    return chunk
-                buf += chunk
-        while len(buf) < size and not self._eof:
-            buf += self._fill()
-        data = bytes(buf[:size])
-        del buf[:size]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        buf = self._buf
-        limit = None if size is None or size < 0 else size
-        searched = 0
-        while True:
-            nl = buf.find(b"\n", searched)
-            if nl >= 0:
-                end = nl + 1
-                break
-            if limit is not None and len(buf) >= limit:
-                end = limit
-                break
-            if self._eof:
-                end = len(buf)
-                break
-            searched = len(buf)
-            buf += self._fill()
-        if limit is not None:
-            end = min(end, limit)
-        data = bytes(buf[:end])
-        del buf[:end]
-        return data
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines: list[bytes] = []
-        total = 0
-        while True:
-            line = self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
-
-
-# --------------------------------------------------------------------------------------
-# The environ
-
-
-def _latin1(text: str) -> str:
-    """PEP 3333 "bytes as unicode": the UTF-8 bytes of ``text``, one char per byte."""
-    return text.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool) -> dict[str, Any]:
-    """Build the PEP 3333 environ of one request.
-
-    Every SCGI variable (``scope["extensions"]["scgi"]["environ"]``) is kept, decoded as
-    latin-1; ``SCRIPT_NAME``/``PATH_INFO``/``QUERY_STRING`` and ``REQUEST_METHOD`` come from
-    the scope so that they agree with what an ASGI app would see (the path rules of
-    :func:`trioscgi._scope.request_target`).
-    """
-    environ: dict[str, Any] = {}
-    scgi = scope.get("extensions", {}).get("scgi")
-    raw_env: list[tuple[bytes, bytes]] | None = scgi.get("environ") if scgi else None
-    if raw_env is not None:
-        for raw_name, raw_value in raw_env:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            if name in environ and name.startswith("HTTP_"):
-                sep = "; " if name == _COOKIE else ", "
-                environ[name] = environ[name] + sep + value
-            else:
-                environ[name] = value
-        for name in _DROP:
-            environ.pop(name, None)
-    else:
-        # A scope that did not come from SCGI (an embedding program, a test): the
-        # headers are all there is.
-        for raw_name, raw_value in scope.get("headers", ()):
-            name = raw_name.decode("latin-1").upper().replace("-", "_")
-            value = raw_value.decode("latin-1")
-            if name in {"CONTENT_TYPE", "CONTENT_LENGTH"}:
-                environ[name] = value
-                continue
-            name = "HTTP_" + name
-            if name in environ:
-                sep = "; " if name == _COOKIE else ", "
-                environ[name] = environ[name] + sep + value
-            else:
-                environ[name] = value
-
-    root_path: str = scope.get("root_path", "")
-    path: str = scope["path"]
-    full = path.encode("utf-8", "surrogateescape")
-    if "\ufffd" in path:
-        # The scope's path replaced undecodable bytes with U+FFFD; WSGI wants the bytes.
-        if "PATH_INFO" in environ:
-            full = (environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"]).encode("latin-1")
-        else:
-            full = unquote_to_bytes(scope.get("raw_path") or b"")
-    root = root_path.encode("utf-8", "surrogateescape")
-    if root and full.startswith(root):
-        environ["SCRIPT_NAME"] = root.decode("latin-1")
-        environ["PATH_INFO"] = full[len(root) :].decode("latin-1")
-    else:
-        environ["SCRIPT_NAME"] = ""
-        environ["PATH_INFO"] = full.decode("latin-1")
-    environ["QUERY_STRING"] = scope.get("query_string", b"").decode("latin-1")
-    environ["REQUEST_METHOD"] = scope["method"]
-    if not environ.get("CONTENT_TYPE"):
-        environ.pop("CONTENT_TYPE", None)  # nginx sends "" on a GET: absent, per CGI
-    environ.setdefault("SERVER_PROTOCOL", "HTTP/" + scope.get("http_version", "1.1"))
-    if "SERVER_NAME" not in environ or "SERVER_PORT" not in environ:
-        server = scope.get("server")
-        host = environ.get("HTTP_HOST", "")
-        if server and server[1] is not None:
-            environ.setdefault("SERVER_NAME", server[0])
-            environ.setdefault("SERVER_PORT", str(server[1]))
-        else:
-            name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-            environ.setdefault("SERVER_NAME", name or "localhost")
-            environ.setdefault(
-                "SERVER_PORT", port or ("443" if scope["scheme"] == "https" else "80")
-            )
-    client = scope.get("client")
-    if client and "REMOTE_ADDR" not in environ:
-        environ["REMOTE_ADDR"] = client[0]
-        environ["REMOTE_PORT"] = str(client[1])
-    environ["wsgi.version"] = (1, 0)
-    environ["wsgi.url_scheme"] = scope.get("scheme", "http")
-    environ["wsgi.input"] = wsgi_input
-    # Reads return b"" at the end of the body (werkzeug and mod_wsgi use this key to
-    # read a body that has no CONTENT_LENGTH).
-    environ["wsgi.input_terminated"] = True
-    environ["wsgi.errors"] = errors
-    environ["wsgi.multithread"] = True
-    environ["wsgi.multiprocess"] = multiprocess
-    environ["wsgi.run_once"] = False
-    environ["wsgi.file_wrapper"] = FileWrapper
-    return environ
-
-
-# --------------------------------------------------------------------------------------
 # One request
 
 
@@ -454,7 +180,7 @@ class _Request:
 
     The thread runs the app; it calls back into trio (``trio.from_thread.run``) only to
     read the body and to send what can't wait. Never both sides at once: the trio task is
-    blocked in :meth:`_ThreadPool.run` while the thread runs.
+    blocked in :meth:`ThreadPool.run` while the thread runs.
     """
 
     def __init__(self, app: WSGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -467,7 +193,7 @@ class _Request:
         self.remaining: int | None = None  # Content-Length still to send, if declared
         self.started = False  # http.response.start sent
         self.client_gone = False
-        self.errors = _ErrorStream()
+        self.errors = ErrorStream()
 
     # --- start_response and write(), called by the app in the thread ------------------
 
@@ -587,169 +313,6 @@ class _Request:
 
 
 # --------------------------------------------------------------------------------------
-# The worker threads
-
-# A worker thread with nothing to do for this long ends (as trio's own thread cache does).
-_IDLE_TIMEOUT = 10.0
-
-
-class _Job:
-    """One call handed to a worker thread; ``task`` is ``None`` once nobody waits for it.
-
-    It also stands for the call in the limiter (``acquire_on_behalf_of``).
-    """
-
-    __slots__ = ("args", "context", "error", "fn", "result", "task")
-
-    def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], task: trio.lowlevel.Task
-    ) -> None:
-        self.fn = fn
-        self.args = args
-        self.context: contextvars.Context | None = contextvars.copy_context()
-        self.task: trio.lowlevel.Task | None = task
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class _PoolRun:
-    """The threads of one ``trio.run``: they belong to its token and die with it."""
-
-    def __init__(self, token: trio.lowlevel.TrioToken, size: int) -> None:
-        self.token = token
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.lock = threading.Lock()  # guards idle, done and wakeup_pending
-        self.idle = 0  # alive, between jobs and not promised to a queued one
-        self.done: list[_Job] = []  # finished, not yet handed back to their tasks
-        self.wakeup_pending = False  # a _deliver is scheduled and will see ``done``
-        # Only for to_thread.run_sync's bookkeeping: the pool never has more threads.
-        self.thread_limiter = trio.CapacityLimiter(size)
-
-
-class _ThreadPool:
-    """Long-lived worker threads fed by a queue, one per token of ``limiter`` at most.
-
-    ``trio.to_thread.run_sync`` per request costs a thread wake, two OS thread renames
-    and a write to trio's wakeup socket each way, and on a VM whose threads run on
-    different CPUs the wakes and the GIL hand-offs around them are most of a small
-    request's cost. Here:
-
-    - a job goes to a thread that is already running when one is free: a worker that
-      finishes a job takes the next queued one without sleeping; each job is promised
-      a thread (an idle one, or a new one up to ``size``), so a view that blocks never
-      holds up another request;
-    - results are handed back in batches: the first thread to finish asks the trio loop
-      (one ``run_sync_soon``, one wakeup-socket write) to reschedule every task whose
-      job is done by the time it runs, and the threads finishing meanwhile write
-      nothing.
-
-    The threads are started by ``trio.to_thread.run_sync`` (from system tasks), so
-    ``trio.from_thread.run`` works in the app as it does in any trio worker thread.
-    """
-
-    def __init__(self, limiter: trio.CapacityLimiter) -> None:
-        self.limiter = limiter
-        self._run: _PoolRun | None = None
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in a worker thread, in a copy of the task's context.
-
-        Each call holds a token of the limiter from before the job is queued until
-        ``fn`` returns, even if the caller is cancelled meanwhile: a cancelled caller
-        stops waiting at once (a thread can't be interrupted) but its thread stays busy,
-        as with ``trio.to_thread.run_sync(abandon_on_cancel=True)``.
-        """
-        token = trio.lowlevel.current_trio_token()
-        state = self._run
-        if state is None or state.token is not token:
-            state = self._run = _PoolRun(token, int(self.limiter.total_tokens))
-        job = _Job(fn, args, trio.lowlevel.current_task())
-        await self.limiter.acquire_on_behalf_of(job)
-        with state.lock:
-            if state.idle:
-                state.idle -= 1
-                spawn = False
-            else:
-                spawn = True
-            state.jobs.put(job)
-        if spawn:
-            trio.lowlevel.spawn_system_task(self._thread, state, name="trioscgi WSGI worker")
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            job.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        error = job.error
-        if error is not None:
-            try:
-                raise error
-            finally:
-                del error
-                job.error = None
-        return job.result
-
-    async def _thread(self, state: _PoolRun) -> None:
-        try:
-            await trio.to_thread.run_sync(
-                self._work,
-                state,
-                abandon_on_cancel=True,
-                limiter=state.thread_limiter,
-                thread_name="trioscgi WSGI worker",
-            )
-        except BaseException:
-            # The run is ending (system tasks are cancelled): the thread ends after
-            # its current job, if it has one.
-            state.jobs.put(None)
-            raise
-
-    def _work(self, state: _PoolRun) -> None:
-        jobs = state.jobs
-        lock = state.lock
-        while True:
-            try:
-                job = jobs.get(timeout=_IDLE_TIMEOUT)
-            except queue.Empty:
-                with lock:
-                    if not jobs.empty():
-                        continue  # a job was promised to an idle thread: maybe this one
-                    state.idle -= 1
-                return
-            if job is None:
-                return
-            context = job.context
-            job.context = None
-            if job.task is not None and context is not None:  # else cancelled while queued
-                try:
-                    job.result = context.run(job.fn, *job.args)
-                except BaseException as exc:  # handed to the waiting task
-                    job.error = exc
-            del context
-            with lock:
-                state.idle += 1  # before the hand-back: the next job needs no new thread
-                state.done.append(job)
-                wake = not state.wakeup_pending
-                state.wakeup_pending = True
-            del job
-            if wake:
-                try:
-                    state.token.run_sync_soon(self._deliver, state)
-                except trio.RunFinishedError:
-                    pass
-
-    def _deliver(self, state: _PoolRun) -> None:
-        with state.lock:
-            done = state.done
-            state.done = []
-            state.wakeup_pending = False
-        for job in done:
-            self.limiter.release_on_behalf_of(job)
-            if job.task is not None:
-                trio.lowlevel.reschedule(job.task)
-
-
-# --------------------------------------------------------------------------------------
 # The ASGI face
 
 
@@ -759,7 +322,7 @@ class _WSGIAdapter:
             raise ValueError("wsgi_threads must be at least 1")
         self.app = app
         self.limiter = trio.CapacityLimiter(config.wsgi_threads)
-        self.pool = _ThreadPool(self.limiter)
+        self.pool = ThreadPool(self.limiter)
         self.multiprocess = config.workers > 1
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -775,9 +338,11 @@ class _WSGIAdapter:
         request = _Request(self.app, scope, receive, send)
         extensions = scope.get("extensions") or {}
         environ = build_environ(scope, None, request.errors, self.multiprocess)
-        length = environ.get("CONTENT_LENGTH", "")
-        # No body (a GET): the input is at its end without a trip to the trio side.
-        environ["wsgi.input"] = _InputStream(receive, at_eof=length in ("", "0"))
+        # No body (a GET): the input is at its end without a trip to the trio side. No
+        # CONTENT_LENGTH says nothing: over FastCGI the body is the STDIN stream (nginx
+        # with `fastcgi_request_buffering off`, Apache mod_proxy_fcgi: chunked uploads).
+        at_eof = environ.get("CONTENT_LENGTH") == "0"
+        environ["wsgi.input"] = InputStream(receive, at_eof=at_eof)
         try:
             # A thread can't be interrupted: when the request is cancelled
             # (graceful_timeout passed, or a second signal) the task stops waiting for

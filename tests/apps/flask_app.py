@@ -2,14 +2,15 @@
 
 Routes: hello, path/SCRIPT_NAME echo, forms, a streamed upload hashed as it is read,
 a multipart file upload, a streaming response, a client-abort probe, send_file (which
-goes through wsgi.file_wrapper), and an exception the server must turn into a 500.
+goes through wsgi.file_wrapper), an exception the server must turn into a 500, and a
+meeting point for concurrent views.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
+import threading
 from collections.abc import Iterator
 
 from flask import Flask, Response, jsonify, request, send_file, stream_with_context
@@ -113,7 +114,19 @@ def boom() -> str:
     raise RuntimeError("boom from flask")
 
 
-@app.get("/slow")
-def slow() -> str:
-    time.sleep(float(request.args.get("s", "0.1")))
-    return "slept\n"
+# /meet: each request waits until ``n`` requests with the same key are inside a
+# view at once, so ``n`` requests answered "met" prove ``n`` views ran together.
+_meetings: dict[str, threading.Barrier] = {}
+_meetings_lock = threading.Lock()
+
+
+@app.get("/meet")
+def meet() -> tuple[str, int]:
+    key, n = request.args["key"], int(request.args["n"])
+    with _meetings_lock:
+        barrier = _meetings.setdefault(key, threading.Barrier(n, timeout=10))
+    try:
+        barrier.wait()  # the timeout only bounds a failure
+    except threading.BrokenBarrierError:
+        return "fewer views ran at once than requested\n", 503
+    return f"met in thread {threading.get_ident()}\n", 200

@@ -10,7 +10,7 @@ with nothing but bytes::
     sock.sendall(conn.send(Response(status=200, headers=[(b"content-type", b"text/plain")])))
 """
 
-from ._connection import DEFAULT_MAX_HEADER_SIZE, NEED_DATA, Connection
+from ._connection import DEFAULT_MAX_HEADER_SIZE, NEED_DATA, Connection, response_head
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     ConnectionClosed,
@@ -52,4 +52,5 @@ __all__ = [
     "Request",
     "Response",
     "State",
+    "response_head",
 ]

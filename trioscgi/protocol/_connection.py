@@ -59,8 +59,9 @@ _CLASS_REASONS: Final = {
 }
 
 
-# The parser's fast path for its own events (STYLE.md 3: validated
-# construction is for user code): set the slot directly, and share the two
+# The parser's fast path for its own events: validated construction is for
+# user code, and what the parser built is valid already (h11 skips the checks
+# for its own events too). Set the slot directly, and share the two
 # field-less events, which are frozen and compare equal anyway.
 _new = object.__new__
 _set_environ = Request.__dict__["environ"].__set__
@@ -533,6 +534,14 @@ class Connection:
     def send_failed(self) -> None:
         """Note that sending failed: our side goes to ``ERROR``."""
         self._our_state = ERROR
+
+
+def response_head(event: Response) -> bytes:
+    """The CGI header block of a response: ``Status: 200 OK``, the headers, a blank line.
+
+    The same bytes start an SCGI response and a FastCGI STDOUT stream.
+    """
+    return _response_head(event.status, event.headers)
 
 
 def _response_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -1,0 +1,509 @@
+"""The FastCGI wire layer through a real in-process server: keep-conn, multiplexing, aborts.
+
+Every test runs ``trioscgi.serve`` in-process and talks to it with the test-side
+record encoder in ``fcgi_client``; timeouts run under ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import fcgi_client as fc
+import pytest
+import trio
+import trio.testing
+from scgi_client import connect, encode_request, environ, parse_response, read_all, serving
+
+
+@pytest.fixture
+def bind(tmp_path: Path) -> str:
+    return f"unix:{tmp_path}/s.sock"
+
+
+def no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    body = f"{scope['method']} {scope['path']} {scope['root_path']!r}".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def echo(scope: Any, receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        msg = await receive()
+        assert msg["type"] == "http.request"
+        body += msg["body"]
+        if not msg.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_get_without_keep_conn_answers_and_closes(
+    bind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1, "GET", "/a/b?x=1"))
+        reader = fc.Reader(s)
+        response = await reader.until_ended(1)
+        await reader.until_eof()  # no keep-conn: the server closes
+    assert response.status == 200
+    assert response.body == b"GET /a/b ''"  # nginx's SCRIPT_NAME (the whole path) is no root
+    assert response.protocol_status == fc.REQUEST_COMPLETE
+    assert response.app_status == 0
+    no_errors(caplog)
+
+
+async def test_keep_conn_serves_requests_one_after_another(bind: str) -> None:
+    async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        reader = fc.Reader(s)
+        for i in range(3):
+            await s.send_all(fc.request(1, "GET", f"/n{i}", keep=True))
+            response = await reader.until_ended(1)
+            assert response.body == f"GET /n{i} ''".encode()
+            del reader.responses[1]
+        assert not reader.eof
+
+
+async def test_post_body_streams_to_the_app(bind: str) -> None:
+    body = bytes(range(256)) * 1000  # several STDIN records
+    async with serving(echo, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1, "POST", "/up", body))
+        response = await fc.Reader(s).until_ended(1)
+    assert response.body == body
+
+
+async def test_stdin_without_content_length_is_the_body(bind: str) -> None:
+    """nginx `fastcgi_request_buffering off` with a chunked upload: no CONTENT_LENGTH."""
+    chunks: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            chunks.append(msg["body"])
+            if not msg.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % sum(map(len, chunks))})
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(
+            fc.begin(1)
+            + fc.params(1, fc.nginx_params("POST", "/", HTTP_TRANSFER_ENCODING="chunked"))
+        )
+        for part in (b"abc", b"defg", b"h" * 70000):
+            await s.send_all(
+                fc.record(fc.STDIN, 1, part[:65535])
+                + (fc.record(fc.STDIN, 1, part[65535:]) if len(part) > 65535 else b"")
+            )
+            await trio.sleep(0.01)
+        await s.send_all(fc.record(fc.STDIN, 1))
+        response = await fc.Reader(s).until_ended(1)
+    assert response.body == b"70007"
+    assert len(chunks) >= 3  # streamed as it came, not buffered whole
+
+
+async def test_multiplexed_requests_run_side_by_side(bind: str) -> None:
+    gate = trio.Event()
+    order: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path == "/slow":
+            await gate.wait()
+        order.append(path)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            await send(
+                {"type": "http.response.body", "body": path.encode() * 20000, "more_body": True}
+            )
+        if path == "/fast":
+            gate.set()
+        await send({"type": "http.response.body", "body": b"end"})
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(
+            fc.begin(1, keep=True)
+            + fc.begin(2, keep=True)
+            + fc.params(1, fc.nginx_params("GET", "/slow"))
+            + fc.params(2, fc.nginx_params("GET", "/fast"))
+            + fc.stdin(1, b"")
+            + fc.stdin(2, b"")
+        )
+        reader = fc.Reader(s)
+        first = await reader.until_ended(2)
+        second = await reader.until_ended(1)
+    assert order == ["/fast", "/slow"]
+    assert first.body == b"/fast" * 60000 + b"end"
+    assert second.body == b"/slow" * 60000 + b"end"
+
+
+async def test_get_values_reports_the_configured_values(bind: str) -> None:
+    async with (
+        serving(hello, bind, protocol="fastcgi", max_connections=77, fastcgi_max_requests=5) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(
+            fc.record(
+                fc.GET_VALUES,
+                0,
+                fc.pairs([(b"FCGI_MAX_CONNS", b""), (b"FCGI_MPXS_CONNS", b""), (b"NOPE", b"")]),
+            )
+        )
+        reader = fc.Reader(s)
+        record = await reader.next_record()
+    assert record is not None
+    kind, _, content = record
+    assert kind == fc.GET_VALUES_RESULT
+    assert fc.parse_name_values(content) == {b"FCGI_MAX_CONNS": b"77", b"FCGI_MPXS_CONNS": b"1"}
+
+
+async def test_unknown_management_record_gets_unknown_type(bind: str) -> None:
+    async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.record(42, 0, b"x" * 3) + fc.request(1, keep=True))
+        reader = fc.Reader(s)
+        response = await reader.until_ended(1)
+    assert reader.management[0][0] == fc.UNKNOWN_TYPE
+    assert reader.management[0][1][0] == 42
+    assert response.status == 200
+
+
+async def test_abort_request_reaches_the_app_and_the_connection_goes_on(bind: str) -> None:
+    seen: list[str] = []
+    started = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/wait":
+            await receive()  # the (empty) body
+            started.set()
+            msg = await receive()
+            seen.append(msg["type"])
+            return
+        await hello(scope, receive, send)
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1, "GET", "/wait", keep=True))
+        await started.wait()
+        await s.send_all(fc.record(fc.ABORT_REQUEST, 1))
+        reader = fc.Reader(s)
+        aborted = await reader.until_ended(1)
+        await s.send_all(fc.request(2, "GET", "/next", keep=True))
+        following = await reader.until_ended(2)
+    assert seen == ["http.disconnect"]
+    assert aborted.stdout == b""
+    assert following.body == b"GET /next ''"
+
+
+@pytest.mark.parametrize(
+    ("config", "data", "status"),
+    [
+        pytest.param(
+            {"max_header_size": 1024},
+            fc.begin(1) + fc.params(1, fc.nginx_params(HTTP_X_BIG="x" * 5000)) + fc.stdin(1, b""),
+            431,
+            id="params-too-big",
+        ),
+        pytest.param(
+            {"max_body_size": 10},
+            fc.request(1, "POST", "/", b"y" * 100),
+            413,
+            id="body-too-big",
+        ),
+    ],
+)
+async def test_limits_answer_4xx(
+    bind: str, config: dict[str, Any], data: bytes, status: int
+) -> None:
+    async with (
+        serving(echo, bind, protocol="fastcgi", **config) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(data)
+        response = await fc.Reader(s).until_ended(1)
+    assert response.status == status
+
+
+async def test_bad_version_closes_the_connection(bind: str) -> None:
+    async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(b"\x02" + fc.request(1)[1:])
+        assert await read_all(s) == b""
+
+
+async def test_idle_keep_conn_connection_closes_after_idle_timeout(
+    bind: str, autojump_clock: Any
+) -> None:
+    async with (
+        serving(hello, bind, protocol="fastcgi", idle_timeout=7) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(fc.request(1, keep=True))
+        reader = fc.Reader(s)
+        await reader.until_ended(1)
+        start = trio.current_time()
+        await reader.until_eof()
+        assert trio.current_time() - start == pytest.approx(7)
+
+
+async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
+    bind: str, autojump_clock: Any
+) -> None:
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/busy":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"done"})
+            return
+        await hello(scope, receive, send)
+
+    async with serving(app, bind, protocol="fastcgi", graceful_timeout=100) as srv:
+        idle = await connect(srv.address)
+        busy = await connect(srv.address)
+        async with idle, busy:
+            await idle.send_all(fc.request(1, keep=True))
+            idle_reader = fc.Reader(idle)
+            await idle_reader.until_ended(1)
+            await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
+            await trio.sleep(1)
+            start = trio.current_time()
+            srv.stop()
+            await idle_reader.until_eof()
+            assert trio.current_time() - start < 1  # closed at once, not at graceful_timeout
+            await trio.sleep(5)
+            release.set()
+            busy_reader = fc.Reader(busy)
+            response = await busy_reader.until_ended(1)
+            await busy_reader.until_eof()
+            assert response.body == b"done"
+            await srv.stopped.wait()
+
+
+async def test_a_stalled_request_cannot_make_the_server_buffer_without_bound(
+    bind: str, autojump_clock: Any
+) -> None:
+    """The app never reads its body; the front-end keeps sending: the server stops reading."""
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent = 0
+    async with (
+        serving(app, bind, protocol="fastcgi", read_timeout=1000) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(
+            fc.begin(1) + fc.params(1, fc.nginx_params("POST", "/", b"x" * (64 << 20)))
+        )
+        piece = fc.record(fc.STDIN, 1, b"x" * 65535)
+        with trio.move_on_after(30):
+            while sent < 64 << 20:
+                await s.send_all(piece)
+                sent += 65535
+        # What the server took: its buffer limit plus the socket buffers, not 64 MiB.
+        assert sent < 8 << 20
+        release.set()
+        response = await fc.Reader(s).until_ended(1)
+    assert response.body == b"ok"
+
+
+async def test_auto_protocol_answers_scgi_and_fastcgi_on_one_socket(bind: str) -> None:
+    async with serving(hello, bind) as srv:
+        async with await connect(srv.address) as s:
+            await s.send_all(fc.request(1, "GET", "/f"))
+            response = await fc.Reader(s).until_ended(1)
+        assert response.body == b"GET /f ''"
+        async with await connect(srv.address) as s:
+            await s.send_all(encode_request(environ("GET", "/s")))
+            scgi = parse_response(await read_all(s))
+        assert scgi.body == b"GET /s ''"
+
+
+async def test_unknown_role_is_refused(bind: str) -> None:
+    async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(
+            fc.begin(1, role=fc.AUTHORIZER, keep=True) + fc.params(1, []) + fc.request(2, keep=True)
+        )
+        reader = fc.Reader(s)
+        refused = await reader.until_ended(1)
+        served = await reader.until_ended(2)
+    assert refused.protocol_status == fc.UNKNOWN_ROLE
+    assert served.status == 200
+
+
+async def test_too_many_requests_on_one_connection_are_overloaded(bind: str) -> None:
+    gate = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    async with (
+        serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(b"".join(fc.request(i, keep=True) for i in (1, 2, 3)))
+        reader = fc.Reader(s)
+        third = await reader.until_ended(3)
+        gate.set()
+        assert (await reader.until_ended(1)).status == 200
+        assert (await reader.until_ended(2)).status == 200
+    assert third.protocol_status == fc.OVERLOADED
+
+
+async def test_without_multiplexing_a_second_request_gets_cant_mpx_conn(bind: str) -> None:
+    gate = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    async with (
+        serving(app, bind, protocol="fastcgi", fastcgi_max_requests=1) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(fc.request(1, keep=True) + fc.request(2, keep=True))
+        reader = fc.Reader(s)
+        second = await reader.until_ended(2)
+        gate.set()
+        assert (await reader.until_ended(1)).status == 200
+    assert second.protocol_status == fc.CANT_MPX_CONN
+
+
+async def test_response_cut_short_resets_the_connection_over_tcp() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("boom")
+
+    async with (
+        serving(app, "127.0.0.1:0", protocol="fastcgi") as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(fc.request(1, keep=True))
+        reader = fc.Reader(s)
+        with pytest.raises(trio.BrokenResourceError):
+            await reader.until_ended(1)
+    assert reader.responses[1].body == b"partial"
+    assert not reader.responses[1].ended
+
+
+async def test_file_response_goes_out_in_records(bind: str, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 2000 + b"tail"
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": str(path)})
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1))
+        response = await fc.Reader(s).until_ended(1)
+    assert response.body == data
+
+
+def test_record_layout_helpers_match_the_spec() -> None:
+    assert fc.record(fc.STDIN, 258, b"ab", 6) == b"\x01\x05\x01\x02\x00\x02\x06\x00ab" + b"\0" * 6
+    assert struct.unpack(">HB5x", fc.begin(1, keep=True)[8:]) == (fc.RESPONDER, fc.KEEP_CONN)
+
+
+@pytest.mark.parametrize("protocol", ["fastcgi", "auto"])
+async def test_without_keep_conn_the_server_closes_right_after_the_response(
+    bind: str, protocol: str, autojump_clock: Any
+) -> None:
+    """nginx without keep-conn waits for our close: it must not wait for a timeout."""
+    async with serving(hello, bind, protocol=protocol) as srv, await connect(srv.address) as s:
+        start = trio.current_time()
+        await s.send_all(fc.request(1))
+        reader = fc.Reader(s)
+        await reader.until_ended(1)
+        await reader.until_eof()
+        assert trio.current_time() - start < 0.1
+
+
+async def test_a_request_multiplexed_behind_a_waiting_one_is_served(
+    bind: str, autojump_clock: Any
+) -> None:
+    """The first request runs alone (in the connection's task) and waits on receive();
+    a second request id arriving then still gets served at once."""
+    second_done = trio.Event()
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/first":
+            await receive()  # the empty body
+            msg = await receive()  # waits: reads the connection for everyone meanwhile
+            seen.append(msg["type"])
+            return
+        await hello(scope, receive, send)
+        second_done.set()
+
+    async with serving(app, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
+        await s.send_all(fc.request(1, "GET", "/first", keep=True))
+        await trio.sleep(1)  # virtual: every task settles, the first one into its wait
+        await s.send_all(fc.request(2, "GET", "/second", keep=True))
+        reader = fc.Reader(s)
+        second = await reader.until_ended(2)
+        assert second.body == b"GET /second ''"
+        await second_done.wait()
+        await s.send_all(fc.record(fc.ABORT_REQUEST, 1))
+        await reader.until_ended(1)
+    assert seen == ["http.disconnect"]
+
+
+async def test_body_over_the_limit_without_content_length_answers_413_to_the_running_app(
+    bind: str, autojump_clock: Any
+) -> None:
+    """A streamed body (no CONTENT_LENGTH) passes max_body_size while its app reads it."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if scope["method"] == "POST":
+                seen.append(msg["type"])
+            if msg["type"] == "http.disconnect" or not msg.get("more_body"):
+                break
+        if msg["type"] == "http.disconnect":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"too late"})
+
+    async with (
+        serving(app, bind, protocol="fastcgi", max_body_size=100) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(
+            fc.begin(1, keep=True)
+            + fc.params(1, fc.nginx_params("POST", "/", HTTP_TRANSFER_ENCODING="chunked"))
+            + fc.record(fc.STDIN, 1, b"a" * 80)
+        )
+        await trio.sleep(1)
+        await s.send_all(fc.record(fc.STDIN, 1, b"b" * 80) + fc.record(fc.STDIN, 1))
+        reader = fc.Reader(s)
+        response = await reader.until_ended(1)
+        assert response.status == 413
+        # The connection goes on, and the app's task is not left waiting.
+        await s.send_all(fc.request(2, keep=True))
+        assert (await reader.until_ended(2)).status == 200
+        start = trio.current_time()
+    assert trio.current_time() - start < 1  # the shutdown waited for no orphaned request
+    assert seen == ["http.request", "http.disconnect"], seen

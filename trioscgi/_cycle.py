@@ -1,0 +1,424 @@
+"""One HTTP request's ASGI cycle: scope, receive/send, response checks, 500s, access log.
+
+It knows no wire format. A wire layer (``_scgi``, ``_fastcgi``) parses the request head,
+hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes for it through the small
+:class:`Wire` interface; the cycle builds the scope, runs the application and decides what
+the front-end gets. So SCGI and FastCGI share every ASGI rule and none of the framing.
+
+This is the hot path: no task, channel or lock per request, one object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+from trio.lowlevel import checkpoint_if_cancelled
+
+from . import protocol as p
+from ._scope import ScopeError, http_scope
+from ._sockio import Bytes, ClientDisconnected
+from ._types import ASGIApp, Message
+
+if TYPE_CHECKING:
+    from ._accesslog import AccessLogger
+    from ._config import Config
+
+__all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]
+
+log = logging.getLogger("trioscgi")
+
+
+class Wire(Protocol):
+    """What a wire layer does for one request; every method may raise ``Cancelled``."""
+
+    async def read_body(self) -> tuple[bytes, bool]:
+        """The next chunk of the request body and whether more follows.
+
+        Raises:
+            ClientDisconnected: the front-end went away, broke the framing, or stalled
+                for read_timeout; the message says which.
+        """
+
+    async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
+        """Write the response head (the first time) and ``body``; ``more=False`` ends it.
+
+        Raises:
+            ClientDisconnected: the front-end is gone or stopped reading.
+        """
+
+    async def write_file(
+        self, head: p.Response | None, fd: int, offset: int, count: int, more: bool
+    ) -> int:
+        """Like :meth:`write` with ``count`` bytes of the file ``fd``; return how many went.
+
+        Fewer than ``count`` means the file ended early: the response is then not
+        complete, whatever ``more`` said.
+
+        Raises:
+            ClientDisconnected: the front-end is gone or stopped reading.
+            OSError: the file could not be read.
+        """
+
+    async def wait_disconnect(self) -> None:
+        """Return once the front-end has gone away (the response is not complete)."""
+
+    async def drain(self) -> None:
+        """After a complete response: consume the unread rest of the body, bounded."""
+
+    def abort(self) -> None:
+        """The response was started and cannot be completed: make the front-end see a cut."""
+
+
+class CycleHost(Protocol):
+    """What the cycle needs from the server that accepted the connection (read-only)."""
+
+    @property
+    def app(self) -> ASGIApp: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The lifespan state: each scope gets a shallow copy; ``None`` for no ``state`` key."""
+
+    @property
+    def access_logger(self) -> AccessLogger | None: ...
+    @property
+    def warn_request(self) -> Callable[..., None]:
+        """A rate-limited warning about a request (peers choose how often it fires)."""
+
+
+def error_response(status: int) -> tuple[p.Response, bytes]:
+    """The head and body of an error trioscgi answers itself (plain text)."""
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n".encode()
+    head = p.Response(
+        status=status,
+        headers=[
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    )
+    return head, body
+
+
+_ERRORS = {status: error_response(status) for status in (400, 408, 413, 431, 500, 503)}
+
+# Advertised in every HTTP scope (ASGI extensions); the values carry no options.
+FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "http.response.pathsend": {},
+    "http.response.zerocopysend": {},
+}
+
+
+class HTTPCycle:
+    """Run the application for one request over a :class:`Wire`.
+
+    Attributes:
+        status: the response status once its head went out (0 before).
+        response_bytes: body bytes written.
+        disconnected: the front-end went away.
+    """
+
+    __slots__ = (
+        "_app_has_body",
+        "_head",
+        "_host",
+        "_request_done",
+        "_response_done",
+        "_wire",
+        "disconnected",
+        "response_bytes",
+        "status",
+    )
+
+    def __init__(self, wire: Wire, host: CycleHost) -> None:
+        self._wire = wire
+        self._host = host
+        self._head: p.Response | None = None
+        self._request_done = False
+        self._app_has_body = False
+        self._response_done = False
+        self.disconnected = False
+        self.status = 0
+        self.response_bytes = 0
+
+    async def run(
+        self,
+        environ: list[tuple[bytes, bytes]],
+        *,
+        body_done: bool,
+        fastcgi: bool = False,
+    ) -> None:
+        """Serve one request whose head the wire layer has parsed.
+
+        Args:
+            environ: the CGI variables in wire order, duplicates kept.
+            body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
+            fastcgi: the variables are FastCGI PARAMS, not an SCGI header block (where the
+                scope keeps them raw, and what a 400 for a missing REQUEST_METHOD advises).
+        """
+        host = self._host
+        notes: list[str] = []
+        try:
+            scope = http_scope(
+                environ,
+                root_path=host.config.root_path,
+                state=host.state,
+                notes=notes,
+                fastcgi=fastcgi,
+            )
+        except ScopeError as exc:
+            log.info("bad request: %s; answered 400", exc)
+            self._request_done = body_done
+            await self._send_error(400)
+            return
+        for note in notes:
+            host.warn_request("%s %s: %s", scope["method"], scope["path"], note)
+        scope["extensions"].update(FILE_EXTENSIONS)
+        self._request_done = body_done
+        access_logger = host.access_logger
+        try:
+            if access_logger is None:
+                await self._run_app(scope)
+            else:
+                start = trio.current_time()
+                try:
+                    await self._run_app(scope)
+                finally:
+                    elapsed = trio.current_time() - start
+                    access_logger.log(scope, self.status, self.response_bytes, elapsed)
+        finally:
+            if self.status and not self._response_done and not self.disconnected:
+                # Started and not finished, however we got here (the app raised
+                # or returned early, a file ended short, a deadline cancelled
+                # us): the front-end must not take it for a whole response.
+                self._wire.abort()
+
+    async def _run_app(self, scope: dict[str, Any]) -> None:
+        try:
+            await self._host.app(scope, self.receive, self.send)
+        except Exception as exc:
+            if self.disconnected:
+                # Our ClientDisconnected, or the app's own exception made of
+                # it (Starlette raises ClientDisconnect): a client fault.
+                log.info(
+                    "client went away: %s %s (%s)",
+                    scope["method"],
+                    scope["path"],
+                    type(exc).__name__,
+                )
+                return
+            if self.status == 0:
+                log.error("exception in ASGI application before the response started", exc_info=exc)
+                await self._send_error(500)
+            else:
+                log.error("exception in ASGI application after the response started", exc_info=exc)
+            return
+        if self.disconnected:
+            return
+        if not self._response_done:
+            if self.status == 0:
+                log.error("ASGI application returned without sending a response")
+                await self._send_error(500)
+            else:
+                log.error("ASGI application returned before the response was complete")
+            return
+        if not self._request_done:
+            await self._drain()
+
+    async def _send_error(self, status: int) -> None:
+        if self.disconnected:
+            return
+        head, body = _ERRORS[status]
+        try:
+            await self._wire.write(head, body, False)
+        except ClientDisconnected:
+            self.disconnected = True
+            return
+        self.status = status
+        self._response_done = True
+        if not self._request_done:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        await self._wire.drain()
+        self._request_done = True
+
+    # --- the ASGI callables --------------------------------------------------
+
+    async def receive(self) -> Message:
+        """ASGI ``receive``: the request body in chunks, then ``http.disconnect``.
+
+        The cancellation point comes first: a caller cancelled at the call
+        (Starlette's ``is_disconnected()`` does that) loses no body bytes.
+        Once a chunk is taken from the wire, nothing can raise.
+        """
+        await checkpoint_if_cancelled()
+        if self._app_has_body or self.disconnected:
+            # ASGI: once the connection is gone, receive() says so, even if
+            # the app never read the (empty) body.
+            if not (self.disconnected or self._response_done):
+                await self._wire.wait_disconnect()
+                self.disconnected = True
+            return {"type": "http.disconnect"}
+        if self._request_done:
+            # An empty body (known at the head), or one the server drained.
+            self._app_has_body = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        try:
+            body, more = await self._wire.read_body()
+        except ClientDisconnected as exc:
+            log.info("%s", exc)
+            self.disconnected = True
+            self._request_done = self._app_has_body = True
+            return {"type": "http.disconnect"}
+        if not more:
+            self._request_done = self._app_has_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    async def send(self, message: Message) -> None:
+        """ASGI ``send``: the response head is held until the first body message.
+
+        A cancellation point before anything changes: an app streaming to a
+        fast reader (every send() going straight out) can still be cancelled
+        at graceful_timeout.
+        """
+        await checkpoint_if_cancelled()
+        kind = message["type"]
+        if kind == "http.response.body":
+            head = self._head
+            if head is None:
+                raise RuntimeError("'http.response.body' sent before 'http.response.start'")
+            if self._response_done:
+                raise RuntimeError("'http.response.body' sent after the response was complete")
+            if self.disconnected:
+                raise ClientDisconnected("the client went away")
+            body = message.get("body", b"")
+            if type(body) is not bytes and not isinstance(body, (bytearray, memoryview)):
+                raise RuntimeError(
+                    f"'http.response.body' body must be bytes, got {type(body).__name__}"
+                )
+            more = message.get("more_body", False)
+            if self.status == 0:
+                self.status = head.status
+                first: p.Response | None = head
+            else:
+                first = None
+                if not body and more:
+                    return
+            try:
+                await self._wire.write(first, body, more)
+            except ClientDisconnected:
+                self.disconnected = True
+                raise
+            self.response_bytes += len(body)
+            if not more:
+                self._response_done = True
+            return
+        if kind == "http.response.start":
+            if self._head is not None:
+                raise RuntimeError("'http.response.start' sent twice")
+            try:
+                status = message["status"]
+                headers = message.get("headers", ())
+            except KeyError:
+                raise RuntimeError("'http.response.start' without 'status'") from None
+            try:
+                head = p.Response(status=status, headers=headers)
+            except p.LocalProtocolError as exc:
+                raise RuntimeError(f"invalid 'http.response.start': {exc}") from None
+            self._head = _strip_framing(head)
+            if self.disconnected:
+                raise ClientDisconnected("the client went away")
+            return
+        if kind in FILE_EXTENSIONS:
+            await self._send_file(message)
+            return
+        raise RuntimeError(f"unexpected ASGI message type {kind!r}")
+
+    # --- the file extensions (http.response.pathsend / zerocopysend) ----------
+
+    async def _send_file(self, message: Message) -> None:
+        """Send a file: ``pathsend`` {path} or ``zerocopysend`` {file, offset, count, more_body}.
+
+        The application sets the headers (Content-Length included); the wire
+        layer sends the file from the kernel's page cache where it can.
+        """
+        head = self._head
+        kind = message["type"]
+        if head is None:
+            raise RuntimeError(f"{kind!r} sent before 'http.response.start'")
+        if self._response_done:
+            raise RuntimeError(f"{kind!r} sent after the response was complete")
+        if self.disconnected:
+            raise ClientDisconnected("the client went away")
+        if kind == "http.response.pathsend":
+            path = message["path"]
+            if not os.path.isabs(path):
+                raise RuntimeError(f"'http.response.pathsend' needs an absolute path, not {path!r}")
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                # Not an OSError: to the app (ASGI 2.4) that would mean the
+                # client went away, hiding its own mistake.
+                raise RuntimeError(f"'http.response.pathsend' can't open {path!r}: {exc}") from exc
+            try:
+                await self._send_fd(head, fd, 0, os.fstat(fd).st_size, more=False)
+            finally:
+                os.close(fd)
+            return
+        fd = message["file"].fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        more = bool(message.get("more_body", False))
+        # zerocopysend: without an offset, send from the file's position and move it.
+        start = os.lseek(fd, 0, os.SEEK_CUR) if offset is None else offset
+        if count is None:
+            count = max(os.fstat(fd).st_size - start, 0)
+        sent = await self._send_fd(head, fd, start, count, more=more)
+        if offset is None:
+            os.lseek(fd, start + sent, os.SEEK_SET)
+
+    async def _send_fd(
+        self, head: p.Response, fd: int, offset: int, count: int, *, more: bool
+    ) -> int:
+        if self.status == 0:
+            self.status = head.status
+            first: p.Response | None = head
+        else:
+            first = None
+        try:
+            sent = await self._wire.write_file(first, fd, offset, count, more)
+        except ClientDisconnected:
+            self.disconnected = True
+            raise
+        except OSError as exc:
+            # The file could not be read: the application's error, not an
+            # OSError that would tell it the client went away.
+            raise RuntimeError(f"reading the file to send failed: {exc}") from exc
+        self.response_bytes += sent
+        if sent < count:
+            # The Content-Length the app announced can't be met; the response
+            # stays incomplete, so the front-end sees it cut (run()'s finally).
+            raise RuntimeError(f"file ended after {sent} of {count} bytes")
+        if not more:
+            self._response_done = True
+        return sent
+
+
+def _strip_framing(head: p.Response) -> p.Response:
+    # The front-end frames the response to its client itself; an app's
+    # Transfer-Encoding would describe a framing we do not apply (ASGI spec:
+    # servers ignore it). Done on the validated headers: bytes, and a list
+    # even when the app gave an iterator.
+    for name, _ in head.headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            kept = [h for h in head.headers if h[0].lower() != b"transfer-encoding"]
+            return p.Response._make(status=head.status, headers=kept)
+    return head

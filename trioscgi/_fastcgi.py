@@ -1,0 +1,534 @@
+"""The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
+
+Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
+it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
+request), in a task of its own under the connection's nursery once request ids are
+multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all.
+With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
+sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
+
+FastCGI has no per-request flow control. What bounds memory: the core keeps at most
+``fastcgi_max_requests`` requests per connection (``OVERLOADED`` beyond), each head at most
+``max_header_size``; request bodies waiting for their application are held up to
+``_MAX_BUFFERED`` bytes per connection, beyond which the connection stops reading until an
+application takes some. A request whose application never reads its body so stalls its own
+connection, never the server, until the response ends (its leftovers are then discarded) or
+``read_timeout`` ends the requests that wait.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+import trio
+from trio.lowlevel import ParkingLot
+
+from . import fastcgi as f
+from . import protocol as p
+from ._cycle import CycleHost, HTTPCycle, error_response
+from ._sockio import Bytes, ClientDisconnected, SocketIO
+
+__all__ = ["FastCGIConnection"]
+
+log = logging.getLogger("trioscgi")
+
+# Request-body bytes held per connection for applications that have not read them yet.
+_MAX_BUFFERED = 1 << 20
+# A body larger than this is framed and written apart from the head, not copied behind it.
+_COALESCE_LIMIT = 16384
+# A file response is read in pieces of this size (a multiple of 8: no padding needed).
+_FILE_PIECE = 65528 * 4
+
+
+class FastCGIHost(CycleHost, Protocol):
+    """What a FastCGI connection needs from its server beyond what a cycle needs."""
+
+    @property
+    def fastcgi_connections(self) -> set[FastCGIConnection]:
+        """The live connections, told to close when idle on a graceful shutdown."""
+
+    def request_served(self) -> None:
+        """Count one request (``max_requests`` counts requests, not connections)."""
+
+
+class FastCGIConnection(SocketIO):
+    """Serve the requests of one FastCGI connection; the task that runs it owns the socket.
+
+    Whoever needs input reads it: the connection's task between requests, a request
+    waiting for its body or for a disconnect otherwise. One reads at a time (the
+    ``_reading`` token); it dispatches every record to its request and wakes the others
+    (``_activity``). So a request runs in the connection's own task when it is alone on
+    the connection (no task per request: nginx, Apache and lighttpd never multiplex),
+    and in a task of its own beside others when the front-end multiplexes.
+    """
+
+    __slots__ = (
+        "_activity",
+        "_broken",
+        "_buffered",
+        "_conn",
+        "_eof",
+        "_host",
+        "_idle_since",
+        "_inline",
+        "_keep_conn",
+        "_multiplexed",
+        "_new",
+        "_nursery",
+        "_out",
+        "_reading",
+        "_requests",
+        "_served",
+        "_stopping",
+        "_write_lot",
+        "_writing",
+    )
+
+    def __init__(self, sock: socket.socket, host: FastCGIHost) -> None:
+        config = host.config
+        super().__init__(sock, config.write_timeout)
+        self._host = host
+        self._conn = f.Connection(
+            max_params_size=config.max_header_size,
+            max_body_size=config.max_body_size,
+            max_requests=config.fastcgi_max_requests,
+            multiplex=config.fastcgi_max_requests > 1,
+            max_conns=config.max_connections,
+        )
+        self._requests: dict[int, _Request] = {}
+        self._new: list[tuple[_Request, list[tuple[bytes, bytes]]]] = []
+        self._buffered = 0
+        self._keep_conn = True
+        self._served = 0
+        self._broken = False
+        self._eof = False
+        self._stopping = False
+        self._multiplexed = False
+        self._inline = False
+        self._idle_since: float | None = None
+        self._out: list[bytes] = []
+        self._reading = False
+        self._activity = ParkingLot()
+        self._writing = False
+        self._write_lot = ParkingLot()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, initial: bytes = b"") -> None:
+        """Serve requests until the front-end closes, keep-conn ends or the server stops."""
+        host = self._host
+        host.fastcgi_connections.add(self)
+        timed_out = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # The first request's head must come within header_timeout (lifted
+                # once it is in); later, the server's sweep closes idle connections.
+                nursery.cancel_scope.deadline = trio.current_time() + host.config.header_timeout
+                try:
+                    if initial:
+                        self._conn.receive_data(initial)
+                        await self._process(False)
+                    await self._serve()
+                finally:
+                    # The front-end is gone or we stop: requests still waiting for
+                    # body bytes or a disconnect learn it now.
+                    for request in list(self._requests.values()):
+                        request.peer_gone()
+            timed_out = nursery.cancel_scope.cancelled_caught and not (
+                self._served or self._requests or self._stopping or self._broken
+            )
+        finally:
+            host.fastcgi_connections.discard(self)
+            self.close(reset=self._broken)
+        if timed_out:
+            log.info(
+                "FastCGI request not received within %g s (header_timeout)",
+                host.config.header_timeout,
+            )
+
+    async def _serve(self) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        while True:
+            new = self._new
+            if new:
+                if len(new) == 1 and len(self._requests) == 1 and not self._multiplexed:
+                    # Alone on the connection: run it here, no task. While it runs,
+                    # it reads for itself when it waits for input.
+                    request, params = new.pop()
+                    self._inline = True
+                    try:
+                        await request.run(params)
+                    finally:
+                        self._inline = False
+                else:
+                    self._multiplexed = True
+                    for request, params in new:
+                        nursery.start_soon(request.run, params)
+                    new.clear()
+                continue
+            if self._eof or self._broken:
+                return
+            if (self._stopping or not self._keep_conn) and self._served and not self._requests:
+                return
+            if self._reading or self._buffered > _MAX_BUFFERED:
+                # A request reads for now, or applications have not taken what we
+                # hold (then we stop reading: FastCGI's only flow control).
+                await self._activity.park()
+            else:
+                await self._pump()
+
+    async def _pump(self) -> None:
+        """Read once from the socket, hand each record to its request, answer what the core
+        answers itself, and wake everyone waiting on this connection."""
+        self._reading = True
+        try:
+            data = await self.recv_unbounded()
+        except OSError as exc:
+            log.info("FastCGI connection lost: %s", exc)
+            data = b""
+        finally:
+            self._reading = False
+        self._conn.receive_data(data)
+        await self._process(not data)
+
+    async def _process(self, eof: bool) -> None:
+        conn = self._conn
+        try:
+            event = conn.next_event()
+            while event is not f.NEED_DATA:
+                if type(event) is f.ConnectionClosed:
+                    self._eof = True
+                    break
+                self._dispatch(event)
+                event = conn.next_event()
+        except f.RemoteProtocolError as exc:
+            if eof:
+                log.info("FastCGI front-end closed the connection mid-request: %s", exc)
+                self._eof = True
+            else:
+                log.info("bad FastCGI input: %s; closing the connection", exc)
+                self._broken = True
+        if self._eof or self._broken:
+            for request in list(self._requests.values()):
+                request.peer_gone()
+            if self._broken:
+                self._cancel_all()  # the stream can't go on: end every request now
+        self._activity.unpark_all()
+        pending = conn.data_to_send()
+        if self._out:
+            pending += b"".join(self._out)
+            self._out.clear()
+        if pending and not self._broken:
+            await self._write(pending)
+
+    async def wait_for_input(self) -> None:
+        """For a request that waits: read for everyone if nobody is, else wait for news."""
+        if self._reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
+            await self._activity.park()
+        else:
+            await self._pump()
+
+    def stop_when_idle(self) -> None:
+        """Graceful shutdown: serve what is in flight, take no new request, close."""
+        self._stopping = True
+        if not self._requests:
+            self._cancel_all()
+
+    def idle_for(self, now: float) -> float:
+        """How long the connection has waited with no request (0 while one runs)."""
+        if self._requests or self._idle_since is None:
+            return 0.0
+        return now - self._idle_since
+
+    def close_idle(self) -> None:
+        """Close a kept-alive connection that has waited too long for its next request."""
+        if not self._requests:
+            self._stopping = True
+            self._cancel_all()
+
+    def _dispatch(self, event: f.Event) -> None:
+        kind = type(event)
+        if kind is f.Data:
+            data = cast(f.Data, event)
+            request = self._requests.get(data.request_id)
+            if request is not None:
+                request.feed(data.data)
+        elif kind is f.Request:
+            event = cast(f.Request, event)
+            if not self._served and not self._requests and self._nursery is not None:
+                self._nursery.cancel_scope.deadline = math.inf  # the head came in time
+            self._keep_conn = event.keep_conn
+            request = _Request(self, event.request_id)
+            self._requests[event.request_id] = request
+            if self._inline:
+                # A second request while one runs in the connection's task: the
+                # front-end multiplexes; from now on each request gets a task.
+                self._multiplexed = True
+                assert self._nursery is not None
+                self._nursery.start_soon(request.run, event.params)
+            else:
+                self._new.append((request, event.params))
+        elif kind is f.EndOfMessage:
+            request = self._requests.get(cast(f.EndOfMessage, event).request_id)
+            if request is not None:
+                request.feed_end()
+        elif kind is f.Abort:
+            request = self._requests.get(cast(f.Abort, event).request_id)
+            if request is not None:
+                request.aborted_by_peer()
+        elif kind is f.Rejected:
+            event = cast(f.Rejected, event)
+            if not self._served and not self._requests and self._nursery is not None:
+                self._nursery.cancel_scope.deadline = math.inf
+            self._keep_conn = event.keep_conn
+            rid = event.request_id
+            log.info("bad request: %s; answered %d", event.reason, event.status_hint)
+            running = self._requests.get(rid)
+            if running is None:
+                self._served += 1
+            elif running.started:
+                # Its body broke a limit (413, no CONTENT_LENGTH announced it) after
+                # its response began: no 413 can replace it, and an END_REQUEST
+                # would make it look whole. Only a cut connection is honest.
+                running.peer_gone()
+                self._broken = True
+                return
+            else:
+                # Running but not answering yet: the 413 answers it, and the app
+                # sees a disconnect (its writes fail, receive() says so).
+                running.rejected()
+            head, body = error_response(event.status_hint)
+            self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
+            self._out.append(self._conn.end_request(rid))
+
+    # --- shared by the requests -----------------------------------------------------
+
+    async def _write(self, data: Bytes) -> None:
+        """Write whole records: one writer at a time, so records never interleave."""
+        await self._write_many((data,))
+
+    async def _write_many(self, parts: Sequence[Bytes]) -> None:
+        while self._writing:
+            await self._write_lot.park()
+        if self._broken:
+            raise ClientDisconnected("the FastCGI connection is closed")
+        self._writing = True
+        try:
+            if len(parts) == 1:
+                await self.sendall(parts[0])
+            else:
+                await self.send_many(parts)
+        except BaseException:
+            # Part of a record may have gone out: the stream can't go on.
+            self._broken = True
+            raise
+        finally:
+            self._writing = False
+            self._write_lot.unpark()
+
+    def _finished(self, request: _Request) -> None:
+        if self._requests.get(request.request_id) is request:
+            del self._requests[request.request_id]
+        self._buffered -= request.buffered
+        request.buffered = 0
+        self._served += 1
+        self._host.request_served()
+        if not self._requests:
+            if self._broken or self._stopping or not self._keep_conn:
+                self._cancel_all()  # the connection's task may be reading: end it
+            else:
+                # Idle: the server's sweep closes it after idle_timeout.
+                self._idle_since = trio.current_time()
+        self._activity.unpark_all()
+        if self._broken:
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+
+class _Request:
+    """One request of a FastCGI connection; the :class:`~trioscgi._cycle.Wire` of its cycle."""
+
+    __slots__ = (
+        "_body",
+        "_body_ended",
+        "_conn",
+        "_discard",
+        "_ended",
+        "_gone",
+        "buffered",
+        "request_id",
+        "started",
+    )
+
+    def __init__(self, conn: FastCGIConnection, request_id: int) -> None:
+        self._conn = conn
+        self.request_id = request_id
+        self._body: collections.deque[bytes] = collections.deque()
+        self._body_ended = False
+        self._gone = False
+        self._ended = False  # END_REQUEST sent
+        self._discard = False
+        self.buffered = 0
+        self.started = False  # the response head went out
+
+    async def run(self, params: list[tuple[bytes, bytes]]) -> None:
+        conn = self._conn
+        try:
+            await HTTPCycle(self, conn._host).run(
+                params, body_done=self._body_ended and not self._body, fastcgi=True
+            )
+            if not self._ended and not self._gone and not conn._broken:
+                # The cycle ended without a complete response and without an abort
+                # (the client went away first): end the request for the front-end.
+                await self._end()
+        finally:
+            conn._finished(self)
+
+    # --- fed by the connection's read loop --------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._discard:
+            return
+        self._body.append(data)
+        self.buffered += len(data)
+        self._conn._buffered += len(data)
+
+    def feed_end(self) -> None:
+        self._body_ended = True
+
+    def aborted_by_peer(self) -> None:
+        """ABORT_REQUEST: the application sees a disconnect; END_REQUEST goes out now."""
+        if not self._gone:
+            self._gone = True
+            if not self._ended:
+                self._ended = True
+                # Written by the read loop after this batch of records.
+                self._conn._out.append(self._conn._conn.end_request(self.request_id))
+
+    def rejected(self) -> None:
+        """The core rejected the request while it ran; the connection answers it."""
+        self._gone = self._ended = self._body_ended = True
+        self._body.clear()
+
+    def peer_gone(self) -> None:
+        self._gone = True
+        self._body_ended = True
+
+    # --- the Wire -------------------------------------------------------------------
+
+    async def read_body(self) -> tuple[bytes, bool]:
+        conn = self._conn
+        patience = conn._host.config.read_timeout
+        if not self._body and not self._body_ended and not self._gone:
+            with trio.move_on_after(patience) as scope:
+                while not self._body and not self._body_ended and not self._gone:
+                    await conn.wait_for_input()
+            if scope.cancelled_caught:
+                raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if self._body:
+            data = self._body.popleft()
+            self.buffered -= len(data)
+            conn._buffered -= len(data)
+            if conn._buffered + len(data) > _MAX_BUFFERED >= conn._buffered:
+                conn._activity.unpark_all()  # below the limit again: reading resumes
+            return data, bool(self._body) or not self._body_ended
+        if self._gone and not self._body_ended:
+            raise ClientDisconnected("client went away during the request body")
+        if self._gone and self._ended:
+            raise ClientDisconnected("the front-end aborted the request")
+        return b"", False
+
+    async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
+        if self._gone:
+            raise ClientDisconnected("the client went away")
+        fc = self._conn._conn
+        rid = self.request_id
+        self.started = True
+        if len(body) > _COALESCE_LIMIT:
+            # A large body is framed on its own and written with the head and the
+            # END_REQUEST in one sendmsg(), straight from the app's buffer.
+            parts: list[Bytes] = []
+            if head is not None:
+                parts.append(fc.send_stdout(rid, p.response_head(head)))
+            parts += fc.send_stdout_parts(rid, body)
+            if not more:
+                parts.append(fc.end_request(rid))
+                self._ended = True
+            await self._conn._write_many(parts)
+            return
+        if head is not None:
+            data = p.response_head(head)
+            out = fc.send_stdout(rid, data + body if body else data)
+        else:
+            out = fc.send_stdout(rid, body) if body else b""
+        if not more:
+            out += fc.end_request(rid)
+            self._ended = True
+        if out:
+            await self._conn._write(out)
+
+    async def write_file(
+        self, head: p.Response | None, fd: int, offset: int, count: int, more: bool
+    ) -> int:
+        # Records wrap the file's bytes, so they pass through here in pieces.
+        if head is not None:
+            await self.write(head, b"", True)
+        sent = 0
+        while sent < count:
+            # Read in this thread, as the SCGI path's fallback does: the
+            # file is mostly in the page cache, and a thread hop per piece
+            # would cost more than the read.
+            piece = os.pread(fd, min(_FILE_PIECE, count - sent), offset + sent)
+            if not piece:
+                return sent
+            await self.write(None, piece, True)
+            sent += len(piece)
+        if not more:
+            await self.write(None, b"", False)
+        return sent
+
+    async def wait_disconnect(self) -> None:
+        conn = self._conn
+        while not self._gone:
+            await conn.wait_for_input()
+
+    async def drain(self) -> None:
+        # The response is complete: what is left of the body is of no use. The
+        # read loop discards it; wait (bounded) until it has all come, so that
+        # a connection closed after this request has no unread bytes (which
+        # would make the front-end see a reset).
+        self._discard = True
+        conn = self._conn
+        conn._buffered -= self.buffered
+        self.buffered = 0
+        self._body.clear()
+        conn._activity.unpark_all()
+        if conn._keep_conn:
+            return
+        with trio.move_on_after(conn._host.config.drain_timeout):
+            while not self._body_ended and not self._gone:
+                await conn.wait_for_input()
+
+    def abort(self) -> None:
+        # Started and not complete: an END_REQUEST would make it look whole. Only
+        # a cut connection tells the front-end (it takes the other requests on
+        # this connection with it: FastCGI has no other way).
+        conn = self._conn
+        conn._broken = True
+        conn._cancel_all()
+
+    async def _end(self) -> None:
+        self._ended = True
+        await self._conn._write(self._conn._conn.end_request(self.request_id))

@@ -561,3 +561,32 @@ async def test_signals_stay_with_the_server(tmp_path: Path) -> None:
         signal.set_wakeup_fd(current)
         assert current == wakeup_fd
     assert answers == ["refused"]
+
+
+async def test_fastcgi_multiplexed_requests_run_side_by_side(tmp_path: Path) -> None:
+    import fcgi_client as fc
+
+    second_started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/one":
+            # Answers only once the other request of the same connection runs.
+            await asyncio.wait_for(second_started.wait(), 10)
+        else:
+            second_started.set()
+        for message in _json_response(scope["path"].encode()):
+            await send(message)
+
+    async with serving(
+        app, f"unix:{tmp_path}/s.sock", app_loop="asyncio", protocol="fastcgi"
+    ) as srv:
+        stream = await connect(srv.address)
+        async with stream:
+            await stream.send_all(
+                fc.request(1, uri="/one", keep=True) + fc.request(2, uri="/two", keep=True)
+            )
+            reader = fc.Reader(stream)
+            one = await reader.until_ended(1)
+            two = await reader.until_ended(2)
+    assert (one.status, one.body) == (200, b"/one")
+    assert (two.status, two.body) == (200, b"/two")

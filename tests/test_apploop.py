@@ -176,6 +176,20 @@ async def test_lifespan_on_the_wrong_loop_logs_the_hint(
     assert any('set app_loop = "asyncio"' in line for line in lines), lines
 
 
+async def test_a_request_on_the_wrong_loop_logs_the_hint_with_its_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(0)  # an asyncio-only library, under trio
+
+    async with serving(app, f"unix:{tmp_path}/s.sock", app_loop="trio") as srv:
+        assert (await request(srv.address)).status == 500
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.startswith("exception in ASGI application before the response started: ")
+    assert 'set app_loop = "asyncio" (--app-loop asyncio)' in line
+
+
 # --- what asyncio apps get ----------------------------------------------------------------
 
 

@@ -54,6 +54,9 @@ _HELP = {
     "app_dir": "directory put first on sys.path before importing the app",
     "interface": "what the app is: 'auto' takes an async callable of 3 arguments for ASGI "
     "and a plain one of 2 for WSGI, and asks for this flag when it can't tell",
+    "app_loop": "event loop the app runs on: 'auto' = asyncio for Django's ASGI handler, "
+    "Quart, Channels and asgiref apps, trio for the rest; 'asyncio' for an app on trio or "
+    "anyio that calls an asyncio-only library",
     "wsgi_threads": "threads running WSGI requests in each worker process: the most WSGI "
     "requests in progress at once; ASGI apps don't use them",
     "bind": "address to listen on: unix:PATH, unix:@NAME, HOST:PORT, [V6]:PORT, fd://N, "
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         if key in _REPEATED:
             kwargs["action"] = "append"
         choices = getattr(hint, "__args__", None)
-        if key in ("lifespan", "interface", "protocol") and choices:
+        if key in ("lifespan", "interface", "protocol", "app_loop") and choices:
             kwargs["choices"] = choices
             kwargs["metavar"] = "|".join(choices)
         parser.add_argument(*flags, **kwargs)

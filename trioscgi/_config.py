@@ -181,6 +181,7 @@ def _octal_mode(value: Any) -> int:
 
 Lifespan = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
+AppLoop = Literal["auto", "trio", "asyncio"]
 Protocol = Literal["auto", "scgi", "fastcgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
@@ -217,6 +218,7 @@ class Config:
     factory: bool = False
     app_dir: NonEmptyStr | None = None
     interface: Interface = "auto"
+    app_loop: AppLoop = "auto"
     wsgi_threads: AtLeastOne = 16
 
     # --- where to listen -----------------------------------------------------

@@ -253,11 +253,20 @@ class HTTPCycle:
                 return
             if self._host.metrics is not None:
                 self._host.metrics.app_exceptions += 1
+            hint = _wrong_loop_hint(exc)
             if self.status == 0:
-                log.error("exception in ASGI application before the response started", exc_info=exc)
+                log.error(
+                    "exception in ASGI application before the response started%s",
+                    hint,
+                    exc_info=exc,
+                )
                 await self._send_error(500)
             else:
-                log.error("exception in ASGI application after the response started", exc_info=exc)
+                log.error(
+                    "exception in ASGI application after the response started%s",
+                    hint,
+                    exc_info=exc,
+                )
             return
         if self.disconnected:
             return
@@ -461,6 +470,14 @@ class HTTPCycle:
         if not more:
             self._response_done = True
         return sent
+
+
+def _wrong_loop_hint(exc: BaseException) -> str:
+    """``": <hint>"`` when the app failed for running on the wrong event loop, else ``""``."""
+    from ._apploop import other_framework_hint  # noqa: PLC0415 - only on the error path
+
+    hint = other_framework_hint(exc)
+    return f": {hint}" if hint else ""
 
 
 def _strip_framing(head: p.Response) -> p.Response:

@@ -7,12 +7,19 @@ from typing import Any
 
 import trio
 
+from ._apploop import other_framework_hint
 from ._config import Config
 from ._types import ASGIApp, Message
 
 log = logging.getLogger("trioscgi")
 
 _ASGI = {"version": "3.0", "spec_version": "2.0"}
+
+
+def _hint(exc: BaseException) -> str:
+    """``". <hint>"`` when ``exc`` says the app needs the other event loop, else ``""``."""
+    hint = other_framework_hint(exc)
+    return f". {hint}" if hint else ""
 
 
 class LifespanFailure(Exception):
@@ -98,7 +105,21 @@ class Lifespan:
                 elif self._startup_done.is_set() and not self._shutdown_asked.is_set():
                     # Raising after a good startup and before shutdown: the
                     # app's lifespan task died; serving goes on.
-                    log.error("lifespan task raised after startup", exc_info=exc)
+                    log.error("lifespan task raised after startup%s", _hint(exc), exc_info=exc)
+                elif (
+                    self._mode == "auto"
+                    and not self._startup_done.is_set()
+                    and (hint := other_framework_hint(exc)) is not None
+                ):
+                    # Not "no lifespan support": the app's startup met the
+                    # wrong event loop, and its requests will too.
+                    log.warning(
+                        "ASGI lifespan failed (%s: %s); going on without. %s",
+                        type(exc).__name__,
+                        exc,
+                        hint,
+                    )
+                    self._supported = False
                 elif self._mode == "auto" and not self._startup_done.is_set():
                     log.info(
                         "ASGI lifespan unsupported by the application (%s: %s); going on without",
@@ -107,10 +128,10 @@ class Lifespan:
                     )
                     self._supported = False
                 elif not self._startup_done.is_set():
-                    self._failure = f"{type(exc).__name__}: {exc}"
-                    log.error("lifespan startup raised", exc_info=exc)
+                    self._failure = f"{type(exc).__name__}: {exc}{_hint(exc)}"
+                    log.error("lifespan startup raised%s", _hint(exc), exc_info=exc)
                 else:
-                    self._failure = f"{type(exc).__name__}: {exc}"
+                    self._failure = f"{type(exc).__name__}: {exc}{_hint(exc)}"
             else:
                 if not self._startup_done.is_set():
                     if self._mode == "on":

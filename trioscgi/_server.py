@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
+from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
 from ._fastcgi import FastCGIConnection
 from ._lifespan import Lifespan, LifespanFailure
@@ -79,7 +80,10 @@ class Server:
         self, app: ASGIApp, config: Config, listeners: Sequence[Listener] | None = None
     ) -> None:
         config.validate()
-        self.app = app
+        # The app as given; self.app is what connections call (the asyncio
+        # face of it while run() holds its loop open, docs/asyncio.md).
+        self.app = self._given_app = app
+        self.app_loop = detect_app_loop(app, config.app_loop)
         self.config = config
         self.state: dict[str, Any] = {}
         self.access_logger: AccessLogger | None = None
@@ -132,7 +136,12 @@ class Server:
         failure: LifespanFailure | None = None
         try:
             with self._everything:
-                async with trio.open_nursery() as lifespan_nursery:
+                # The app's event loop opens before the lifespan startup and
+                # closes after its shutdown.
+                async with (
+                    open_app_loop(self._given_app, self.app_loop) as self.app,
+                    trio.open_nursery() as lifespan_nursery,
+                ):
                     lifespan = Lifespan(self.app, config, self.state)
                     try:
                         # A shutdown asked for during startup cancels the wait.

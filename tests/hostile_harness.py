@@ -1,8 +1,10 @@
-"""Harness for the hostile suite: the real ``python -m trioscgi`` process, a raw SCGI client.
+"""Harness for the hostile suite: the real ``python -m trioscgi`` process, raw clients.
 
 The server runs a tiny ASGI app (``HOSTILE_APP``, written to a temp dir and
 loaded with ``--app-dir``) that records what it saw into files, so a test can
 check what the application observed (``http.disconnect``, ``send`` raising).
+The SCGI client is below; the FastCGI one reads raw records itself (records are
+built with tests/fcgi_client.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -92,12 +95,52 @@ INJECTIONS = {
 }
 
 
+# In-memory tallies for storms too big for a record file each (one worker).
+COUNTS = {}
+# /_t/hold waits on these until /_t/release sets them.
+RELEASE = {}
+
+
+def count(key):
+    COUNTS[key] = COUNTS.get(key, 0) + 1
+
+
+def release_event(tag):
+    if tag not in RELEASE:
+        RELEASE[tag] = trio.Event()
+    return RELEASE[tag]
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     path = scope["path"]
     query = scope["query_string"].decode("latin-1")
-    if path == "/_t/upload":
+    if path == "/_t/count":
+        # Tally how the body ended (http.request or http.disconnect), and a send that raised.
+        total, seen = await read_body(receive)
+        count(seen[-1])
+        try:
+            await answer(send, 200, str(total).encode())
+        except OSError:
+            count("send-raised")
+    elif path == "/_t/counts":
+        await answer(send, 200, json.dumps(COUNTS, sort_keys=True).encode())
+    elif path == "/_t/hold":
+        # Never reads its body; answers once /_t/release?<tag> is asked.
+        await release_event(query).wait()
+        await answer(send, 200, b"held")
+    elif path == "/_t/release":
+        release_event(query).set()
+        await answer(send, 200, b"released")
+    elif path == "/_t/start-then-read":
+        # The response starts before the body is read.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"started\n", "more_body": True})
+        total, seen = await read_body(receive)
+        record(query, {"bytes": total, "seen": seen})
+        await send({"type": "http.response.body", "body": str(total).encode()})
+    elif path == "/_t/upload":
         total, seen = await read_body(receive)
         if query:
             record(query, {"bytes": total, "seen": seen})
@@ -340,6 +383,198 @@ async def exchange(
                     break
                 chunks.append(chunk)
             return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- FastCGI client
+
+_RECORD = struct.Struct(">BBHHBx")
+FCGI_END_REQUEST, FCGI_STDOUT, FCGI_STDERR = 3, 6, 7
+FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 10, 11
+PROTOCOL_STATUS = {0: "COMPLETE", 1: "CANT_MPX_CONN", 2: "OVERLOADED", 3: "UNKNOWN_ROLE"}
+
+
+def parse_records(raw: bytes) -> tuple[list[tuple[int, int, bytes]], bytes]:
+    """The whole records in ``raw`` as (type, request id, content), and what trails them.
+
+    Raises:
+        ValueError: a record header with a version other than 1.
+    """
+    records = []
+    pos = 0
+    while pos + 8 <= len(raw):
+        version, kind, rid, length, padding = _RECORD.unpack_from(raw, pos)
+        if version != 1:
+            raise ValueError(
+                f"record with version {version} at byte {pos}: {raw[pos : pos + 16]!r}"
+            )
+        end = pos + 8 + length + padding
+        if end > len(raw):
+            break
+        records.append((kind, rid, raw[pos + 8 : pos + 8 + length]))
+        pos = end
+    return records, raw[pos:]
+
+
+@dataclass
+class FcgiResponse:
+    """One request's answer: its STDOUT and its END_REQUEST."""
+
+    stdout: bytes
+    app_status: int
+    protocol_status: int
+
+    @property
+    def status(self) -> int | None:
+        """The HTTP status of the STDOUT, or None when there is no STDOUT."""
+        if not self.stdout:
+            return None
+        m = _STATUS_RE.match(self.stdout)
+        if m is None:
+            raise ValueError(f"STDOUT does not start with a Status line: {self.stdout[:80]!r}")
+        return int(m.group(1))
+
+    @property
+    def body(self) -> bytes:
+        return self.stdout.partition(b"\r\n\r\n")[2]
+
+
+def fcgi_responses(records: list[tuple[int, int, bytes]]) -> list[tuple[int, FcgiResponse]]:
+    """Each END_REQUEST with the STDOUT of its id since the previous one, in order.
+
+    Raises:
+        ValueError: a record type a server must not send, or a malformed END_REQUEST.
+    """
+    stdout: dict[int, bytes] = {}
+    out = []
+    for kind, rid, content in records:
+        if rid == 0:
+            if kind not in (FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE):
+                raise ValueError(f"management record of type {kind}")
+        elif kind == FCGI_STDOUT:
+            stdout[rid] = stdout.get(rid, b"") + content
+        elif kind == FCGI_END_REQUEST:
+            if len(content) != 8:
+                raise ValueError(f"END_REQUEST with {len(content)} bytes of content")
+            app_status, protocol_status = struct.unpack(">IB3x", content)
+            out.append((rid, FcgiResponse(stdout.pop(rid, b""), app_status, protocol_status)))
+        elif kind != FCGI_STDERR:
+            raise ValueError(f"record of type {kind} for request {rid} from the server")
+    return out
+
+
+class FcgiStream:
+    """One FastCGI connection held open: send records, read the answers as they come."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.records: list[tuple[int, int, bytes]] = []  # every record read so far
+        self.management: list[tuple[int, bytes]] = []  # (type, content) of id 0
+        self.ended: dict[int, list[FcgiResponse]] = {}  # responses not taken yet, per id
+        self.eof = False
+        self.reset = False
+        self._stdout: dict[int, bytes] = {}
+
+    @classmethod
+    async def connect(cls, address: str | tuple[str, int]) -> FcgiStream:
+        sock = trio.socket.socket(address_family(address), socket.SOCK_STREAM)
+        await sock.connect(address)
+        return cls(sock)
+
+    async def __aenter__(self) -> FcgiStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self.sock.send(view[:262144]) :]
+
+    async def next_record(self) -> tuple[int, int, bytes] | None:
+        """The next record, or None once the server closed (``eof`` / ``reset`` say how)."""
+        while True:
+            records, _ = parse_records(self.buffer[: 65544 + 255])
+            if records:
+                kind, rid, content = record = records[0]
+                self.buffer = self.buffer[8 + len(content) + self.buffer[6] :]
+                self.records.append(record)
+                if rid == 0:
+                    self.management.append((kind, content))
+                elif kind == FCGI_STDOUT:
+                    self._stdout[rid] = self._stdout.get(rid, b"") + content
+                elif kind == FCGI_END_REQUEST:
+                    app_status, protocol_status = struct.unpack(">IB3x", content)
+                    response = FcgiResponse(self._stdout.pop(rid, b""), app_status, protocol_status)
+                    self.ended.setdefault(rid, []).append(response)
+                return record
+            if self.eof or self.reset:
+                return None
+            try:
+                chunk = await self.sock.recv(65536)
+            except ConnectionResetError:
+                self.reset = True
+                continue
+            if not chunk:
+                self.eof = True
+                assert not self.buffer, f"EOF inside a record: {self.buffer[:80]!r}"
+                continue
+            self.buffer += chunk
+
+    async def response(self, request_id: int) -> FcgiResponse:
+        """The next response (END_REQUEST) of ``request_id``; others' are kept for later."""
+        while not self.ended.get(request_id):
+            if await self.next_record() is None:
+                raise AssertionError(
+                    f"connection {'reset' if self.reset else 'closed'} before END_REQUEST"
+                    f" of request {request_id}"
+                )
+        return self.ended[request_id].pop(0)
+
+    async def closed(self, timeout: float = 10.0) -> list[tuple[int, int, bytes]]:
+        """Read until the server closes (bounded); return the records that came meanwhile."""
+        start = len(self.records)
+        with trio.fail_after(timeout):
+            while await self.next_record() is not None:
+                pass
+        return self.records[start:]
+
+
+async def fcgi_exchange(
+    address: str | tuple[str, int], data: bytes, *, eof: bool = False, timeout: float = 10.0
+) -> tuple[bytes, bool]:
+    """Send ``data``, half-close if ``eof``, read until EOF or reset; bounded by ``timeout``.
+
+    Front-ends never half-close: over FastCGI an EOF means the front-end is gone.
+
+    Returns the bytes read and whether the server reset the connection. Raises
+    trio.TooSlowError if the server neither closes nor resets in time.
+    """
+    with trio.fail_after(timeout):
+        sock = trio.socket.socket(address_family(address), socket.SOCK_STREAM)
+        with sock:
+            await sock.connect(address)
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[await sock.send(view[:262144]) :]
+                if eof:
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno not in PEER_GONE:
+                    raise
+            chunks = []
+            while True:
+                try:
+                    chunk = await sock.recv(65536)
+                except OSError as exc:
+                    if exc.errno not in PEER_GONE:
+                        raise
+                    return b"".join(chunks), True
+                if not chunk:
+                    return b"".join(chunks), False
+                chunks.append(chunk)
 
 
 # --------------------------------------------------------------------------- the process

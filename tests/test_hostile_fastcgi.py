@@ -558,7 +558,6 @@ def _truncations(tag: str) -> dict[str, tuple[bytes, bool]]:
     }
 
 
-@pytest.mark.xfail(strict=True, reason="a truncated body reaches the app as complete")
 @pytest.mark.parametrize("family", ["unix", "tcp"])
 async def test_truncated_streams(server: HostileServer, family: str) -> None:
     """EOF (and, over TCP, a reset) mid-record, mid-PARAMS, mid-STDIN: the application

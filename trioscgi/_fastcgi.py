@@ -425,8 +425,8 @@ class _Request:
         self._body.clear()
 
     def peer_gone(self) -> None:
+        # Not _body_ended: a body cut short must not look complete to the application.
         self._gone = True
-        self._body_ended = True
 
     # --- the Wire -------------------------------------------------------------------
 

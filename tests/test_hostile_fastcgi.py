@@ -418,9 +418,6 @@ async def test_abort_request_storm(server: HostileServer) -> None:
 # --------------------------------------------------------------------------- stray records
 
 
-@pytest.mark.xfail(
-    strict=True, reason="answers to a peer that left raise out of the connection task"
-)
 async def test_records_for_inactive_ids_and_junk_management_records(server: HostileServer) -> None:
     """Records for ids never begun are ignored; id-0 records get UNKNOWN_TYPE or
     GET_VALUES_RESULT (only the names asked); broken ones close the connection."""
@@ -595,7 +592,6 @@ async def test_truncated_streams(server: HostileServer, family: str) -> None:
 # --------------------------------------------------------------------------- stop reading
 
 
-@pytest.mark.xfail(strict=False, reason="writes queued behind a broken one raise out of their task")
 @pytest.mark.parametrize("family", ["unix", "tcp"])
 async def test_frontend_that_never_reads_a_multiplexed_connection(
     tmp_path: Path, family: str

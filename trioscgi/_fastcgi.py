@@ -19,6 +19,7 @@ connection, never the server, until the response ends (its leftovers are then di
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -140,8 +141,9 @@ class FastCGIConnection(SocketIO):
                     # body bytes or a disconnect learn it now.
                     for request in list(self._requests.values()):
                         request.peer_gone()
+            # Broken too: the deadline may have cut a stalled write, which breaks it.
             timed_out = nursery.cancel_scope.cancelled_caught and not (
-                self._served or self._requests or self._stopping or self._broken
+                self._served or self._requests or self._stopping
             )
         finally:
             host.fastcgi_connections.discard(self)
@@ -228,7 +230,15 @@ class FastCGIConnection(SocketIO):
             pending += b"".join(self._out)
             self._out.clear()
         if pending and not self._broken:
-            await self._write(pending)
+            try:
+                await self._write(pending)
+            except ClientDisconnected as exc:
+                # The front-end left or stopped reading; _write marked the connection
+                # broken. The requests learn it here.
+                log.info("FastCGI connection lost: %s", exc)
+                for request in list(self._requests.values()):
+                    request.peer_gone()
+                self._activity.unpark_all()
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""
@@ -394,7 +404,9 @@ class _Request:
             if not self._ended and not self._gone and not conn._broken:
                 # The cycle ended without a complete response and without an abort
                 # (the client went away first): end the request for the front-end.
-                await self._end()
+                with contextlib.suppress(ClientDisconnected):
+                    # (Unless the connection breaks while this waits its turn.)
+                    await self._end()
         finally:
             conn._finished(self)
 

@@ -664,7 +664,6 @@ async def _pump(stream: trio.SocketStream, record: bytes, limit: int) -> tuple[i
     return sent, record[sent % len(record) :] if sent % len(record) else b""
 
 
-@pytest.mark.xfail(strict=True, reason="tiny STDIN records hold ~30x the buffer limit")
 @pytest.mark.hostile
 async def test_stalled_request_on_multiplexed_connections_keeps_memory_bounded(
     tmp_path: Path,

@@ -41,6 +41,10 @@ log = logging.getLogger("trioscgi")
 
 # Request-body bytes held per connection for applications that have not read them yet.
 _MAX_BUFFERED = 1 << 20
+# What each chunk held counts beyond its bytes: its bytes object and deque slot cost
+# about 50 bytes in CPython, so 2-byte STDIN records would otherwise hold ~30 times
+# _MAX_BUFFERED.
+_CHUNK_COST = 64
 # A body larger than this is framed and written apart from the head, not copied behind it.
 _COALESCE_LIMIT = 16384
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
@@ -416,8 +420,9 @@ class _Request:
         if self._discard:
             return
         self._body.append(data)
-        self.buffered += len(data)
-        self._conn._buffered += len(data)
+        cost = len(data) + _CHUNK_COST
+        self.buffered += cost
+        self._conn._buffered += cost
 
     def feed_end(self) -> None:
         self._body_ended = True
@@ -457,9 +462,10 @@ class _Request:
             await trio.lowlevel.checkpoint_if_cancelled()
         if self._body:
             data = self._body.popleft()
-            self.buffered -= len(data)
-            conn._buffered -= len(data)
-            if conn._buffered + len(data) > _MAX_BUFFERED >= conn._buffered:
+            cost = len(data) + _CHUNK_COST
+            self.buffered -= cost
+            conn._buffered -= cost
+            if conn._buffered + cost > _MAX_BUFFERED >= conn._buffered:
                 conn._activity.unpark_all()  # below the limit again: reading resumes
             return data, bool(self._body) or not self._body_ended
         if self._gone and not self._body_ended:

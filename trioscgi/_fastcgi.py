@@ -311,6 +311,8 @@ class FastCGIConnection(SocketIO):
             running = self._requests.get(rid)
             if running is None:
                 self._served += 1
+                if not self._requests:
+                    self._idle_since = trio.current_time()  # for the idle sweep
             elif running.started:
                 # Its body broke a limit (413, no CONTENT_LENGTH announced it) after
                 # its response began: no 413 can replace it, and an END_REQUEST

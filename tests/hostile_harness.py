@@ -133,6 +133,17 @@ async def app(scope, receive, send):
     elif path == "/_t/release":
         release_event(query).set()
         await answer(send, 200, b"released")
+    elif path == "/_t/start-then-hold":
+        # The response starts, then waits for /_t/release?<tag> before it ends.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"started\n", "more_body": True})
+        await release_event(query).wait()
+        try:
+            await send({"type": "http.response.body", "body": b"done"})
+        except OSError:
+            record(query, {"send": "raised"})
+            return
+        record(query, {"send": "went"})
     elif path == "/_t/start-then-read":
         # The response starts before the body is read.
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -473,7 +484,7 @@ class FcgiStream:
         self.ended: dict[int, list[FcgiResponse]] = {}  # responses not taken yet, per id
         self.eof = False
         self.reset = False
-        self._stdout: dict[int, bytes] = {}
+        self.partial_stdout: dict[int, bytes] = {}  # STDOUT of requests not ended yet
 
     @classmethod
     async def connect(cls, address: str | tuple[str, int]) -> FcgiStream:
@@ -503,10 +514,12 @@ class FcgiStream:
                 if rid == 0:
                     self.management.append((kind, content))
                 elif kind == FCGI_STDOUT:
-                    self._stdout[rid] = self._stdout.get(rid, b"") + content
+                    self.partial_stdout[rid] = self.partial_stdout.get(rid, b"") + content
                 elif kind == FCGI_END_REQUEST:
                     app_status, protocol_status = struct.unpack(">IB3x", content)
-                    response = FcgiResponse(self._stdout.pop(rid, b""), app_status, protocol_status)
+                    response = FcgiResponse(
+                        self.partial_stdout.pop(rid, b""), app_status, protocol_status
+                    )
                     self.ended.setdefault(rid, []).append(response)
                 return record
             if self.eof or self.reset:

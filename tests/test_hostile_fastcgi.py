@@ -411,6 +411,46 @@ async def test_abort_request_storm(server: HostileServer) -> None:
     assert_fds_back(server, fds)
 
 
+async def test_a_reused_id_refused_while_its_aborted_app_runs(server: HostileServer) -> None:
+    """After ABORT_REQUEST the id is free at once, though its app may still run: a new
+    request on that id refused for its head (431, 413) gets its answer; the connection,
+    and the old app, go on."""
+    fds = await baseline_fds(server)
+    log_start = len(server.stderr())
+    limit = FCGI_CONFIG["max_body_size"]
+    refused = {
+        431: fc.begin(1, keep=True) + fc.params(1, fc.nginx_params(HTTP_X="x" * 70000)),
+        413: fc.begin(1, keep=True) + fc.params(1, post_params("/", str(limit + 1))),
+    }
+    for status, data in refused.items():
+        tag = f"reused-{status}"
+        async with await FcgiStream.connect(server.unix) as s:
+            # Two requests at once: each runs in a task of its own.
+            await s.send(
+                fc.request(1, "GET", f"/_t/start-then-hold?{tag}", keep=True)
+                + fc.request(3, "GET", "/", keep=True)
+            )
+            assert (await s.response(3)).status == 200
+            while not s.partial_stdout.get(1):
+                assert await s.next_record() is not None
+            # Aborted: END_REQUEST at once, while the app still holds its response.
+            await s.send(fc.record(fc.ABORT_REQUEST, 1))
+            assert (await s.response(1)).body == b"started\n"
+            await s.send(data)
+            assert (await s.response(1)).status == status
+            await s.send(fc.request(2, "GET", "/", keep=True))
+            assert (await s.response(2)).status == 200
+            async with await FcgiStream.connect(server.tcp) as other:
+                await other.send(fc.request(1, "GET", f"/_t/release?{tag}"))
+                assert (await other.response(1)).status == 200
+            assert server.wait_record(tag) == {"send": "raised"}
+            await s.send(fc.request(2, "GET", "/", keep=True))
+            assert (await s.response(2)).status == 200
+    assert_clean_log(server, log_start)
+    await assert_healthy(server)
+    assert_fds_back(server, fds)
+
+
 # --------------------------------------------------------------------------- stray records
 
 

@@ -309,7 +309,9 @@ class FastCGIConnection(SocketIO):
             if self._host.metrics is not None:
                 self._host.metrics.rejected(event.status_hint)
             running = self._requests.get(rid)
-            if running is None:
+            if running is None or running._ended:
+                # Not running, or the id is reused: an earlier request on it ended
+                # (aborted), and its application may still run. The refusal is the new one's.
                 self._served += 1
                 if not self._requests:
                     self._idle_since = trio.current_time()  # for the idle sweep

@@ -342,7 +342,7 @@ async def test_three_thousand_request_ids_on_one_connection(server: HostileServe
         records = await s.closed(timeout=FCGI_CONFIG["header_timeout"] + 10)
         assert time.monotonic() - start > FCGI_CONFIG["header_timeout"] - 1
         assert len(records) == len(ids) - MAX_REQUESTS
-    assert len(log_lines(server, log_start, "not received within")) == 1
+    assert len(wait_lines(server, log_start, ("not received within",), 1)) == 1
     assert_clean_log(server, log_start)
     await assert_healthy(server)
     assert_fds_back(server, fds)

@@ -724,6 +724,8 @@ async def test_stalled_request_on_multiplexed_connections_keeps_memory_bounded(
         try:
             for size in sizes:
                 batch = []
+                # Measured from before the connections (their requests' cost included).
+                rss0 = server.rss_kib()
                 for k in range(conns_per_size):
                     stream = await trio.open_unix_socket(server.unix)
                     tag = f"hold-{size}-{k}"
@@ -737,8 +739,6 @@ async def test_stalled_request_on_multiplexed_connections_keeps_memory_bounded(
                     )
                     batch.append((stream, tag, fc.record(fc.STDIN, 1, b"s" * size)))
                 streams += batch
-                await trio.sleep(0.2)  # the requests start before the first measure
-                rss0 = server.rss_kib()
                 with trio.fail_after(60):
                     async with trio.open_nursery() as nursery:
                         for stream, tag, record in batch:

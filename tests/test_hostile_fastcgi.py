@@ -281,71 +281,76 @@ async def test_oversize_stdin_gets_413(server: HostileServer) -> None:
 
 
 @pytest.mark.hostile
-async def test_three_thousand_request_ids_on_one_connection(server: HostileServer) -> None:
+async def test_three_thousand_request_ids_on_one_connection(tmp_path: Path) -> None:
     """3,000 BEGIN_REQUESTs left open: 64 served, the rest OVERLOADED, memory bounded.
 
     With PARAMS (the applications run and wait for their bodies), then without (the
     ids wait in the core), then alone on a connection (cut at header_timeout).
     """
-    fds = await baseline_fds(server)
-    log_start = len(server.stderr())
-    before = await counts(server)
-    ids = range(1, 3001)
-    # Each request's PARAMS about 3.4 KB: 10 MB in all.
-    items = post_params("/_t/count", "5", HTTP_X_PAD="p" * 3000)
-    rss0 = server.rss_kib()
-    overloaded: list[int] = []
-    async with await FcgiStream.connect(server.unix) as s:
+    # Its own server: the 64 requests wait for their bodies while 10 MB of records
+    # go in, which on a loaded machine can take longer than the shared read_timeout.
+    with running_server(tmp_path, {**FCGI_CONFIG, "read_timeout": 60.0}) as server:
+        fds = await baseline_fds(server)
+        log_start = len(server.stderr())
+        before = await counts(server)
+        ids = range(1, 3001)
+        # Each request's PARAMS about 3.4 KB: 10 MB in all.
+        items = post_params("/_t/count", "5", HTTP_X_PAD="p" * 3000)
+        rss0 = server.rss_kib()
+        overloaded: list[int] = []
+        async with await FcgiStream.connect(server.unix) as s:
 
-        async def collect_overloaded(n: int) -> None:
-            while len(overloaded) < n:
-                record = await s.next_record()
-                assert record is not None, "closed"
-                kind, rid, content = record
-                assert kind == fc.END_REQUEST, record
-                assert struct.unpack(">IB3x", content) == (0, fc.OVERLOADED), record
-                overloaded.append(rid)
+            async def collect_overloaded(n: int) -> None:
+                while len(overloaded) < n:
+                    record = await s.next_record()
+                    assert record is not None, "closed"
+                    kind, rid, content = record
+                    assert kind == fc.END_REQUEST, record
+                    assert struct.unpack(">IB3x", content) == (0, fc.OVERLOADED), record
+                    overloaded.append(rid)
 
-        with trio.fail_after(30):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(collect_overloaded, len(ids) - MAX_REQUESTS)
-                for i in ids:
-                    await s.send(fc.begin(i, keep=True) + fc.params(i, items))
-        assert overloaded == list(range(MAX_REQUESTS + 1, 3001))
-        grown = server.rss_kib() - rss0
-        print(f"RSS growth with {MAX_REQUESTS} requests open and 3,000 begun: {grown} KiB")
-        assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
-        # The 64 that got in are served once their bodies come.
-        s.ended.clear()
-        await s.send(b"".join(fc.stdin(i, b"hello") for i in range(1, MAX_REQUESTS + 1)))
-        for i in range(1, MAX_REQUESTS + 1):
-            response = await s.response(i)
-            assert (response.status, response.body) == (200, b"5"), (i, response)
-        # Now 3,000 BEGIN_REQUESTs alone: 64 ids wait in their PARAMS, the rest are
-        # OVERLOADED; ABORT_REQUEST frees the 64; the connection serves on.
-        overloaded.clear()
-        await s.send(b"".join(fc.begin(i, keep=True) for i in ids))
-        with trio.fail_after(10):
-            await collect_overloaded(len(ids) - MAX_REQUESTS)
-        await s.send(b"".join(fc.record(fc.ABORT_REQUEST, i) for i in range(1, MAX_REQUESTS + 1)))
-        for i in range(1, MAX_REQUESTS + 1):
-            response = await s.response(i)
-            assert (response.stdout, response.protocol_status) == (b"", 0)
-        await s.send(fc.request(7, "GET", "/", keep=True))
-        assert (await s.response(7)).status == 200
-    after = await counts(server)
-    assert after["http.request"] - before["http.request"] == MAX_REQUESTS
-    # Alone on a fresh connection, ids that never finish their PARAMS: cut at header_timeout.
-    async with await FcgiStream.connect(server.tcp) as s:
-        await s.send(b"".join(fc.begin(i, keep=True) for i in ids))
-        start = time.monotonic()
-        records = await s.closed(timeout=FCGI_CONFIG["header_timeout"] + 10)
-        assert time.monotonic() - start > FCGI_CONFIG["header_timeout"] - 1
-        assert len(records) == len(ids) - MAX_REQUESTS
-    assert len(wait_lines(server, log_start, ("not received within",), 1)) == 1
-    assert_clean_log(server, log_start)
-    await assert_healthy(server)
-    assert_fds_back(server, fds)
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(collect_overloaded, len(ids) - MAX_REQUESTS)
+                    for i in ids:
+                        await s.send(fc.begin(i, keep=True) + fc.params(i, items))
+            assert overloaded == list(range(MAX_REQUESTS + 1, 3001))
+            grown = server.rss_kib() - rss0
+            print(f"RSS growth with {MAX_REQUESTS} requests open and 3,000 begun: {grown} KiB")
+            assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
+            # The 64 that got in are served once their bodies come.
+            s.ended.clear()
+            await s.send(b"".join(fc.stdin(i, b"hello") for i in range(1, MAX_REQUESTS + 1)))
+            for i in range(1, MAX_REQUESTS + 1):
+                response = await s.response(i)
+                assert (response.status, response.body) == (200, b"5"), (i, response)
+            # Now 3,000 BEGIN_REQUESTs alone: 64 ids wait in their PARAMS, the rest are
+            # OVERLOADED; ABORT_REQUEST frees the 64; the connection serves on.
+            overloaded.clear()
+            await s.send(b"".join(fc.begin(i, keep=True) for i in ids))
+            with trio.fail_after(10):
+                await collect_overloaded(len(ids) - MAX_REQUESTS)
+            await s.send(
+                b"".join(fc.record(fc.ABORT_REQUEST, i) for i in range(1, MAX_REQUESTS + 1))
+            )
+            for i in range(1, MAX_REQUESTS + 1):
+                response = await s.response(i)
+                assert (response.stdout, response.protocol_status) == (b"", 0)
+            await s.send(fc.request(7, "GET", "/", keep=True))
+            assert (await s.response(7)).status == 200
+        after = await counts(server)
+        assert after["http.request"] - before["http.request"] == MAX_REQUESTS
+        # Alone on a fresh connection, ids that never finish their PARAMS: cut at header_timeout.
+        async with await FcgiStream.connect(server.tcp) as s:
+            await s.send(b"".join(fc.begin(i, keep=True) for i in ids))
+            start = time.monotonic()
+            records = await s.closed(timeout=FCGI_CONFIG["header_timeout"] + 10)
+            assert time.monotonic() - start > FCGI_CONFIG["header_timeout"] - 1
+            assert len(records) == len(ids) - MAX_REQUESTS
+        assert len(wait_lines(server, log_start, ("not received within",), 1)) == 1
+        assert_clean_log(server, log_start)
+        await assert_healthy(server)
+        assert_fds_back(server, fds)
 
 
 # --------------------------------------------------------------------------- aborts

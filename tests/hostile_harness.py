@@ -399,6 +399,7 @@ async def exchange(
 # --------------------------------------------------------------------------- FastCGI client
 
 _RECORD = struct.Struct(">BBHHBx")
+_MAX_RECORD = 8 + 65535 + 255  # header, content, padding
 FCGI_END_REQUEST, FCGI_STDOUT, FCGI_STDERR = 3, 6, 7
 FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 10, 11
 PROTOCOL_STATUS = {0: "COMPLETE", 1: "CANT_MPX_CONN", 2: "OVERLOADED", 3: "UNKNOWN_ROLE"}
@@ -506,7 +507,7 @@ class FcgiStream:
     async def next_record(self) -> tuple[int, int, bytes] | None:
         """The next record, or None once the server closed (``eof`` / ``reset`` say how)."""
         while True:
-            records, _ = parse_records(self.buffer[: 65544 + 255])
+            records, _ = parse_records(self.buffer[:_MAX_RECORD])
             if records:
                 kind, rid, content = record = records[0]
                 self.buffer = self.buffer[8 + len(content) + self.buffer[6] :]

@@ -305,7 +305,6 @@ class FastCGIConnection(SocketIO):
                 self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
             rid = event.request_id
-            log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             if self._host.metrics is not None:
                 self._host.metrics.rejected(event.status_hint)
             running = self._requests.get(rid)
@@ -319,6 +318,10 @@ class FastCGIConnection(SocketIO):
                 # Its body broke a limit (413, no CONTENT_LENGTH announced it) after
                 # its response began: no 413 can replace it, and an END_REQUEST
                 # would make it look whole. Only a cut connection is honest.
+                log.info(
+                    "bad request: %s, after its response began; closing the connection",
+                    event.reason,
+                )
                 running.peer_gone()
                 self._broken = True
                 return
@@ -326,6 +329,7 @@ class FastCGIConnection(SocketIO):
                 # Running but not answering yet: the 413 answers it, and the app
                 # sees a disconnect (its writes fail, receive() says so).
                 running.rejected()
+            log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             head, body = error_response(event.status_hint)
             self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
             self._out.append(self._conn.end_request(rid))

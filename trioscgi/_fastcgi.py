@@ -228,7 +228,8 @@ class FastCGIConnection(SocketIO):
                 request.peer_gone()
             if self._broken:
                 self._cancel_all()  # the stream can't go on: end every request now
-        self._activity.unpark_all()
+        if self._activity:  # someone waits (cheaper to ask than to unpark nobody)
+            self._activity.unpark_all()
         pending = conn.data_to_send()
         if self._out:
             pending += b"".join(self._out)
@@ -242,7 +243,8 @@ class FastCGIConnection(SocketIO):
                 log.info("FastCGI connection lost: %s", exc)
                 for request in list(self._requests.values()):
                     request.peer_gone()
-                self._activity.unpark_all()
+                if self._activity:
+                    self._activity.unpark_all()
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""
@@ -357,7 +359,8 @@ class FastCGIConnection(SocketIO):
             raise
         finally:
             self._writing = False
-            self._write_lot.unpark()
+            if self._write_lot:
+                self._write_lot.unpark()
 
     def _finished(self, request: _Request) -> None:
         if self._requests.get(request.request_id) is request:
@@ -372,7 +375,8 @@ class FastCGIConnection(SocketIO):
             else:
                 # Idle: the server's sweep closes it after idle_timeout.
                 self._idle_since = trio.current_time()
-        self._activity.unpark_all()
+        if self._activity:
+            self._activity.unpark_all()
         if self._broken:
             self._cancel_all()
 
@@ -546,7 +550,8 @@ class _Request:
         conn._buffered -= self.buffered
         self.buffered = 0
         self._body.clear()
-        conn._activity.unpark_all()
+        if conn._activity:
+            conn._activity.unpark_all()
         if conn._keep_conn:
             return
         with trio.move_on_after(conn._host.config.drain_timeout) as scope:

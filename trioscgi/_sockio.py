@@ -101,37 +101,30 @@ class SocketIO:
             OSError: the socket failed (reset).
         """
         await checkpoint_if_cancelled()
-        sock = self.sock
         try:
-            data = sock.recv(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             pass
         else:
             await self._fair()
             return data
-        if deadline is None:
-            deadline = trio.current_time() + patience
-        self._unyielded = 0
-        with trio.move_on_at(deadline):
-            while True:
-                await wait_readable(sock)
-                try:
-                    return sock.recv(RECV_SIZE)
-                except BlockingIOError:
-                    continue
+        with trio.move_on_at(trio.current_time() + patience if deadline is None else deadline):
+            return await self._wait_and_recv()
         raise Timeout
 
     async def recv_unbounded(self) -> bytes:
         """:meth:`recv` with no time limit (the caller's scope bounds it, if anything)."""
         await checkpoint_if_cancelled()
-        sock = self.sock
         try:
-            data = sock.recv(RECV_SIZE)
+            data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            pass
-        else:
-            await self._fair()
-            return data
+            return await self._wait_and_recv()
+        await self._fair()
+        return data
+
+    async def _wait_and_recv(self) -> bytes:
+        # The syscall would block: wait for the socket, then read.
+        sock = self.sock
         self._unyielded = 0
         while True:
             await wait_readable(sock)

@@ -6,6 +6,7 @@ record encoder in ``fcgi_client``; timeouts run under ``autojump_clock``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
 from pathlib import Path
@@ -507,3 +508,18 @@ async def test_body_over_the_limit_without_content_length_answers_413_to_the_run
         start = trio.current_time()
     assert trio.current_time() - start < 1  # the shutdown waited for no orphaned request
     assert seen == ["http.request", "http.disconnect"], seen
+
+
+async def test_a_silent_connection_cancelled_at_shutdown_leaves_no_socket_open(
+    bind: str, autojump_clock: Any
+) -> None:
+    """protocol auto: a connection that sent nothing yet when the grace period ends."""
+    async with (
+        serving(hello, bind, graceful_timeout=1, header_timeout=100) as srv,
+        await connect(srv.address),
+    ):
+        await trio.sleep(1)
+        srv.stop()
+        await srv.stopped.wait()
+    # filterwarnings = error: a server socket left open fails the test (ResourceWarning).
+    gc.collect()

@@ -341,15 +341,19 @@ class Server:
         except OSError:
             data = b""
         if data is None:
-            with trio.move_on_after(self.config.header_timeout):
-                while data is None:
-                    await wait_readable(sock)
-                    try:
-                        data = sock.recv(RECV_SIZE)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
+            try:
+                with trio.move_on_after(self.config.header_timeout):
+                    while data is None:
+                        await wait_readable(sock)
+                        try:
+                            data = sock.recv(RECV_SIZE)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            data = b""
+            except BaseException:
+                sock.close()  # cancelled (a forced shutdown) before a wire layer owned it
+                raise
             if data is None:
                 log.info(
                     "request not received within %g s (header_timeout)",

@@ -149,6 +149,12 @@ def test_a_change_reloads_with_no_refused_connection(dev: Dev) -> None:
         dev.wait_body(b"version 2")
         dev.write(app_source("3"))
         dev.wait_body(b"version 3")
+        # The load runs on until it has been answered by the last version too: that
+        # the test's own request saw it first says nothing of the load's threads.
+        deadline = time.monotonic() + 30
+        while b"version 3" not in load.bodies:
+            assert time.monotonic() < deadline and not load.failures, load.failures
+            time.sleep(0.01)
     finally:
         load.finish()
     assert load.failures == []

@@ -275,7 +275,7 @@ async def serve_one(app: Any, request: bytes | None = None, quit_after: int | No
     from types import SimpleNamespace
 
     from trioscgi import Config
-    from trioscgi._scgi import SCGIConnection
+    from trioscgi._wire_scgi import SCGIConnection
 
     server_sock, front = socket.socketpair()
     server_sock.setblocking(False)

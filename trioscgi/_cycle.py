@@ -1,6 +1,6 @@
 """One HTTP request's ASGI cycle: scope, receive/send, response checks, 500s, access log.
 
-It knows no wire format. A wire layer (``_scgi``, ``_fastcgi``) parses the request head,
+It knows no wire format. A wire layer (``_wire_scgi``, ``_wire_fastcgi``) parses the request head,
 hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes for it through the small
 :class:`Wire` interface; the cycle builds the scope, runs the application and decides what
 the front-end gets. So SCGI and FastCGI share every ASGI rule and none of the framing.
@@ -359,13 +359,9 @@ class HTTPCycle:
                     f"'http.response.body' body must be bytes, got {type(body).__name__}"
                 )
             more = message.get("more_body", False)
-            if self.status == 0:
-                self.status = head.status
-                first: p.Response | None = head
-            else:
-                first = None
-                if not body and more:
-                    return
+            first = self._head_to_send(head)
+            if first is None and not body and more:
+                return
             try:
                 await self._wire.write(first, body, more)
             except WriteTimeout:
@@ -400,6 +396,13 @@ class HTTPCycle:
         raise RuntimeError(f"unexpected ASGI message type {kind!r}")
 
     # --- the file extensions (http.response.pathsend / zerocopysend) ----------
+
+    def _head_to_send(self, head: p.Response) -> p.Response | None:
+        """The head with the response's first bytes (and ``status`` set then), else None."""
+        if self.status:
+            return None
+        self.status = head.status
+        return head
 
     async def _send_file(self, message: Message) -> None:
         """Send a file: ``pathsend`` {path} or ``zerocopysend`` {file, offset, count, more_body}.
@@ -445,11 +448,7 @@ class HTTPCycle:
     async def _send_fd(
         self, head: p.Response, fd: int, offset: int, count: int, *, more: bool
     ) -> int:
-        if self.status == 0:
-            self.status = head.status
-            first: p.Response | None = head
-        else:
-            first = None
+        first = self._head_to_send(head)
         try:
             sent = await self._wire.write_file(first, fd, offset, count, more)
         except WriteTimeout:

@@ -15,12 +15,12 @@ from trio.lowlevel import checkpoint, wait_readable
 
 from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
-from ._fastcgi import FastCGIConnection
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
-from ._scgi import SCGIConnection
 from ._sockio import RECV_SIZE
 from ._types import ASGIApp
+from ._wire_fastcgi import FastCGIConnection
+from ._wire_scgi import SCGIConnection
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger

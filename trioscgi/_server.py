@@ -17,7 +17,7 @@ from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
-from ._sockio import RECV_SIZE
+from ._sockio import SocketIO, Timeout
 from ._types import ASGIApp
 from ._wire_fastcgi import FastCGIConnection
 from ._wire_scgi import SCGIConnection
@@ -335,34 +335,20 @@ class Server:
     async def _sniff(self, sock: socket.socket) -> None:
         """``protocol = "auto"``: the first byte tells FastCGI (version 1) from SCGI (a digit)."""
         try:
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            data = None
+            data = await SocketIO(sock, 0.0).recv(self.config.header_timeout)
+        except Timeout:
+            log.info(
+                "request not received within %g s (header_timeout)", self.config.header_timeout
+            )
+            if self.metrics is not None:
+                self.metrics.timeouts["header"] += 1
+            sock.close()
+            return
         except OSError:
             data = b""
-        if data is None:
-            try:
-                with trio.move_on_after(self.config.header_timeout):
-                    while data is None:
-                        await wait_readable(sock)
-                        try:
-                            data = sock.recv(RECV_SIZE)
-                        except BlockingIOError:
-                            continue
-                        except OSError:
-                            data = b""
-            except BaseException:
-                sock.close()  # cancelled (a forced shutdown) before a wire layer owned it
-                raise
-            if data is None:
-                log.info(
-                    "request not received within %g s (header_timeout)",
-                    self.config.header_timeout,
-                )
-                if self.metrics is not None:
-                    self.metrics.timeouts["header"] += 1
-                sock.close()
-                return
+        except BaseException:
+            sock.close()  # cancelled (a forced shutdown) before a wire layer owned it
+            raise
         if data[:1] == b"\x01":
             await FastCGIConnection(sock, self).run(data)
         elif data:

@@ -7,7 +7,9 @@ Each round starts every backend in turn on a Unix socket behind the same nginx (
 trioscgi, proxy_pass with the Upgrade headers for the HTTP servers), then one client
 process (the ``websockets`` library, compression off for every server) opens N
 connections that each send M messages and wait for each echo. Prints messages/s per
-backend (median of the rounds) and the ratio to uvicorn --ws wsproto.
+backend (median of the rounds), the ratio to uvicorn --ws wsproto, and the server
+process's CPU time per message (user + system, from /proc; less noisy than the rate on a
+busy machine, since it does not count the time the server waited for a core).
 
 Needs: nginx, pip install 'trioscgi[websocket]' websockets uvicorn hypercorn.
 The app is ``app`` below: a raw ASGI echo, the same for every server.
@@ -107,6 +109,13 @@ def backends(d: str) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_socket(path: str, proc: subprocess.Popen[bytes], limit: float = 15.0) -> bool:
     end = time.monotonic() + limit
     while time.monotonic() < end and proc.poll() is None:
@@ -158,6 +167,7 @@ def main() -> None:
     time.sleep(0.5)
     cmds = backends(d)
     results: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
     try:
         for _ in range(args.rounds):
             for name in args.names:
@@ -171,8 +181,11 @@ def main() -> None:
                         continue
                     url = f"ws://127.0.0.1:{port}{prefix}ws"
                     asyncio.run(drive(url, 5, 20, args.size))  # warm-up
+                    cpu = cpu_seconds(proc.pid)
                     rate = asyncio.run(drive(url, args.conns, args.messages, args.size))
+                    cpu = cpu_seconds(proc.pid) - cpu
                     results.setdefault(name, []).append(rate)
+                    cpus.setdefault(name, []).append(cpu / (args.conns * args.messages))
                 finally:
                     proc.send_signal(signal.SIGINT)
                     try:
@@ -193,7 +206,8 @@ def main() -> None:
     )
     for name, rate in medians.items():
         ratio = f"{rate / base:.2f}x uvicorn-wsproto" if base else ""
-        print(f"{name:20s} {rate:10.0f} msg/s  {ratio}")
+        cpu = statistics.median(cpus[name]) * 1e6
+        print(f"{name:20s} {rate:10.0f} msg/s  {cpu:6.1f} us CPU/msg  {ratio}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,80 @@ async def test_client_pings_are_answered_while_app_is_busy(bind: str) -> None:
         assert await read_all(client.stream) == b""
 
 
+async def test_messages_read_while_app_is_busy_come_in_order(
+    bind: str, autojump_clock: Any
+) -> None:
+    # The app is away from receive() long enough for the keeper to read for it: what
+    # it read ahead, and what the app reads for itself afterwards, come in order.
+    got: list[Any] = []
+    busy = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+        busy.set()
+        await trio.sleep(10)
+        while (message := await receive())["type"] != "websocket.disconnect":
+            got.append(message)
+        got.append(message)
+
+    async with serving(app, bind, websocket_ping_interval=0) as srv:
+        client = await open_ws(srv.address)
+        await client.send(TextMessage(data="0"))
+        await busy.wait()
+        for n in range(1, 4):
+            await client.send(TextMessage(data=str(n)))
+        await client.send(Ping(payload=b"p"))
+        assert await client.next_event() == Pong(payload=b"p")  # the app is still busy
+        assert trio.current_time() < 10
+        await trio.sleep(20)
+        await client.send(TextMessage(data="4"))
+        await client.send(CloseConnection(code=1000))
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 1000
+    texts = [m.get("text") for m in got[:-1]]
+    assert texts == ["0", "1", "2", "3", "4"]
+    assert got[-1] == {"type": "websocket.disconnect", "code": 1000, "reason": ""}
+
+
+async def test_receive_cancelled_while_reading_loses_nothing(
+    bind: str, autojump_clock: Any
+) -> None:
+    # receive() reads the socket in the app's task; a cancelled receive() leaves the
+    # socket to the next one with nothing lost.
+    got: list[Any] = []
+    timeouts = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal timeouts
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            with trio.move_on_after(1) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                timeouts += 1
+                continue
+            got.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({**message, "type": "websocket.send"})
+
+    async with serving(app, bind, websocket_ping_interval=0) as srv:
+        client = await open_ws(srv.address)
+        for n in range(3):
+            await trio.sleep(2.5)
+            await client.send(TextMessage(data=str(n)))
+            assert await client.next_event() == TextMessage(data=str(n))
+        await client.send(CloseConnection(code=4001))
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 4001
+    assert timeouts >= 6
+    assert [m.get("text") for m in got[:-1]] == ["0", "1", "2"]
+    assert got[-1]["code"] == 4001
+
+
 async def test_app_returning_before_accept_is_403(bind: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()

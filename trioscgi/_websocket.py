@@ -6,9 +6,13 @@ the app's own ``websocket.http.response``), and a :class:`Tunnel`, the raw byte 
 the front-end opens after a ``101`` (nginx's SCGI module does, docs/websocket.md). Frames
 are wsproto's; this module only moves its bytes and maps its events to ASGI messages.
 
-One reader task feeds wsproto and answers pings and closes even while the application is
-busy; a pinger task keeps the tunnel alive through the front-end's read timeout. Writes
-from the app, the reader and the pinger go through one lock, in wsproto's order.
+Whoever waits for input reads it: the application's ``receive()`` reads the socket itself
+when nothing is read ahead, so an echo costs one task wake-up per message, as a protocol
+callback does in asyncio. A keeper task takes over the reading once the application has
+stayed away from ``receive()`` for ``_AWAY`` seconds, so pings and closes are answered
+while it is busy; a pinger task keeps the tunnel alive through the front-end's read
+timeout. One reads at a time (the ``_reading`` token). Writes from the app, the readers and
+the pinger go through one lock, in wsproto's order.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-from trio.lowlevel import checkpoint_if_cancelled
+from trio.lowlevel import ParkingLot, checkpoint_if_cancelled
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -47,10 +53,15 @@ log = logging.getLogger("trioscgi")
 
 # RFC 6455 4.2.2: the GUID appended to the client's key for Sec-WebSocket-Accept.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# Messages read ahead of the application: the reader stops reading the socket beyond
-# these (TCP then pushes back on the client), so memory stays bounded by this many
-# times websocket_max_message_size.
+# Messages read ahead of the application: the keeper stops reading the socket beyond
+# these (TCP then pushes back on the client), so memory stays bounded by about this
+# many times websocket_max_message_size.
 _INBOX = 8
+# How long the application may stay away from receive() before the keeper task reads
+# for it (answering pings and closes). Reading in the app's own task saves a task
+# wake-up per message; a keeper that woke on every message would cost it back, so it
+# looks every _AWAY seconds instead, and not at all while a session is idle.
+_AWAY = 0.25
 
 # Close codes (RFC 6455 7.4.1).
 NORMAL = 1000
@@ -62,6 +73,8 @@ INTERNAL_ERROR = 1011
 
 class Tunnel(Protocol):
     """The raw byte stream after a ``101`` (an SCGI connection's socket)."""
+
+    sock: socket.socket
 
     async def recv_unbounded(self) -> bytes:
         """What the peer sent next; ``b""`` at EOF. Raises ``OSError`` on a reset."""
@@ -122,11 +135,20 @@ class WebSocketCycle:
         self._ws: Connection | None = None
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
-        self._inbox_send, self._inbox = trio.open_memory_channel[dict[str, Any]](_INBOX)
+        self._queue: deque[dict[str, Any]] = deque()  # messages read ahead
+        self._reading = False  # a task reads the socket and feeds wsproto
+        self._drained = True  # the last read took all there was
+        self._parts: list[Any] = []  # the fragments of the message being received
+        self._size = 0
+        self._read_news = ParkingLot()  # waits while another task reads
+        self._receivers = 0  # tasks in receive()
+        self._received = 0  # messages receive() returned
+        self._keeper_lot = ParkingLot()  # the keeper waits for the app to take a message
         self._connect_delivered = False
         self._response_started = False  # websocket.http.response.start seen
         self._handshake_done = False  # 101 sent, or the denial complete
         self._gone = False  # the tunnel can carry nothing more
+        self._broken = False  # the peer broke the protocol: our close is the last frame
         self._end_delivered = False
         self._pong = trio.Event()
         self._reader_done = trio.Event()
@@ -154,8 +176,13 @@ class WebSocketCycle:
             sessions.add(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self._run_app(scope)
-                await self._finish()
+                try:
+                    await self._run_app(scope)
+                    await self._finish()
+                finally:
+                    # Closed to new tasks from here on: a graceful shutdown now finds
+                    # nothing left to close (going_away).
+                    self._nursery = None
                 nursery.cancel_scope.cancel()
         finally:
             sessions.discard(self)
@@ -202,8 +229,10 @@ class WebSocketCycle:
             await self._close(NORMAL, "")
         # RFC 6455 7.1.1: the server closes the TCP connection once the close
         # handshake is done; a peer that never answers gets websocket_ping_timeout.
+        done = self._reader_done
         with trio.move_on_after(self._ping_timeout):
-            await self._reader_done.wait()
+            while not done.is_set():
+                await self._read_or_wait()
 
     def going_away(self) -> None:
         """Graceful shutdown: close an open session with 1001; the peer's answer tells the app."""
@@ -236,6 +265,8 @@ class WebSocketCycle:
             except ClientDisconnected as exc:
                 self._lost(f"{exc}")
                 return False
+            except trio.ClosedResourceError:  # the session was lost meanwhile (_lost)
+                return False
         finally:
             lock.release()
         return True
@@ -256,24 +287,25 @@ class WebSocketCycle:
             if self.close_code is None:
                 self.close_code = ABNORMAL
             self._end(ABNORMAL, "")
+            # Whoever waits on the socket (a receive() reading for itself, a stalled
+            # write) learns it now rather than never: nothing uses the socket after this
+            # but its close.
+            trio.lowlevel.notify_closing(self._tunnel.sock)
 
     def _end(self, code: int, reason: str) -> None:
         self._deliver_end(code, reason)
         self._reader_done.set()
         self._pong.set()
+        self._keeper_lot.unpark_all()
 
-    async def _reader(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        tunnel = self._tunnel
-        max_size = self._max_size
-        parts: list[Any] = []
-        size = 0
-        inbox = self._inbox_send
-        drained = True
-        while True:
+    async def _read_once(self) -> None:
+        """Read once from the socket and feed wsproto (the caller checked that nobody else
+        reads); messages go to the queue, pings and closes are answered here."""
+        self._reading = True
+        try:
+            tunnel = self._tunnel
             try:
-                if drained:
+                if self._drained:
                     # The last read took all there was (less than a full buffer): wait
                     # before reading rather than try a recv that would fail (an echo-like
                     # session saves a syscall per message).
@@ -282,90 +314,134 @@ class WebSocketCycle:
             except OSError as exc:
                 self._lost(f"{exc}")
                 return
+            except trio.ClosedResourceError:  # _lost() in another task woke us
+                return
             if self._gone:
                 return
-            drained = len(data) < RECV_SIZE
-            ws.receive_data(data or None)
-            for event in ws.events():
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    assert isinstance(event, Message)
-                    if ws.state is not ConnectionState.OPEN:
-                        continue  # we are closing: what still arrives is dropped
-                    size += len(event.data)
-                    if size > max_size:
-                        log.info(
-                            "WebSocket message over %d bytes (websocket_max_message_size);"
-                            " closing with 1009",
-                            max_size,
-                        )
-                        parts.clear()
-                        await self._close(TOO_BIG, "message too big")
-                        self._deliver_end(TOO_BIG, "")
-                        continue
-                    parts.append(event.data)
-                    if not event.message_finished:
-                        continue
-                    payload = parts[0] if len(parts) == 1 else type(parts[0])().join(parts)
-                    parts.clear()
-                    size = 0
-                    message: dict[str, Any] = (
-                        {"type": "websocket.receive", "text": payload}
-                        if kind is TextMessage
-                        else {"type": "websocket.receive", "bytes": bytes(payload)}
+            self._drained = len(data) < RECV_SIZE
+            replies = self._feed(data)
+            if replies:
+                # What was read must be answered whatever happens to the task that read
+                # it (sendall is bounded by write_timeout).
+                with trio.CancelScope(shield=True):
+                    for reply in replies:
+                        if isinstance(reply, tuple):
+                            await self._close(*reply)
+                        else:
+                            await self._write(reply)
+                if self._broken:
+                    self._gone = True  # nothing after our close can go out
+        finally:
+            self._reading = False
+            if self._read_news:
+                self._read_news.unpark_all()
+
+    def _feed(self, data: bytes) -> list[Event | tuple[int, str]]:
+        """Hand ``data`` to wsproto; queue its messages for the app and return what to
+        answer: events to send, and ``(code, reason)`` for a close of ours."""
+        ws = self._ws
+        assert ws is not None
+        replies: list[Event | tuple[int, str]] = []
+        ws.receive_data(data or None)
+        for event in ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                assert isinstance(event, Message)
+                if ws.state is not ConnectionState.OPEN or self._end_delivered:
+                    continue  # we are closing: what still arrives is dropped
+                self._size += len(event.data)
+                if self._size > self._max_size:
+                    log.info(
+                        "WebSocket message over %d bytes (websocket_max_message_size);"
+                        " closing with 1009",
+                        self._max_size,
                     )
-                    try:
-                        # Without a schedule point when there is room: the reader yields
-                        # at its next read anyway.
-                        inbox.send_nowait(message)
-                    except trio.WouldBlock:
-                        try:
-                            await inbox.send(message)
-                        except trio.ClosedResourceError:
-                            return
-                    except trio.ClosedResourceError:
-                        return
-                elif kind is Ping:
-                    assert isinstance(event, Ping)
-                    await self._write(event.response())
-                elif kind is Pong:
-                    self._pong.set()
-                elif kind is CloseConnection:
-                    assert isinstance(event, CloseConnection)
-                    if not data:
-                        self._lost("the client closed the connection without a close frame")
-                        return
-                    if ws.state is ConnectionState.OPEN:
-                        # A frame wsproto could not parse (unmasked, bad UTF-8, a
-                        # control frame over 125 bytes...): it reports the close code
-                        # to answer with; nothing after it can be trusted.
-                        log.info(
-                            "WebSocket protocol error: %s; closing with %d",
-                            event.reason,
-                            event.code,
-                        )
-                        await self._close(event.code, "")
-                        self._gone = True
-                        self._end(event.code, "")
-                        return
-                    if ws.state is ConnectionState.REMOTE_CLOSING:
-                        # The client closes: answer with its code (RFC 6455 5.5.1).
-                        if self.close_code is None:
-                            self.close_code = int(event.code)
-                        await self._write(event.response())
-                    self._end(event.code, event.reason or "")
-                    return
-            if not data:  # EOF, already reported as a CloseConnection
-                return
+                    self._parts.clear()
+                    replies.append((TOO_BIG, "message too big"))
+                    self._deliver_end(TOO_BIG, "")
+                    continue
+                parts = self._parts
+                if not event.message_finished:
+                    parts.append(event.data)
+                    continue
+                if parts:
+                    parts.append(event.data)
+                    payload = type(parts[0])().join(parts)
+                    parts.clear()
+                else:
+                    payload = event.data
+                self._size = 0
+                self._queue.append(
+                    {"type": "websocket.receive", "text": payload}
+                    if kind is TextMessage
+                    else {"type": "websocket.receive", "bytes": bytes(payload)}
+                )
+            elif kind is Ping:
+                assert isinstance(event, Ping)
+                replies.append(event.response())
+            elif kind is Pong:
+                self._pong.set()
+            elif kind is CloseConnection:
+                assert isinstance(event, CloseConnection)
+                if not data:
+                    self._lost("the client closed the connection without a close frame")
+                    break
+                if ws.state is ConnectionState.OPEN:
+                    # A frame wsproto could not parse (unmasked, bad UTF-8, a control
+                    # frame over 125 bytes...): it reports the close code to answer
+                    # with; nothing after it can be trusted.
+                    log.info(
+                        "WebSocket protocol error: %s; closing with %d",
+                        event.reason,
+                        event.code,
+                    )
+                    replies.append((event.code, ""))
+                    self._broken = True
+                    self._end(event.code, "")
+                    break
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    # The client closes: answer with its code (RFC 6455 5.5.1).
+                    if self.close_code is None:
+                        self.close_code = int(event.code)
+                    replies.append(event.response())
+                self._end(event.code, event.reason or "")
+                break
+        return replies
+
+    async def _read_or_wait(self) -> None:
+        """Read once if nobody else reads; else wait until the one who does has news."""
+        if self._reading:
+            await self._read_news.park()
+        else:
+            await self._read_once()
+
+    async def _keeper(self) -> None:
+        """Read for the application while it stays away from ``receive()`` (busy, or
+        sending only), so pings and closes are answered and the end is noticed."""
+        done = self._reader_done
+        queue = self._queue
+        while not done.is_set():
+            seen = self._received
+            await trio.sleep(_AWAY)
+            if self._received != seen:
+                continue  # the app takes messages: it reads for itself
+            if self._receivers or len(queue) >= _INBOX:
+                # Idle in receive() (it reads), or busy with a full read-ahead (TCP
+                # pushes back): nothing to do until the app takes a message.
+                await self._keeper_lot.park()
+                continue
+            while not (done.is_set() or self._receivers or len(queue) >= _INBOX):
+                await self._read_or_wait()
 
     def _deliver_end(self, code: int, reason: str) -> None:
         # The app hears of the end once, with the first code: ours when we closed for a
-        # reason of ours (1009), the peer's otherwise.
+        # reason of ours (1009), the peer's otherwise; after what was read ahead.
         if not self._end_delivered:
             self._end_delivered = True
             # int(): wsproto reports some codes as its CloseReason enum.
             self._disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
-            self._inbox_send.close()
+            if self._read_news:
+                self._read_news.unpark_all()
 
     async def _pinger(self) -> None:
         ws = self._ws
@@ -441,15 +517,9 @@ class WebSocketCycle:
             return
         nursery = self._nursery
         assert nursery is not None
-        nursery.start_soon(self._read_then_done)
+        nursery.start_soon(self._keeper)
         if self._ping_interval > 0:
             nursery.start_soon(self._pinger)
-
-    async def _read_then_done(self) -> None:
-        try:
-            await self._reader()
-        finally:
-            self._reader_done.set()
 
     # --- the ASGI callables ---------------------------------------------------------
 
@@ -467,15 +537,22 @@ class WebSocketCycle:
                 self._gone = True
             return self._disconnect
         await checkpoint_if_cancelled()
-        try:
+        # A message already read comes without a schedule point; the app yields when it
+        # sends, or here once it has to wait for the socket.
+        queue = self._queue
+        if not queue:
+            self._receivers += 1
             try:
-                # A message already read comes without a schedule point; the app yields
-                # when it sends, or here once the read-ahead is empty.
-                return self._inbox.receive_nowait()
-            except trio.WouldBlock:
-                return await self._inbox.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return self._disconnect
+                while not queue:
+                    if self._end_delivered:
+                        return self._disconnect
+                    await self._read_or_wait()
+            finally:
+                self._receivers -= 1
+        self._received += 1
+        if self._keeper_lot:
+            self._keeper_lot.unpark_all()
+        return queue.popleft()
 
     async def send(self, message: ASGIMessage) -> None:
         """ASGI ``send``: accept, deny (close before accept, or ``websocket.http.response``),

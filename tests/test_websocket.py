@@ -302,6 +302,37 @@ async def test_receive_cancelled_while_reading_loses_nothing(
     assert got[-1]["code"] == 4001
 
 
+async def test_concurrent_sends_go_out_whole(bind: str) -> None:
+    # Several tasks send big messages at once: each waits for the socket in turn, and
+    # no frame is interleaved with another's.
+    big = 1 << 20
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(send, {"type": "websocket.send", "bytes": bytes([n]) * big})
+        await send({"type": "websocket.close", "code": 4000})
+
+    async with serving(app, bind, websocket_ping_interval=0) as srv:
+        client = await open_ws(srv.address)
+        seen = []
+        while not isinstance(event := await client.next_event(), CloseConnection):
+            assert isinstance(event, BytesMessage)
+            data = bytes(event.data)
+            while not event.message_finished:
+                event = await client.next_event()
+                assert isinstance(event, BytesMessage)
+                data += event.data
+            assert len(data) == big and data == data[:1] * big
+            seen.append(data[0])
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+        assert event.code == 4000
+        await client.send(event.response())
+        assert await read_all(client.stream) == b""
+
+
 async def test_app_returning_before_accept_is_403(bind: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()

@@ -134,16 +134,19 @@ class WebSocketCycle:
         self._ping_timeout = config.websocket_ping_timeout
         self._ws: Connection | None = None
         self._nursery: trio.Nursery | None = None
-        self._lock = trio.Lock()
+        self._writing = False  # the write lock: a task is between ws.send and sendall
+        self._write_lot = ParkingLot()  # writers waiting for it, served in order
         self._queue: deque[dict[str, Any]] = deque()  # messages read ahead
         self._reading = False  # a task reads the socket and feeds wsproto
         self._drained = True  # the last read took all there was
         self._parts: list[Any] = []  # the fragments of the message being received
         self._size = 0
         self._read_news = ParkingLot()  # waits while another task reads
+        self._news_waiters = 0  # how many (cheaper to count than to ask the lot)
         self._receivers = 0  # tasks in receive()
         self._received = 0  # messages receive() returned
         self._keeper_lot = ParkingLot()  # the keeper waits for the app to take a message
+        self._keeper_parked = False
         self._connect_delivered = False
         self._response_started = False  # websocket.http.response.start seen
         self._handshake_done = False  # 101 sent, or the denial complete
@@ -245,14 +248,14 @@ class WebSocketCycle:
         """Send ``event`` in wsproto's order; ``False`` when it can't go (closed, or peer gone)."""
         ws = self._ws
         assert ws is not None
-        lock = self._lock
-        # Uncontended (the usual case), take the lock without a schedule point: sendall
-        # checks for cancellation and yields fairly itself, and one yield less per
-        # message is measurable (bench/ws.py).
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        # A lock of a flag and a parking lot: uncontended (the usual case) it costs no
+        # schedule point (sendall checks for cancellation and yields fairly itself) and
+        # less than trio.Lock's bookkeeping, both measurable per message (bench/ws.py).
+        # Released, it passes straight to the first waiter, in order.
+        if self._writing:
+            await self._write_lot.park()  # woken as the new owner
+        else:
+            self._writing = True
         try:
             if self._gone:
                 return False
@@ -268,7 +271,10 @@ class WebSocketCycle:
             except trio.ClosedResourceError:  # the session was lost meanwhile (_lost)
                 return False
         finally:
-            lock.release()
+            if self._write_lot:
+                self._write_lot.unpark()
+            else:
+                self._writing = False
         return True
 
     async def _close(self, code: int, reason: str) -> None:
@@ -296,7 +302,8 @@ class WebSocketCycle:
         self._deliver_end(code, reason)
         self._reader_done.set()
         self._pong.set()
-        self._keeper_lot.unpark_all()
+        if self._keeper_parked:
+            self._keeper_lot.unpark_all()
 
     async def _read_once(self) -> None:
         """Read once from the socket and feed wsproto (the caller checked that nobody else
@@ -333,7 +340,7 @@ class WebSocketCycle:
                     self._gone = True  # nothing after our close can go out
         finally:
             self._reading = False
-            if self._read_news:
+            if self._news_waiters:
                 self._read_news.unpark_all()
 
     def _feed(self, data: bytes) -> list[Event | tuple[int, str]]:
@@ -411,7 +418,11 @@ class WebSocketCycle:
     async def _read_or_wait(self) -> None:
         """Read once if nobody else reads; else wait until the one who does has news."""
         if self._reading:
-            await self._read_news.park()
+            self._news_waiters += 1
+            try:
+                await self._read_news.park()
+            finally:
+                self._news_waiters -= 1
         else:
             await self._read_once()
 
@@ -428,7 +439,11 @@ class WebSocketCycle:
             if self._receivers or len(queue) >= _INBOX:
                 # Idle in receive() (it reads), or busy with a full read-ahead (TCP
                 # pushes back): nothing to do until the app takes a message.
-                await self._keeper_lot.park()
+                self._keeper_parked = True
+                try:
+                    await self._keeper_lot.park()
+                finally:
+                    self._keeper_parked = False
                 continue
             while not (done.is_set() or self._receivers or len(queue) >= _INBOX):
                 await self._read_or_wait()
@@ -440,7 +455,7 @@ class WebSocketCycle:
             self._end_delivered = True
             # int(): wsproto reports some codes as its CloseReason enum.
             self._disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
-            if self._read_news:
+            if self._news_waiters:
                 self._read_news.unpark_all()
 
     async def _pinger(self) -> None:
@@ -550,7 +565,7 @@ class WebSocketCycle:
             finally:
                 self._receivers -= 1
         self._received += 1
-        if self._keeper_lot:
+        if self._keeper_parked:
             self._keeper_lot.unpark_all()
         return queue.popleft()
 

@@ -109,7 +109,7 @@ class SocketIO:
             await self._fair()
             return data
         with trio.move_on_at(trio.current_time() + patience if deadline is None else deadline):
-            return await self._wait_and_recv()
+            return await self.recv_when_readable()
         raise Timeout
 
     async def recv_unbounded(self) -> bytes:
@@ -118,12 +118,13 @@ class SocketIO:
         try:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            return await self._wait_and_recv()
+            return await self.recv_when_readable()
         await self._fair()
         return data
 
-    async def _wait_and_recv(self) -> bytes:
-        # The syscall would block: wait for the socket, then read.
+    async def recv_when_readable(self) -> bytes:
+        """:meth:`recv_unbounded` for a caller that knows nothing is there yet: wait for
+        the socket first rather than try a read that would fail."""
         sock = self.sock
         self._unyielded = 0
         while True:

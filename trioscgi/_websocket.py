@@ -79,8 +79,8 @@ class Tunnel(Protocol):
     async def recv_unbounded(self) -> bytes:
         """What the peer sent next; ``b""`` at EOF. Raises ``OSError`` on a reset."""
 
-    async def wait_readable(self) -> None:
-        """Wait until a read would not block (data, EOF or an error)."""
+    async def recv_when_readable(self) -> bytes:
+        """:meth:`recv_unbounded`, waiting for the socket first (nothing is there yet)."""
 
     async def sendall(self, data: Bytes) -> None:
         """Write all of ``data``. Raises :class:`ClientDisconnected` when the peer is gone."""
@@ -312,12 +312,13 @@ class WebSocketCycle:
         try:
             tunnel = self._tunnel
             try:
+                # When the last read took all there was (less than a full buffer), wait
+                # before reading rather than try a recv that would fail (an echo-like
+                # session saves a syscall per message).
                 if self._drained:
-                    # The last read took all there was (less than a full buffer): wait
-                    # before reading rather than try a recv that would fail (an echo-like
-                    # session saves a syscall per message).
-                    await tunnel.wait_readable()
-                data = await tunnel.recv_unbounded()
+                    data = await tunnel.recv_when_readable()
+                else:
+                    data = await tunnel.recv_unbounded()
             except OSError as exc:
                 self._lost(f"{exc}")
                 return
@@ -418,13 +419,16 @@ class WebSocketCycle:
     async def _read_or_wait(self) -> None:
         """Read once if nobody else reads; else wait until the one who does has news."""
         if self._reading:
-            self._news_waiters += 1
-            try:
-                await self._read_news.park()
-            finally:
-                self._news_waiters -= 1
+            await self._wait_for_news()
         else:
             await self._read_once()
+
+    async def _wait_for_news(self) -> None:
+        self._news_waiters += 1
+        try:
+            await self._read_news.park()
+        finally:
+            self._news_waiters -= 1
 
     async def _keeper(self) -> None:
         """Read for the application while it stays away from ``receive()`` (busy, or
@@ -551,17 +555,22 @@ class WebSocketCycle:
                 await self._wire.wait_disconnect()
                 self._gone = True
             return self._disconnect
-        await checkpoint_if_cancelled()
         # A message already read comes without a schedule point; the app yields when it
         # sends, or here once it has to wait for the socket.
         queue = self._queue
-        if not queue:
+        if queue:
+            await checkpoint_if_cancelled()
+        else:
             self._receivers += 1
             try:
                 while not queue:
                     if self._end_delivered:
+                        await checkpoint_if_cancelled()
                         return self._disconnect
-                    await self._read_or_wait()
+                    if self._reading:
+                        await self._wait_for_news()
+                    else:
+                        await self._read_once()  # checks for cancellation, then reads
             finally:
                 self._receivers -= 1
         self._received += 1

@@ -110,10 +110,17 @@ def backends(d: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its live descendants (hypercorn
+    serves in a child process) so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(child) for child in f.read().split()]
+    except FileNotFoundError:  # it exited meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def wait_socket(path: str, proc: subprocess.Popen[bytes], limit: float = 15.0) -> bool:
@@ -207,7 +214,8 @@ def main() -> None:
     for name, rate in medians.items():
         ratio = f"{rate / base:.2f}x uvicorn-wsproto" if base else ""
         cpu = statistics.median(cpus[name]) * 1e6
-        print(f"{name:20s} {rate:10.0f} msg/s  {cpu:6.1f} us CPU/msg  {ratio}")
+        rounds = " ".join(f"{r:.0f}" for r in results[name])
+        print(f"{name:20s} {rate:10.0f} msg/s  {cpu:6.1f} us CPU/msg  {ratio:22s} ({rounds})")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ are wsproto's; this module only moves its bytes and maps its events to ASGI mess
 Whoever waits for input reads it: the application's ``receive()`` reads the socket itself
 when nothing is read ahead, so an echo costs one task wake-up per message, as a protocol
 callback does in asyncio. A keeper task takes over the reading once the application has
-stayed away from ``receive()`` for ``_AWAY`` seconds, so pings and closes are answered
-while it is busy; a pinger task keeps the tunnel alive through the front-end's read
+stayed away from ``receive()`` for ``_AWAY`` to twice that, so pings and closes are
+answered while it is busy; a pinger task keeps the tunnel alive through the front-end's read
 timeout. One reads at a time (the ``_reading`` token). Writes from the app, the readers and
 the pinger go through one lock, in wsproto's order.
 """

@@ -333,6 +333,42 @@ async def test_concurrent_sends_go_out_whole(bind: str) -> None:
         assert await read_all(client.stream) == b""
 
 
+async def test_send_cancelled_mid_frame_cuts_the_session(
+    bind: str, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client reads nothing; the app gives up on a big send. Part of the frame is out
+    # and wsproto counts it sent: the session can't go on, so it is cut (1006).
+    caplog.set_level(logging.INFO, "trioscgi")
+    after: list[BaseException] = []
+    gave_up = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        with trio.move_on_after(5) as waited:
+            await send({"type": "websocket.send", "bytes": b"x" * (16 << 20)})
+        assert waited.cancelled_caught
+        gave_up.set()
+        start = trio.current_time()
+        try:
+            await send({"type": "websocket.send", "text": "more"})
+        except OSError as exc:
+            after.append(exc)
+        # At once, not after write_timeout behind a half-sent frame.
+        assert trio.current_time() == start
+        assert (await receive())["code"] == 1006
+
+    async with serving(app, bind, websocket_ping_interval=0) as srv:
+        client = await open_ws(srv.address)
+        await gave_up.wait()
+        # The connection ends after part of the frame (a reset, over TCP; this is a Unix
+        # socket, where it reads as an EOF).
+        received = await read_all(client.stream)
+        assert 0 < len(received) < 16 << 20
+    assert len(after) == 1
+    assert "a write was cancelled mid-frame" in caplog.text
+
+
 async def test_app_returning_before_accept_is_403(bind: str) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()

@@ -257,6 +257,10 @@ class WebSocketCycle:
         else:
             self._writing = True
         try:
+            # Cancelled, go now: once wsproto has framed the event, its state (the
+            # compression context, the close) says it went out. (send() leaves this
+            # check to us: one per message.)
+            await checkpoint_if_cancelled()
             if self._gone:
                 return False
             try:
@@ -270,6 +274,11 @@ class WebSocketCycle:
                 return False
             except trio.ClosedResourceError:  # the session was lost meanwhile (_lost)
                 return False
+            except BaseException:
+                # Cancelled while the socket was full: part of the frame may be out, and
+                # wsproto counts all of it sent. Nothing can follow it: cut the session.
+                self._lost("a write was cancelled mid-frame")
+                raise
         finally:
             if self._write_lot:
                 self._write_lot.unpark()
@@ -583,7 +592,6 @@ class WebSocketCycle:
     async def send(self, message: ASGIMessage) -> None:
         """ASGI ``send``: accept, deny (close before accept, or ``websocket.http.response``),
         text and bytes, close."""
-        await checkpoint_if_cancelled()
         kind = message["type"]
         if kind == "websocket.send":
             if self.status != 101:
@@ -602,10 +610,11 @@ class WebSocketCycle:
                     raise RuntimeError("'websocket.send' with neither 'bytes' nor 'text'")
                 event = BytesMessage(data=data)
                 length = len(data)
-            if not await self._write(event):
+            if not await self._write(event):  # checks for cancellation first
                 raise ClientDisconnected("the WebSocket is closed")
             self.sent_bytes += length
             return
+        await checkpoint_if_cancelled()
         if kind == "websocket.accept":
             if self.status != 0 or self._response_started:
                 raise RuntimeError("'websocket.accept' after the handshake was answered")

@@ -396,14 +396,45 @@ class Connection:
                 connection is then in ``ERROR`` for good: close it.
         """
         buf = self._buf
-        if type(buf) is not bytes or self._partial is not None:
-            # A record still arriving in a bytearray, the rest of a STDIN
-            # record, or a broken connection.
+        if type(buf) is not bytes:
+            # A record still arriving in a bytearray, or a broken connection.
             return self._next_event_slow()
         requests = self._requests
         pos = self._pos
         size = len(buf)
         try:
+            partial = self._partial
+            if partial is not None:
+                # The rest of the STDIN record _stdin_begins started, here
+                # rather than in a method of its own: a big body takes this
+                # path once per read.
+                prid, preq, left, pad = partial
+                if left:
+                    if pos == size:
+                        return self._short(buf, pos)
+                    start = pos
+                    pos += left if left < size - pos else size - pos
+                    stop = pos
+                    left -= stop - start
+                    if not left:
+                        pos += pad if pad < size - pos else size - pos
+                        pad -= pos - stop
+                    self._partial = (prid, preq, left, pad) if left or pad else None
+                    if requests.get(prid) is preq and preq.state is RECV_STDIN:
+                        self._pos = pos
+                        data = _new(Data)
+                        _set_data_id(data, prid)
+                        _set_data(data, buf[start:stop])
+                        return data
+                    # The server ended the request meanwhile: the rest is
+                    # dropped, and what follows parsed below.
+                else:
+                    skip = pad if pad < size - pos else size - pos
+                    pos += skip
+                    if pad - skip:
+                        self._partial = (prid, preq, 0, pad - skip)
+                        return self._short(buf, pos)
+                    self._partial = None
             while True:
                 start = pos + HEADER_LEN
                 if start > size:
@@ -561,14 +592,8 @@ class Connection:
                 except RemoteProtocolError:
                     self._broken()
                     raise
-            self._buf = buf = bytes(buf)
-        if self._partial is None:
-            return self.next_event()
-        try:
-            return self._stdin_continues(buf)
-        except RemoteProtocolError:
-            self._broken()
-            raise
+            self._buf = bytes(buf)
+        return self.next_event()
 
     def _streams(self, rid: int) -> bool:
         # Whether a STDIN record for rid is handed over as it arrives.
@@ -612,43 +637,6 @@ class Connection:
         _set_data_id(data, rid)
         _set_data(data, buf[start:end])
         return data
-
-    def _stdin_continues(self, buf: bytes) -> Event | _NeedData:
-        # More of the STDIN record _stdin_begins started.
-        assert self._partial is not None
-        rid, req, left, pad = self._partial
-        pos = self._pos
-        size = len(buf)
-        avail = size - pos
-        if left:
-            if not avail:
-                return self._short(buf, pos)
-            n = left if left < avail else avail
-            data_bytes = buf[pos : pos + n]
-            left -= n
-            pos += n
-            if not left:
-                skip = pad if pad < size - pos else size - pos
-                pad -= skip
-                pos += skip
-            self._partial = (rid, req, left, pad) if left or pad else None
-            self._pos = pos
-            if self._requests.get(rid) is req and req.state is RECV_STDIN:
-                data = _new(Data)
-                _set_data_id(data, rid)
-                _set_data(data, data_bytes)
-                return data
-            # The server ended the request meanwhile: the rest is dropped.
-            return self.next_event()
-        skip = pad if pad < avail else avail
-        pad -= skip
-        pos += skip
-        self._pos = pos
-        if pad:
-            self._partial = (rid, req, 0, pad)
-            return self._short(buf, pos)
-        self._partial = None
-        return self.next_event()
 
     def _short(self, buf: bytes | bytearray, pos: int) -> Event | _NeedData:
         # Less than a whole record from pos on, or the rest of a STDIN record

@@ -448,6 +448,33 @@ def test_four_byte_lengths(split: Callable[[bytes], list[bytes]]) -> None:
     assert events == [GET(params=[*params, (b"LONG", b"form")]), EndOfMessage(request_id=1)]
 
 
+def test_small_lengths_in_four_bytes_mislead_no_later_pair() -> None:
+    # The core keeps a decoder per pair of one-byte lengths, keyed by the
+    # pair's first two bytes. A 4-byte length holding a small number starts
+    # with the same kind of bytes (80 00 ...) as a long one: decoding the
+    # first pair below must leave nothing that reads the second one wrong.
+    params = [(b"NAME5", b"abc"), (b"N" * 300, b"xyz"), (b"NAME5", b"abc")]
+    content = b""
+    for name, value in params:
+        content += struct.pack(">I", len(name) | 0x80000000) + bytes([len(value)]) + name + value
+    wire = begin() + rec(f.PARAMS, 1, content) + rec(f.PARAMS, 1) + rec(f.STDIN, 1)
+    for _ in range(2):
+        assert feed([wire]) == [GET(params=params), EndOfMessage(request_id=1)]
+
+
+def test_pairs_of_every_short_length() -> None:
+    # More pairs of lengths than the core keeps decoders for (1024): those
+    # past the bound are read as well, and the decoders stay bounded.
+    from trioscgi.fastcgi import _connection
+
+    params = [(b"n" * nl, b"v" * vl) for nl in range(0, 128, 3) for vl in range(0, 128, 3)]
+    assert len(params) > _connection._PAIR_DECODERS_MAX
+    for chunk in range(0, len(params), 40):
+        part = params[chunk : chunk + 40]
+        assert feed([request_wire(params=part)]) == [GET(params=part), EndOfMessage(request_id=1)]
+    assert len(_connection._PAIR_DECODERS) <= _connection._PAIR_DECODERS_MAX
+
+
 def test_empty_params_stream_and_duplicates() -> None:
     wire = begin() + rec(f.PARAMS, 1) + rec(f.STDIN, 1)
     assert feed([wire]) == [GET(params=[]), EndOfMessage(request_id=1)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from struct import Struct
 from struct import error as StructError
 from typing import Final
 
@@ -145,50 +147,88 @@ def _plain_end(request_id: int) -> bytes:
     return data
 
 
+# Decoders for a name-value pair whose two lengths are under 128 (one byte
+# each: every pair nginx, Apache and lighttpd send for a usual request, but
+# long cookies and query strings), keyed by its two length bytes as one
+# big-endian short. Each reads the name, the value and the next pair's two
+# length bytes in one C call, instead of two index and two slice
+# operations in Python: a fifth fewer instructions per pair (callgrind,
+# the objects made included: about 2,500 instead of 3,100). The key is
+# the lengths, never the content. Bounded: up to 1024 of the 16384
+# possible keys (about 430 KB); past that, a new pair of lengths takes the
+# slicing path.
+_PAIR_DECODERS: Final[dict[int, tuple[Callable[[bytes, int], tuple[bytes, bytes, int]], int]]] = {}
+_PAIR_DECODERS_MAX: Final = 1024
+
+
 def _pairs(buf: bytes, pos: int, end: int) -> list[tuple[bytes, bytes]]:
     """The name-value pairs (spec section 3.4) in ``buf[pos:end]``.
 
     Raises:
         RemoteProtocolError: a length runs past ``end``.
     """
+    if len(buf) < end + 2:
+        # The decoders read two bytes past each pair: give them some.
+        buf = buf[pos:end] + b"\0\0"
+        end -= pos
+        pos = 0
     pairs: list[tuple[bytes, bytes]] = []
     append = pairs.append
+    decoders = _PAIR_DECODERS
+    # `at` is where the current pair's name would start were both its
+    # lengths one byte each, `key` those two bytes: the pairs end right at
+    # `end` when `at` reaches `stop`. Read past `end` (a length cut short)
+    # and `at` ends up past `stop` too, which the check below catches:
+    # `buf` may hold the next records.
+    at = pos + 2
+    stop = end + 2
     try:
-        while pos < end:
-            # Lengths under 128 take one byte each: every pair nginx,
-            # Apache and lighttpd send for a usual request. Read past `end`
-            # (a length cut short) and `pos` ends up past it too, which the
-            # check below catches: `buf` may hold the next records.
-            nl = buf[pos]
-            if nl < 128:
-                vl = buf[pos + 1]
-                if vl < 128:
-                    a = pos + 2
-                    b = a + nl
-                    pos = b + vl
-                    append((buf[a:b], buf[b:pos]))
-                    continue
-                pos += 1
-            else:
-                nl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            vl = buf[pos]
-            if vl < 128:
-                pos += 1
-            else:
-                vl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
-                pos += 4
-            a = pos
-            b = a + nl
-            pos = b + vl
-            append((buf[a:b], buf[b:pos]))
+        key = buf[pos] << 8 | buf[pos + 1]
+        while at < stop:
+            try:
+                decode, size = decoders[key]
+            except KeyError:
+                at, key = _pair(buf, at - 2, key, append)
+                continue
+            name, value, key = decode(buf, at)
+            append((name, value))
+            at += size
     except (IndexError, StructError):
-        pos = end + 1
-    if pos != end:
+        at = stop + 1
+    if at != stop:
         raise RemoteProtocolError(
             "a name-value pair's lengths run past the end of its record or stream"
         )
     return pairs
+
+
+def _pair(
+    buf: bytes, pos: int, key: int, append: Callable[[tuple[bytes, bytes]], None]
+) -> tuple[int, int]:
+    # One pair at pos without a decoder (a 4-byte length, or lengths not
+    # seen yet): appended; where the next one's name would start, and its
+    # key.
+    nl = buf[pos]
+    if nl < 128:
+        pos += 1
+    else:
+        nl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
+        pos += 4
+    vl = buf[pos]
+    if vl < 128:
+        pos += 1
+        # Both lengths one byte each (the key's top bits clear): a 4-byte
+        # length may hold a small number too, and must not get a decoder.
+        if not key & 0x8080 and len(_PAIR_DECODERS) < _PAIR_DECODERS_MAX:
+            decoder = Struct(f"!{nl}s{vl}sH")
+            _PAIR_DECODERS[key] = (decoder.unpack_from, decoder.size)
+    else:
+        vl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
+        pos += 4
+    name_end = pos + nl
+    value_end = name_end + vl
+    append((buf[pos:name_end], buf[name_end:value_end]))
+    return value_end + 2, buf[value_end] << 8 | buf[value_end + 1]
 
 
 def _check_stdin(rid: int, state: State) -> None:
@@ -516,9 +556,10 @@ class Connection:
                                 self._pos = nxt
                                 if params is None:
                                     return self._request(rid, req, [])
-                                return self._request(
-                                    rid, req, _pairs(bytes(params), 0, len(params))
-                                )
+                                end = len(params)
+                                # The two bytes _pairs reads past the end.
+                                params += b"\0\0"
+                                return self._request(rid, req, _pairs(bytes(params), 0, end))
                         elif state is RECV_STDIN or state is DONE:
                             raise RemoteProtocolError(
                                 f"PARAMS for request {rid} after the end of its PARAMS"

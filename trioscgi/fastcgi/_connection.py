@@ -154,11 +154,11 @@ def _plain_end(request_id: int) -> bytes:
 # length bytes in one C call, instead of two index and two slice
 # operations in Python: about 2,700 instructions per pair instead of 3,100
 # (callgrind, the objects made included). The key is the lengths, never
-# the content. Bounded: up to 1024 of the 16384 possible keys (about
-# 430 KB). Past that, a pair of lengths not seen yet is sliced in line,
+# the content. Bounded: up to 4096 of the 16384 possible keys (about
+# 1.8 MB). Past that, a pair of lengths not seen yet is sliced in line,
 # at about 4,500 per pair: the price of the table lookup first.
 _PAIR_DECODERS: Final[dict[int, tuple[Callable[[bytes, int], tuple[bytes, bytes, int]], int]]] = {}
-_PAIR_DECODERS_MAX: Final = 1024
+_PAIR_DECODERS_MAX: Final = 4096
 
 
 def _pairs(buf: bytes, pos: int, end: int) -> list[tuple[bytes, bytes]]:

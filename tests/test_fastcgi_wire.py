@@ -259,6 +259,58 @@ async def test_idle_keep_conn_connection_closes_after_idle_timeout(
         assert trio.current_time() - start == pytest.approx(7)
 
 
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_a_head_not_in_by_header_timeout_closes_the_connection(
+    bind: str, autojump_clock: Any, caplog: pytest.LogCaptureFixture, trickle: bool
+) -> None:
+    # header_timeout bounds the whole head, not each read: a BEGIN_REQUEST and then a
+    # byte of PARAMS every 2 s (slowloris) is cut at 10 s as surely as silence is.
+    caplog.set_level(logging.INFO, logger="trioscgi")
+    head = fc.request(1, "GET", "/slow")
+    async with (
+        serving(hello, bind, protocol="fastcgi", header_timeout=10) as srv,
+        await connect(srv.address) as s,
+    ):
+        start = trio.current_time()
+        await s.send_all(head[:16])  # BEGIN_REQUEST
+        closed_at = None
+        for byte in head[16:40] if trickle else b"":
+            await trio.sleep(2)
+            try:
+                await s.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                closed_at = trio.current_time()
+                break
+        if closed_at is None:
+            assert await read_all(s) == b""
+            closed_at = trio.current_time()
+        assert closed_at - start == pytest.approx(10, abs=2.1)
+    assert any("(header_timeout)" in r.getMessage() for r in caplog.records)
+    no_errors(caplog)
+
+
+async def test_header_timeout_does_not_cut_what_follows_the_head(
+    bind: str, autojump_clock: Any
+) -> None:
+    # The deadline is the first head's only: a keep-conn connection then waits for its
+    # next request (up to idle_timeout), and an app may take longer than header_timeout.
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await trio.sleep(30)
+        await hello(scope, receive, send)
+
+    async with (
+        serving(slow, bind, protocol="fastcgi", header_timeout=10, idle_timeout=100) as srv,
+        await connect(srv.address) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(fc.request(1, "GET", "/a", keep=True))
+        assert (await reader.until_ended(1)).status == 200
+        del reader.responses[1]
+        await trio.sleep(50)
+        await s.send_all(fc.request(1, "GET", "/b", keep=True))
+        assert (await reader.until_ended(1)).body == b"GET /b ''"
+
+
 async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
     bind: str, autojump_clock: Any
 ) -> None:

@@ -33,7 +33,7 @@ from trio.lowlevel import ParkingLot
 from . import fastcgi as f
 from . import protocol as p
 from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sockio import Bytes, ClientDisconnected, SocketIO
+from ._sockio import Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["FastCGIConnection"]
 
@@ -79,6 +79,8 @@ class FastCGIConnection(SocketIO):
         "_buffered",
         "_conn",
         "_eof",
+        "_head_deadline",
+        "_head_timed_out",
         "_host",
         "_idle_since",
         "_inline",
@@ -91,6 +93,7 @@ class FastCGIConnection(SocketIO):
         "_requests",
         "_served",
         "_stopping",
+        "_wait_first",
         "_write_lot",
         "_writing",
     )
@@ -117,6 +120,9 @@ class FastCGIConnection(SocketIO):
         self._multiplexed = False
         self._inline = False
         self._idle_since: float | None = None
+        self._head_deadline = math.inf
+        self._head_timed_out = False
+        self._wait_first = False
         self._out: list[bytes] = []
         self._reading = False
         self._activity = ParkingLot()
@@ -128,13 +134,14 @@ class FastCGIConnection(SocketIO):
         """Serve requests until the front-end closes, keep-conn ends or the server stops."""
         host = self._host
         host.fastcgi_connections.add(self)
-        timed_out = False
+        # The first request's head must come within header_timeout, the whole head and
+        # not each read (a byte every few seconds must not hold us); later, the server's
+        # sweep closes idle connections. A deadline on the reads, not on the nursery:
+        # setting and lifting a scope's deadline costs more per connection.
+        self._head_deadline = trio.current_time() + host.config.header_timeout
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                # The first request's head must come within header_timeout (lifted
-                # once it is in); later, the server's sweep closes idle connections.
-                nursery.cancel_scope.deadline = trio.current_time() + host.config.header_timeout
                 try:
                     if initial:
                         self._conn.receive_data(initial)
@@ -145,14 +152,10 @@ class FastCGIConnection(SocketIO):
                     # body bytes or a disconnect learn it now.
                     for request in list(self._requests.values()):
                         request.peer_gone()
-            # Broken too: the deadline may have cut a stalled write, which breaks it.
-            timed_out = nursery.cancel_scope.cancelled_caught and not (
-                self._served or self._requests or self._stopping
-            )
         finally:
             host.fastcgi_connections.discard(self)
             self.close(reset=self._broken)
-        if timed_out:
+        if self._head_timed_out:
             if host.metrics is not None:
                 host.metrics.timeouts["header"] += 1
             log.info(
@@ -197,7 +200,20 @@ class FastCGIConnection(SocketIO):
         answers itself, and wake everyone waiting on this connection."""
         self._reading = True
         try:
-            data = await self.recv_unbounded()
+            if self._wait_first:
+                # Kept alive after a response: the next request can't be there yet
+                # (front-ends send one at a time per connection), so wait before
+                # reading rather than try a read that fails.
+                self._wait_first = False
+                data = await self.recv_when_readable()
+            elif self._served or self._requests:
+                data = await self.recv_unbounded()
+            else:
+                data = await self.recv(0.0, self._head_deadline)
+        except Timeout:
+            # No request head by header_timeout: closed (run() logs it).
+            self._head_timed_out = self._eof = True
+            return
         except OSError as exc:
             log.info("FastCGI connection lost: %s", exc)
             data = b""
@@ -280,8 +296,6 @@ class FastCGIConnection(SocketIO):
                 request.feed(data.data)
         elif kind is f.Request:
             event = cast(f.Request, event)
-            if not self._served and not self._requests and self._nursery is not None:
-                self._nursery.cancel_scope.deadline = math.inf  # the head came in time
             self._keep_conn = event.keep_conn
             request = _Request(self, event.request_id)
             self._requests[event.request_id] = request
@@ -303,8 +317,6 @@ class FastCGIConnection(SocketIO):
                 request.aborted_by_peer()
         elif kind is f.Rejected:
             event = cast(f.Rejected, event)
-            if not self._served and not self._requests and self._nursery is not None:
-                self._nursery.cancel_scope.deadline = math.inf
             self._keep_conn = event.keep_conn
             rid = event.request_id
             if self._host.metrics is not None:
@@ -371,10 +383,15 @@ class FastCGIConnection(SocketIO):
         self._host.request_served()
         if not self._requests:
             if self._broken or self._stopping or not self._keep_conn:
-                self._cancel_all()  # the connection's task may be reading: end it
+                if not self._inline:
+                    # The connection's task may be reading: end it. (Inline, this is
+                    # the connection's task: its loop ends by itself, and a cancel,
+                    # which costs more than the rest of the close, is not needed.)
+                    self._cancel_all()
             else:
                 # Idle: the server's sweep closes it after idle_timeout.
                 self._idle_since = trio.current_time()
+                self._wait_first = True
         if self._activity:
             self._activity.unpark_all()
         if self._broken:

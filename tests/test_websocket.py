@@ -8,6 +8,7 @@ Timeouts run under ``autojump_clock``.
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import trio.testing
 from scgi_client import encode_request, environ, read_all, serving
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 from trioscgi._scope import http_scope
-from trioscgi._websocket import accept_token
+from trioscgi._websocket import _BoundedDeflate, accept_token
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example
 
@@ -490,3 +492,89 @@ async def test_bad_handshake_is_refused_before_the_app(
     if b"426" in answer:
         assert b"\r\nsec-websocket-version: 13\r\n" in got
     assert called == []
+
+
+# --- permessage-deflate: inflation bounded ------------------------------------------------
+
+
+def deflate_client() -> Connection:
+    """wsproto's client side, with permessage-deflate agreed (default parameters)."""
+    deflate = PerMessageDeflate()
+    deflate.finalize("permessage-deflate")
+    return Connection(ConnectionType.CLIENT, extensions=[deflate])
+
+
+def bounded_server(max_size: int) -> Connection:
+    deflate = _BoundedDeflate(max_size)
+    deflate.accept("permessage-deflate")
+    return Connection(ConnectionType.SERVER, extensions=[deflate])
+
+
+def compressed_message(data: bytes) -> bytes:
+    """``data`` as one compressed binary message, framed by wsproto's client side."""
+    wire = deflate_client().send(BytesMessage(data=data))
+    assert len(wire) < len(data) // 100 + 100  # compressed indeed
+    return wire
+
+
+@pytest.mark.parametrize("size", [1 << 20, (1 << 20) + 1, 32 << 20])
+def test_a_compressed_message_is_inflated_only_up_to_the_limit(size: int) -> None:
+    # 32 MiB of zeros travel as ~32 KiB. wsproto alone would inflate all of it at
+    # once; the bounded extension stops one byte past websocket_max_message_size.
+    wire = compressed_message(bytes(size))
+    server = bounded_server(1 << 20)
+    tracemalloc.start()
+    try:
+        server.receive_data(wire)
+        events = list(server.events())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if size <= 1 << 20:
+        assert [type(e) for e in events] == [BytesMessage]
+        assert events[0].data == bytes(size)
+    else:
+        assert [type(e) for e in events] == [CloseConnection]
+        assert events[0].code == 1009
+        assert peak < 4 << 20, peak
+
+
+def test_a_compressed_text_message_is_bounded_in_characters() -> None:
+    # The limit counts a text message's characters: 1,000 three-byte characters are
+    # within a 1,000 limit though they inflate to 3,000 bytes; 1,001 are not.
+    server = bounded_server(1000)
+    server.receive_data(deflate_client().send(TextMessage(data="€" * 1000)))
+    events = list(server.events())
+    assert [type(e) for e in events] == [TextMessage]
+    assert events[0].data == "€" * 1000
+    server = bounded_server(1000)
+    server.receive_data(deflate_client().send(TextMessage(data="x" * 5000)))
+    assert [getattr(e, "code", None) for e in server.events()] == [1009]
+
+
+def test_the_inflation_bound_is_per_message() -> None:
+    # Three messages of 700,000 bytes each under a 1 MiB bound: the count restarts at
+    # each message (one client, so the deflate context carries over as in a session).
+    client = deflate_client()
+    wire = b"".join(client.send(BytesMessage(data=bytes(700_000))) for _ in range(3))
+    server = bounded_server(1 << 20)
+    server.receive_data(wire)
+    events = list(server.events())
+    assert [type(e) for e in events] == [BytesMessage] * 3
+
+
+async def test_compressed_message_over_the_limit_is_1009(
+    bind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioscgi")
+    async with serving(echo, bind, websocket_max_message_size=1000) as srv:
+        client = await open_ws(srv.address, HTTP_SEC_WEBSOCKET_EXTENSIONS="permessage-deflate")
+        assert b"sec-websocket-extensions: permessage-deflate" in client.head
+        client.ws = deflate_client()
+        await client.send(BytesMessage(data=bytes(1000)))  # at the limit: echoed
+        event = await client.next_event()
+        assert isinstance(event, BytesMessage) and event.data == bytes(1000)
+        await client.send(BytesMessage(data=bytes(10 << 20)))  # ~10 KiB on the wire
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 1009
+    assert any("inflated (websocket_max_message_size)" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import logging
 import socket
+import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -37,6 +38,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError
 
@@ -409,11 +411,18 @@ class WebSocketCycle:
                     # A frame wsproto could not parse (unmasked, bad UTF-8, a control
                     # frame over 125 bytes...): it reports the close code to answer
                     # with; nothing after it can be trusted.
-                    log.info(
-                        "WebSocket protocol error: %s; closing with %d",
-                        event.reason,
-                        event.code,
-                    )
+                    if event.code == TOO_BIG:  # a compressed message (_BoundedDeflate)
+                        log.info(
+                            "WebSocket message over %d bytes inflated"
+                            " (websocket_max_message_size); closing with 1009",
+                            self._max_size,
+                        )
+                    else:
+                        log.info(
+                            "WebSocket protocol error: %s; closing with %d",
+                            event.reason,
+                            event.code,
+                        )
                     replies.append((event.code, ""))
                     self._broken = True
                     self._end(event.code, "")
@@ -526,7 +535,7 @@ class WebSocketCycle:
             headers.append((b"sec-websocket-protocol", str(subprotocol).encode("latin-1")))
         extensions: list[Extension] = []
         if offers and self._host.config.websocket_per_message_deflate:
-            deflate = PerMessageDeflate()
+            deflate = _BoundedDeflate(self._max_size)
             agreed = server_extensions_handshake(offers, [deflate])
             if agreed is not None:
                 headers.append((b"sec-websocket-extensions", agreed))
@@ -663,3 +672,64 @@ class WebSocketCycle:
 
     _scope_headers: Any = ()
     _response_head: p.Response
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that inflates no message far past websocket_max_message_size.
+
+    wsproto inflates each piece of a compressed frame whole, as it arrives: deflate
+    packs a run of one byte about 1,000 to 1, so one read of 64 KiB could become 64 MiB
+    (and copies of it) before the size check on the message could see it. Here the
+    inflating stops one byte past the limit (four bytes a character for a text message,
+    whose size is counted in characters), and the session closes with 1009.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self._max_size = max_size
+        self._limit = max_size  # of the message being received, in bytes
+        self._inflated = 0
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if self._inbound_compressed is None:  # the first frame of a message
+            self._inflated = 0
+            # The size check on messages counts a text message's characters, up to 4
+            # bytes each in UTF-8: what is within it must inflate.
+            self._limit = self._max_size * 4 if opcode is Opcode.TEXT else self._max_size
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        decompressor = self._decompressor
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert decompressor is not None
+        try:
+            # Output short of the bound means all the input was taken; at the bound,
+            # the message is too big whatever is left.
+            inflated = decompressor.decompress(data, self._limit - self._inflated + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(inflated)
+        if self._inflated > self._limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        # The end of a compressed message inflates only what zlib still holds (the
+        # input is the 4-byte tail of the flush): small, but counted too.
+        tail = super().frame_inbound_complete(proto, fin)
+        if isinstance(tail, bytes):
+            self._inflated += len(tail)
+            if self._inflated > self._limit:
+                return CloseReason.MESSAGE_TOO_BIG
+        return tail

@@ -681,6 +681,7 @@ def test_unknown_roles_are_refused(role: int, keep: bool) -> None:
     conn = Connection()
     assert feed([wire], conn=conn) == []
     assert conn.data_to_send() == end_request_bytes(3, 0, f.UNKNOWN_ROLE)
+    assert (conn.refused, conn.last_refusal) == (1, f.UNKNOWN_ROLE)
     assert conn.active_requests == 0
     # Without FCGI_KEEP_CONN the spec has the application close after it.
     assert conn.close_requested is not keep
@@ -694,14 +695,17 @@ def test_cant_mpx_conn_without_multiplexing(split: Callable[[bytes], list[bytes]
     events = feed(split(wire), conn=conn)
     assert events == [GET(1, keep=True)]
     assert conn.data_to_send() == end_request_bytes(2, 0, f.CANT_MPX_CONN)
+    assert (conn.refused, conn.last_refusal) == (1, f.CANT_MPX_CONN)
     assert conn.request_states == {1: RECV_STDIN}
     assert not conn.close_requested
 
 
 def test_overloaded_over_max_requests() -> None:
     conn = Connection(max_requests=2, multiplex=True)
+    assert (conn.refused, conn.last_refusal) == (0, None)
     feed([begin(1, keep=True), begin(2, keep=True), begin(3, keep=False)], conn=conn)
     assert conn.data_to_send() == end_request_bytes(3, 0, f.OVERLOADED)
+    assert (conn.refused, conn.last_refusal) == (1, f.OVERLOADED)
     assert conn.active_requests == 2
     assert conn.close_requested
     # A slot frees up, and the id is served.

@@ -389,7 +389,15 @@ async def test_auto_protocol_answers_scgi_and_fastcgi_on_one_socket(bind: str) -
         assert scgi.body == b"GET /s ''"
 
 
-async def test_unknown_role_is_refused(bind: str) -> None:
+def refusal_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "refused" in r.getMessage()
+    ]
+
+
+async def test_unknown_role_is_refused(bind: str, caplog: pytest.LogCaptureFixture) -> None:
     async with serving(hello, bind, protocol="fastcgi") as srv, await connect(srv.address) as s:
         await s.send_all(
             fc.begin(1, role=fc.AUTHORIZER, keep=True) + fc.params(1, []) + fc.request(2, keep=True)
@@ -399,9 +407,15 @@ async def test_unknown_role_is_refused(bind: str) -> None:
         served = await reader.until_ended(2)
     assert refused.protocol_status == fc.UNKNOWN_ROLE
     assert served.status == 200
+    assert refusal_warnings(caplog) == [
+        "FastCGI front-end sent a role other than RESPONDER (AUTHORIZER and FILTER are not"
+        " served); refused 1 request(s)"
+    ]
 
 
-async def test_too_many_requests_on_one_connection_are_overloaded(bind: str) -> None:
+async def test_too_many_requests_on_one_connection_are_overloaded(
+    bind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     gate = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -419,9 +433,15 @@ async def test_too_many_requests_on_one_connection_are_overloaded(bind: str) -> 
         assert (await reader.until_ended(1)).status == 200
         assert (await reader.until_ended(2)).status == 200
     assert third.protocol_status == fc.OVERLOADED
+    assert refusal_warnings(caplog) == [
+        "FastCGI front-end sent over 2 requests at once on one connection"
+        " (fastcgi_max_requests); refused 1 request(s)"
+    ]
 
 
-async def test_without_multiplexing_a_second_request_gets_cant_mpx_conn(bind: str) -> None:
+async def test_without_multiplexing_a_second_request_gets_cant_mpx_conn(
+    bind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     gate = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -438,6 +458,35 @@ async def test_without_multiplexing_a_second_request_gets_cant_mpx_conn(bind: st
         gate.set()
         assert (await reader.until_ended(1)).status == 200
     assert second.protocol_status == fc.CANT_MPX_CONN
+    [warning] = refusal_warnings(caplog)
+    assert "while fastcgi_max_requests is 1" in warning
+
+
+async def test_a_refusal_storm_is_warned_about_once_a_while(
+    bind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two requests hold the two slots (the connection's task reads for them); 300 more
+    # BEGIN_REQUESTs, each in a batch of its own, are refused: one warning line (the
+    # next would wait _WARNING_INTERVAL, 10 s; this takes well under that).
+    gate = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    async with (
+        serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,
+        await connect(srv.address) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(fc.request(1, keep=True) + fc.request(2, keep=True))
+        for rid in range(3, 303):
+            await s.send_all(fc.begin(rid, keep=True))
+            assert (await reader.until_ended(rid)).protocol_status == fc.OVERLOADED
+        gate.set()
+        assert (await reader.until_ended(1)).status == 200
+        assert (await reader.until_ended(2)).status == 200
+    assert len(refusal_warnings(caplog)) == 1
 
 
 async def test_response_cut_short_resets_the_connection_over_tcp() -> None:

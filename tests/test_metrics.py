@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fcgi_client as fc
 import pytest
 from frontends import free_port
 from notify_helper import expect_notification
@@ -273,6 +275,11 @@ def test_refusals_are_counted_by_reason(service: object) -> None:
     assert reply.startswith(b"Status: 400"), reply
     text = s.wait_for("trioscgi_refused_total", 1, reason="bad_request")
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="4xx") == 0
+    # FastCGI on the same socket (protocol auto): a role we don't serve, answered by
+    # the core with UNKNOWN_ROLE.
+    reply = _send_and_read(s.sock, fc.begin(1, role=fc.AUTHORIZER) + fc.params(1, []))
+    assert reply == fc.record(fc.END_REQUEST, 1, struct.pack(">IB3x", 0, fc.UNKNOWN_ROLE))
+    s.wait_for("trioscgi_refused_total", 1, reason="unknown_role")
 
 
 def _send_and_read(path: str, data: bytes) -> bytes:

@@ -48,7 +48,15 @@ PROTOCOLS = ("scgi", "fastcgi", "websocket")
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Refusals by kind: the wire layers' rejections by status, and the accept loop's.
 REFUSALS = {400: "bad_request", 413: "body_too_large", 431: "header_too_large"}
-REFUSAL_KINDS = (*REFUSALS.values(), "trusted_peers", "max_connections")
+# FastCGI: overloaded (OVERLOADED or CANT_MPX_CONN: more requests at once on a connection
+# than fastcgi_max_requests), unknown_role (AUTHORIZER, FILTER).
+REFUSAL_KINDS = (
+    *REFUSALS.values(),
+    "trusted_peers",
+    "max_connections",
+    "overloaded",
+    "unknown_role",
+)
 # Timeouts by kind: header_timeout, read_timeout, write_timeout, drain_timeout.
 TIMEOUT_KINDS = ("header", "read", "write", "drain")
 # Seconds between snapshots a worker sends to the supervisor.

@@ -90,6 +90,7 @@ class FastCGIConnection(SocketIO):
         "_nursery",
         "_out",
         "_reading",
+        "_refused",
         "_requests",
         "_served",
         "_stopping",
@@ -123,6 +124,7 @@ class FastCGIConnection(SocketIO):
         self._head_deadline = math.inf
         self._head_timed_out = False
         self._wait_first = False
+        self._refused = 0  # the core's refusals told so far
         self._out: list[bytes] = []
         self._reading = False
         self._activity = ParkingLot()
@@ -244,6 +246,8 @@ class FastCGIConnection(SocketIO):
                 request.peer_gone()
             if self._broken:
                 self._cancel_all()  # the stream can't go on: end every request now
+        if conn.refused != self._refused:
+            self._tell_refusals()
         if self._activity:  # someone waits (cheaper to ask than to unpark nobody)
             self._activity.unpark_all()
         pending = conn.data_to_send()
@@ -261,6 +265,29 @@ class FastCGIConnection(SocketIO):
                     request.peer_gone()
                 if self._activity:
                     self._activity.unpark_all()
+
+    def _tell_refusals(self) -> None:
+        # BEGIN_REQUESTs the core refused by itself: the front-end's configuration and
+        # ours disagree. A warning, at most one a while (a peer can send thousands).
+        conn = self._conn
+        count = conn.refused - self._refused
+        self._refused = conn.refused
+        status = conn.last_refusal
+        host = self._host
+        if host.metrics is not None:
+            kind = "unknown_role" if status == f.UNKNOWN_ROLE else "overloaded"
+            host.metrics.refused[kind] += count
+        if status == f.UNKNOWN_ROLE:
+            why = "a role other than RESPONDER (AUTHORIZER and FILTER are not served)"
+        elif status == f.OVERLOADED:
+            limit = host.config.fastcgi_max_requests
+            why = f"over {limit} requests at once on one connection (fastcgi_max_requests)"
+        else:
+            why = (
+                "a second request at once on one connection while fastcgi_max_requests"
+                " is 1 (FCGI_MPXS_CONNS is 0)"
+            )
+        host.warn_request("FastCGI front-end sent %s; refused %d request(s)", why, count)
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""

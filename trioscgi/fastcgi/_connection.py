@@ -287,6 +287,13 @@ class Connection:
         max_pending_output: the most bytes of automatic answers that may
             wait in :meth:`data_to_send`; more raises
             :class:`RemoteProtocolError`.
+
+    Attributes:
+        refused: how many BEGIN_REQUESTs the core answered itself with an
+            END_REQUEST (UNKNOWN_ROLE, OVERLOADED, CANT_MPX_CONN), and
+        last_refusal: the protocol status of the last of them (``None``
+            before any): a server compares ``refused`` after each batch to
+            tell its operator, which costs nothing until there is news.
     """
 
     __slots__ = (
@@ -300,12 +307,14 @@ class Connection:
         "_pos",
         "_requests",
         "_state",
+        "last_refusal",
         "max_body_size",
         "max_conns",
         "max_params_size",
         "max_pending_output",
         "max_requests",
         "multiplex",
+        "refused",
     )
 
     def __init__(
@@ -350,6 +359,8 @@ class Connection:
         self._out: list[bytes] = []
         self._out_size = 0
         self._close_requested = False
+        self.refused = 0
+        self.last_refusal: int | None = None
 
     # --- state -----------------------------------------------------------------
 
@@ -846,6 +857,8 @@ class Connection:
         # so the rest of its records are ignored.
         if not keep_conn:
             self._close_requested = True
+        self.refused += 1
+        self.last_refusal = protocol_status
         self._answer(end_request_record(rid, 0, protocol_status))
 
     def _answer(self, data: bytes) -> None:

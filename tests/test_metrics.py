@@ -36,7 +36,8 @@ APP = textwrap.dedent(
             await receive()
             await send({"type": "websocket.accept"})
             while (await receive())["type"] != "websocket.disconnect":
-                pass
+                if scope["path"] == "/ws-boom":
+                    raise RuntimeError("told to fail on an open WebSocket")
             return
         if scope["type"] != "http":
             return
@@ -467,7 +468,7 @@ def test_the_endpoint_answers_get_and_head_on_metrics_only() -> None:
 def test_websocket_sessions_and_close_codes(service: object) -> None:
     from scgi_client import encode_request, environ
     from wsproto.connection import Connection, ConnectionType
-    from wsproto.events import CloseConnection
+    from wsproto.events import CloseConnection, TextMessage
 
     assert callable(service)
     s = service(workers=2)
@@ -477,10 +478,12 @@ def test_websocket_sessions_and_close_codes(service: object) -> None:
         "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
     }
-    with socket.socket(socket.AF_UNIX) as c:
+
+    def session(path: str) -> tuple[socket.socket, Connection]:
+        c = socket.socket(socket.AF_UNIX)
         c.settimeout(30)
         c.connect(s.sock)
-        c.sendall(encode_request(environ("GET", "/ws", extra=headers)))
+        c.sendall(encode_request(environ("GET", path, extra=headers)))
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = c.recv(4096)
@@ -488,12 +491,26 @@ def test_websocket_sessions_and_close_codes(service: object) -> None:
             data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
         assert head.startswith(b"Status: 101"), head
+        return c, Connection(ConnectionType.CLIENT, trailing_data=rest)
+
+    c, ws = session("/ws")
+    with c:
         text = s.wait_for("trioscgi_websocket_sessions_open", 1)
-        ws = Connection(ConnectionType.CLIENT, trailing_data=rest)
         c.sendall(ws.send(CloseConnection(code=1000)))
         while chunk := c.recv(4096):
             ws.receive_data(chunk)
     text = s.wait_for("trioscgi_websocket_closes_total", 1, code="1000")
-    assert value(text, "trioscgi_requests_total", protocol="websocket", status_class="1xx") == 1
+    assert value(text, "trioscgi_app_exceptions_total") == 0
+    # The app raises on an open session: 1011 to the client, counted as an app exception.
+    c, ws = session("/ws-boom")
+    with c:
+        c.sendall(ws.send(TextMessage(data="boom")))
+        while chunk := c.recv(4096):
+            ws.receive_data(chunk)
+        codes = [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+    assert codes == [1011]
+    text = s.wait_for("trioscgi_websocket_closes_total", 1, code="1011")
+    s.wait_for("trioscgi_app_exceptions_total", 1)
+    assert value(text, "trioscgi_requests_total", protocol="websocket", status_class="1xx") == 2
     assert value(text, "trioscgi_websocket_sessions_open") == 0
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0

@@ -203,6 +203,9 @@ class WebSocketCycle:
         try:
             await self._host.app(scope, self.receive, self.send)
         except Exception as exc:
+            metrics = self._host.metrics
+            if metrics is not None and not (self.status == 101 and self._gone):
+                metrics.app_exceptions += 1  # the app's fault, as for HTTP
             if self.status == 0:
                 log.error(
                     "exception in ASGI application before the WebSocket handshake", exc_info=exc

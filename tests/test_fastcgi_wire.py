@@ -18,6 +18,8 @@ import trio
 import trio.testing
 from scgi_client import connect, encode_request, environ, parse_response, read_all, serving
 
+from trioscgi._wire_fastcgi import INLINE_LOOK
+
 
 @pytest.fixture
 def bind(tmp_path: Path) -> str:
@@ -207,6 +209,62 @@ async def test_abort_request_reaches_the_app_and_the_connection_goes_on(bind: st
     assert seen == ["http.disconnect"]
     assert aborted.stdout == b""
     assert following.body == b"GET /next ''"
+
+
+async def busy(scope: Any, receive: Any, send: Any) -> None:
+    # Busy for 60 s without touching receive() (a slow query, say), then answers.
+    if scope["path"] == "/busy":
+        try:
+            await trio.sleep(60)
+        finally:
+            busy_ended.append(trio.current_time())
+    await hello(scope, receive, send)
+
+
+busy_ended: list[float] = []
+
+
+async def test_a_busy_request_does_not_hold_up_a_multiplexed_neighbour(
+    bind: str, autojump_clock: Any
+) -> None:
+    # The first request comes alone and runs in the connection's task; its app neither
+    # answers nor reads for 60 s. The second, sent later on the same connection (HAProxy
+    # multiplexing), is read by the reader the sweep puts beside it and answered at once.
+    async with (
+        serving(busy, bind, protocol="fastcgi", fastcgi_max_requests=4) as srv,
+        await connect(srv.address) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(fc.request(1, "GET", "/busy", keep=True))
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        await s.send_all(fc.request(2, "GET", "/quick", keep=True))
+        assert (await reader.until_ended(2)).body == b"GET /quick ''"
+        assert trio.current_time() - start <= 2 * INLINE_LOOK
+        assert (await reader.until_ended(1)).status == 200
+        # Then served in the connection's task again.
+        await s.send_all(fc.request(3, "GET", "/again", keep=True))
+        assert (await reader.until_ended(3)).body == b"GET /again ''"
+
+
+async def test_a_busy_request_is_aborted_promptly(bind: str, autojump_clock: Any) -> None:
+    # ABORT_REQUEST for a request whose app is busy and not reading: END_REQUEST goes
+    # out within a look or two of the sweep, not when the app is done; the connection
+    # then serves the next request while the app still runs.
+    busy_ended.clear()
+    async with (
+        serving(busy, bind, protocol="fastcgi") as srv,
+        await connect(srv.address) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(fc.request(1, "GET", "/busy", keep=True))
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        await s.send_all(fc.record(fc.ABORT_REQUEST, 1))
+        aborted = await reader.until_ended(1)
+        assert aborted.stdout == b""
+        assert trio.current_time() - start <= 2 * INLINE_LOOK
+        assert not busy_ended
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
 from ._sockio import SocketIO, Timeout
 from ._types import ASGIApp
-from ._wire_fastcgi import FastCGIConnection
+from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
 from ._wire_scgi import SCGIConnection
 
 if TYPE_CHECKING:
@@ -290,7 +290,8 @@ class Server:
                 await checkpoint()
 
     async def _close_idle_connections(self) -> None:
-        """Close kept-alive FastCGI connections idle for ``idle_timeout``.
+        """Close kept-alive FastCGI connections idle for ``idle_timeout``, and give a
+        request busy in its connection's own task a reader beside it (``look_at_inline``).
 
         One task for the server instead of a deadline per connection: the
         per-request path then sets no timer at all.
@@ -298,8 +299,9 @@ class Server:
         idle_timeout = self.config.idle_timeout
         while True:
             now = trio.current_time()
-            wake = now + idle_timeout
+            wake = now + min(idle_timeout, INLINE_LOOK)
             for connection in list(self.fastcgi_connections):
+                connection.look_at_inline()
                 idle = connection.idle_for(now)
                 if idle >= idle_timeout:
                     connection.close_idle()

@@ -3,7 +3,10 @@
 Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
 it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
 request), in a task of its own under the connection's nursery once request ids are
-multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all.
+multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all; a
+request busy in the connection's task without reading gets a reader beside it from the
+server's sweep (``look_at_inline``), so its ABORT_REQUEST or a multiplexed neighbour waits
+at most a second or so, not until it answers.
 With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
 sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
@@ -35,7 +38,7 @@ from . import protocol as p
 from ._cycle import CycleHost, HTTPCycle, error_response
 from ._sockio import Bytes, ClientDisconnected, SocketIO, Timeout
 
-__all__ = ["FastCGIConnection"]
+__all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
 log = logging.getLogger("trioscgi")
 
@@ -47,6 +50,10 @@ _MAX_BUFFERED = 1 << 20
 _CHUNK_COST = 64
 # A body larger than this is framed and written apart from the head, not copied behind it.
 _COALESCE_LIMIT = 16384
+# Seconds between the server sweep's looks at requests running in their connection's own
+# task: one that has not read since the last look gets a reader beside it, so within one
+# to two looks a busy application's ABORT_REQUEST, close or multiplexed neighbour is read.
+INLINE_LOOK = 0.5
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
 
@@ -81,10 +88,12 @@ class FastCGIConnection(SocketIO):
         "_eof",
         "_head_deadline",
         "_head_timed_out",
+        "_helper",
         "_host",
         "_idle_since",
         "_inline",
         "_keep_conn",
+        "_looked_at",
         "_multiplexed",
         "_new",
         "_nursery",
@@ -125,6 +134,8 @@ class FastCGIConnection(SocketIO):
         self._head_timed_out = False
         self._wait_first = False
         self._refused = 0  # the core's refusals told so far
+        self._helper = False  # a task reads beside a busy inline request
+        self._looked_at = -1  # the inline request the sweep saw last (by _served)
         self._out: list[bytes] = []
         self._reading = False
         self._activity = ParkingLot()
@@ -265,6 +276,36 @@ class FastCGIConnection(SocketIO):
                     request.peer_gone()
                 if self._activity:
                     self._activity.unpark_all()
+
+    def look_at_inline(self) -> None:
+        """The server's sweep, every ``INLINE_LOOK`` s: a request that has run in the
+        connection's own task since the last look without reading gets a reader beside it.
+
+        Nobody else reads while it runs: a busy application (waiting on its database, not
+        on ``receive()``) would hold up an ABORT_REQUEST for it, the front-end's close, and
+        the next request of a front-end that multiplexes, all until it answers. Looking
+        costs the request path nothing; the reader costs a task only for requests that run
+        past a look or two.
+        """
+        if not self._inline or self._helper or self._reading or self._nursery is None:
+            self._looked_at = -1
+        elif self._looked_at != self._served:
+            self._looked_at = self._served  # first seen; the next look decides
+        else:
+            self._helper = True
+            self._nursery.start_soon(self._read_beside, self._served)
+
+    async def _read_beside(self, served: int) -> None:
+        # Read for everyone while the inline request that was seen busy runs; it ends
+        # when that request does (_served moves on; the connection's task reads again).
+        try:
+            while self._inline and self._served == served and not (self._eof or self._broken):
+                if self._reading or self._buffered > _MAX_BUFFERED:
+                    await self._activity.park()
+                else:
+                    await self._pump()
+        finally:
+            self._helper = False
 
     def _tell_refusals(self) -> None:
         # BEGIN_REQUESTs the core refused by itself: the front-end's configuration and
@@ -410,9 +451,9 @@ class FastCGIConnection(SocketIO):
         self._host.request_served()
         if not self._requests:
             if self._broken or self._stopping or not self._keep_conn:
-                if not self._inline:
-                    # The connection's task may be reading: end it. (Inline, this is
-                    # the connection's task: its loop ends by itself, and a cancel,
+                if not self._inline or self._helper:
+                    # A task may be reading: end it. (Inline with no reader beside, this
+                    # is the connection's task: its loop ends by itself, and a cancel,
                     # which costs more than the rest of the close, is not needed.)
                     self._cancel_all()
             else:

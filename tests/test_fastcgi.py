@@ -806,11 +806,33 @@ def test_params_over_the_limit_many_records() -> None:
     [event] = feed([wire], conn=conn)
     assert isinstance(event, Rejected)
     assert (event.request_id, event.status_hint, event.keep_conn) == (1, 431, False)
-    # Exactly the limit is fine.
-    conn = Connection(max_params_size=len(params))
+    # Exactly the limit is fine: the bytes and f.PAIR_COST a pair.
+    limit = len(params) + len(NGINX_PARAMS) * f.PAIR_COST
+    conn = Connection(max_params_size=limit)
     assert feed([request_wire()], conn=conn)[0] == GET()
-    conn = Connection(max_params_size=len(params))
+    conn = Connection(max_params_size=limit)
     assert feed([request_wire(params_size=30)], conn=conn)[0] == GET()
+
+
+@pytest.mark.parametrize("params_size", [65535, 30])
+def test_each_pair_counts_against_the_params_limit(params_size: int) -> None:
+    # Parsed, a tiny pair is ~25 times its bytes: 64 KiB of one-letter headers held
+    # ~86 MiB on a connection with 64 such requests. Each pair counts PAIR_COST more,
+    # in one PARAMS record or many; one byte over the limit so counted is a 431.
+    params = nv(NGINX_PARAMS)
+    limit = len(params) + len(NGINX_PARAMS) * f.PAIR_COST
+    for size, ok in ((limit, True), (limit - 1, False)):
+        conn = Connection(max_params_size=size)
+        [event, *_] = feed([request_wire(params_size=params_size)], conn=conn)
+        if ok:
+            assert event == GET()
+        else:
+            assert isinstance(event, Rejected) and event.status_hint == 431
+            assert f"each name-value pair counting {f.PAIR_COST} more" in event.reason
+    tiny = [(b"HTTP_" + bytes([65 + i % 26]), b"1") for i in range(7000)]  # ~63 KiB
+    conn = Connection(max_params_size=65536)
+    [event, *_] = feed([request_wire(params=tiny, params_size=params_size)], conn=conn)
+    assert isinstance(event, Rejected) and event.status_hint == 431
 
 
 def test_content_length_over_the_body_limit() -> None:

@@ -18,6 +18,7 @@ from ._connection import (
     DEFAULT_MAX_PARAMS_SIZE,
     DEFAULT_MAX_PENDING_OUTPUT,
     NEED_DATA,
+    PAIR_COST,
     Connection,
 )
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -91,6 +92,7 @@ __all__ = [
     "NEED_DATA",
     "OPEN",
     "OVERLOADED",
+    "PAIR_COST",
     "PARAMS",
     "RECV_PARAMS",
     "RECV_STDIN",

@@ -77,6 +77,12 @@ NEED_DATA: Final = _NeedData.NEED_DATA
 # (4 x 8 KiB large_client_header_buffers, plus its fastcgi_params).
 DEFAULT_MAX_PARAMS_SIZE: Final = 65536
 # Answered in GET_VALUES_RESULT only: the server's max_connections.
+# What each name-value pair counts against max_params_size beyond its bytes. Parsed, a
+# pair costs about 230 bytes of Python objects (its tuple, two bytes objects, and in the
+# scope a header tuple or a dict entry), so 64 KiB of one-letter headers (7,000 pairs)
+# held about 20 times their size: 86 MiB for one connection with 64 such requests. At
+# 128 a pair, 64 KiB holds at most ~480 pairs (a usual request: 20-40, ~5 KiB of cost).
+PAIR_COST: Final = 128
 DEFAULT_MAX_CONNS: Final = 1024
 # What the core may have answered by itself (END_REQUEST for a refused id,
 # GET_VALUES_RESULT, UNKNOWN_TYPE) and not yet handed over in
@@ -272,8 +278,9 @@ class Connection:
     :meth:`end_request`. It does no I/O of its own.
 
     Args:
-        max_params_size: the most PARAMS content bytes one request may send;
-            more gets that request :class:`Rejected` with hint 431.
+        max_params_size: the most PARAMS content bytes one request may send,
+            each name-value pair counting ``PAIR_COST`` bytes more; more gets
+            that request :class:`Rejected` with hint 431.
         max_body_size: the most STDIN bytes one request may send, or
             ``None`` for no limit; more (or a CONTENT_LENGTH param above
             it) gets that request :class:`Rejected` with hint 413.
@@ -554,6 +561,8 @@ class Connection:
                                         return self._params_too_big(rid, req)
                                     self._pos = nxt + HEADER_LEN
                                     pairs = _pairs(buf, start, stop)
+                                    if clen + len(pairs) * PAIR_COST > self.max_params_size:
+                                        return self._params_too_big(rid, req)
                                     if self.max_body_size is not None:
                                         return self._request(rid, req, pairs)
                                     # self._request(), without the cost of a call.
@@ -579,7 +588,10 @@ class Connection:
                                 end = len(params)
                                 # The two bytes _pairs reads past the end.
                                 params += b"\0\0"
-                                return self._request(rid, req, _pairs(bytes(params), 0, end))
+                                pairs = _pairs(bytes(params), 0, end)
+                                if end + len(pairs) * PAIR_COST > self.max_params_size:
+                                    return self._params_too_big(rid, req)
+                                return self._request(rid, req, pairs)
                         elif state is RECV_STDIN or state is DONE:
                             raise RemoteProtocolError(
                                 f"PARAMS for request {rid} after the end of its PARAMS"
@@ -774,7 +786,11 @@ class Connection:
 
     def _params_too_big(self, rid: int, req: _Request) -> Event:
         return self._reject(
-            rid, req, 431, f"request {rid}: PARAMS over the limit of {self.max_params_size} bytes"
+            rid,
+            req,
+            431,
+            f"request {rid}: PARAMS over the limit of {self.max_params_size} bytes"
+            f" (each name-value pair counting {PAIR_COST} more)",
         )
 
     def _reject(self, rid: int, req: _Request, status: int, reason: str) -> Event:

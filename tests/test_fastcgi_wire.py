@@ -44,6 +44,16 @@ async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def gated(gate: trio.Event) -> Any:
+    """``hello``, once ``gate`` is set: requests that hold their slot until the test says."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await hello(scope, receive, send)
+
+    return app
+
+
 async def echo(scope: Any, receive: Any, send: Any) -> None:
     body = b""
     while True:
@@ -475,10 +485,7 @@ async def test_too_many_requests_on_one_connection_are_overloaded(
     bind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = trio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await gate.wait()
-        await hello(scope, receive, send)
+    app = gated(gate)
 
     async with (
         serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,
@@ -501,10 +508,7 @@ async def test_without_multiplexing_a_second_request_gets_cant_mpx_conn(
     bind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = trio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await gate.wait()
-        await hello(scope, receive, send)
+    app = gated(gate)
 
     async with (
         serving(app, bind, protocol="fastcgi", fastcgi_max_requests=1) as srv,
@@ -527,10 +531,7 @@ async def test_a_refusal_storm_is_warned_about_once_a_while(
     # BEGIN_REQUESTs, each in a batch of its own, are refused: one warning line (the
     # next would wait _WARNING_INTERVAL, 10 s; this takes well under that).
     gate = trio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await gate.wait()
-        await hello(scope, receive, send)
+    app = gated(gate)
 
     async with (
         serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,

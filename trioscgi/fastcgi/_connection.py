@@ -222,24 +222,23 @@ def _pairs(buf: bytes, pos: int, end: int) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+def _length_at(buf: bytes, pos: int) -> tuple[int, int]:
+    # A name or value length at pos (one byte under 128, else four with the
+    # top bit set), and where what follows it starts.
+    length = buf[pos]
+    if length < 128:
+        return length, pos + 1
+    return LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF, pos + 4
+
+
 def _long_pair(
     buf: bytes, pos: int, append: Callable[[tuple[bytes, bytes]], None]
 ) -> tuple[int, int]:
     # One pair at pos with a 4-byte length or two: appended; where the next
     # pair's name would start, were its lengths one byte each, and the
     # next pair's first two bytes.
-    nl = buf[pos]
-    if nl < 128:
-        pos += 1
-    else:
-        nl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
-        pos += 4
-    vl = buf[pos]
-    if vl < 128:
-        pos += 1
-    else:
-        vl = LENGTH4.unpack_from(buf, pos)[0] & 0x7FFFFFFF
-        pos += 4
+    nl, pos = _length_at(buf, pos)
+    vl, pos = _length_at(buf, pos)
     name_end = pos + nl
     value_end = name_end + vl
     append((buf[pos:name_end], buf[name_end:value_end]))

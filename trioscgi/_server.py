@@ -178,7 +178,7 @@ class Server:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener)
                     if config.protocol != "scgi":
-                        accepting.start_soon(self._close_idle_connections)
+                        accepting.start_soon(self._sweep_fastcgi_connections)
                     descriptions = [lst.description for lst in listeners]
                     log.info("listening on %s", ", ".join(descriptions))
                     task_status.started(descriptions)
@@ -289,7 +289,7 @@ class Server:
                 burst = 0
                 await checkpoint()
 
-    async def _close_idle_connections(self) -> None:
+    async def _sweep_fastcgi_connections(self) -> None:
         """Close kept-alive FastCGI connections idle for ``idle_timeout``, and give a
         request busy in its connection's own task a reader beside it (``look_at_inline``).
 

@@ -126,3 +126,25 @@ async def test_write_timeout_when_the_peer_stops_reading(autojump_clock: object)
         with pytest.raises(ClientDisconnected, match="write_timeout"):
             await io.sendall(b"s" * (64 << 20))
         assert trio.current_time() - start == pytest.approx(3)
+
+
+async def test_a_write_waiting_when_the_socket_is_closed_under_it_says_disconnected(
+    autojump_clock: object,
+) -> None:
+    # The FastCGI wire layer ends a connection by waking whoever waits on its socket
+    # (trio.lowlevel.notify_closing): a stuck writer must learn it as the client gone,
+    # the exception the ASGI cycle expects, not as trio's ClosedResourceError.
+    ours, peer = tcp_pair()
+    with ours, peer:
+        io = SocketIO(ours, write_timeout=30)
+
+        async def close_soon() -> None:
+            await trio.sleep(1)
+            trio.lowlevel.notify_closing(ours)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_soon)
+            start = trio.current_time()
+            with pytest.raises(ClientDisconnected, match="closing"):
+                await io.sendall(b"s" * (64 << 20))
+            assert trio.current_time() - start == pytest.approx(1)

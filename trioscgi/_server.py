@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -360,6 +360,12 @@ class Server:
             self.request_served()
         else:
             sock.close()  # connected and closed without a byte
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start a task for a connection in the connection nursery (FastCGI's multiplexed
+        requests and readers: the connection waits for them before it ends)."""
+        assert self._connections is not None
+        self._connections.start_soon(fn, *args)
 
     def request_served(self) -> None:
         """Count one request against ``max_requests``."""

@@ -166,7 +166,11 @@ class SocketIO:
             unsent = _unsent(sock)
             while True:
                 with trio.move_on_after(patience) as scope:
-                    await wait_writable(sock)
+                    try:
+                        await wait_writable(sock)
+                    except trio.ClosedResourceError:
+                        # The connection is being closed under us (notify_closing).
+                        raise ClientDisconnected("the connection is closing") from None
                 if not scope.cancelled_caught:
                     break
                 # The kernel calls a socket writable only once much of its

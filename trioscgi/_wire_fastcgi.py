@@ -2,11 +2,19 @@
 
 Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
 it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
-request), in a task of its own under the connection's nursery once request ids are
-multiplexed (HAProxy ``option mpxs-conns``). Whoever waits for input reads it for all; a
-request busy in the connection's task without reading gets a reader beside it from the
-server's sweep (``look_at_inline``), so its ABORT_REQUEST or a multiplexed neighbour waits
-at most a second or so, not until it answers.
+request), in a task of its own once request ids are multiplexed (HAProxy ``option
+mpxs-conns``). Whoever waits for input reads it for all; a request busy in the connection's
+task without reading gets a reader beside it from the server's sweep (``look_at_inline``),
+so its ABORT_REQUEST or a multiplexed neighbour waits at most a second or so, not until it
+answers.
+
+A connection opens no nursery of its own: entering and leaving one costs about as much as
+the rest of a request's connection handling (a cancel scope, and a schedule point at its
+exit), and nginx's default (no ``fastcgi_keep_conn``) pays it per request. The few tasks a
+connection needs (a multiplexed request, a reader beside a busy one) start in the server's
+connection nursery, each under a cancel scope the connection keeps, and the connection's
+task waits for them before it closes the socket: their lifetime stays inside the
+connection's, as a nursery would keep it.
 With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
 sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
@@ -27,7 +35,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
 import trio
@@ -68,6 +76,9 @@ class FastCGIHost(CycleHost, Protocol):
     def request_served(self) -> None:
         """Count one request (``max_requests`` counts requests, not connections)."""
 
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start ``fn(*args)`` in the server's connection nursery."""
+
 
 class FastCGIConnection(SocketIO):
     """Serve the requests of one FastCGI connection; the task that runs it owns the socket.
@@ -84,6 +95,7 @@ class FastCGIConnection(SocketIO):
         "_activity",
         "_broken",
         "_buffered",
+        "_closing",
         "_conn",
         "_eof",
         "_head_deadline",
@@ -96,13 +108,14 @@ class FastCGIConnection(SocketIO):
         "_looked_at",
         "_multiplexed",
         "_new",
-        "_nursery",
         "_out",
         "_reading",
         "_refused",
         "_requests",
         "_served",
         "_stopping",
+        "_tasks",
+        "_tasks_done",
         "_wait_first",
         "_write_lot",
         "_writing",
@@ -141,7 +154,10 @@ class FastCGIConnection(SocketIO):
         self._activity = ParkingLot()
         self._writing = False
         self._write_lot = ParkingLot()
-        self._nursery: trio.Nursery | None = None
+        self._closing = False  # _cancel_all: end the connection now
+        # The cancel scopes of the tasks started for this connection (_start).
+        self._tasks: set[trio.CancelScope] = set()
+        self._tasks_done: ParkingLot | None = None
 
     async def run(self, initial: bytes = b"") -> None:
         """Serve requests until the front-end closes, keep-conn ends or the server stops."""
@@ -153,18 +169,21 @@ class FastCGIConnection(SocketIO):
         # setting and lifting a scope's deadline costs more per connection.
         self._head_deadline = trio.current_time() + host.config.header_timeout
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    if initial:
-                        self._conn.receive_data(initial)
-                        await self._process(False)
-                    await self._serve()
-                finally:
-                    # The front-end is gone or we stop: requests still waiting for
-                    # body bytes or a disconnect learn it now.
-                    for request in list(self._requests.values()):
-                        request.peer_gone()
+            try:
+                if initial:
+                    self._conn.receive_data(initial)
+                    await self._process(False)
+                await self._serve()
+            except BaseException:
+                self._cancel_all()  # as a nursery would: our tasks end with us
+                raise
+            finally:
+                # The front-end is gone or we stop: requests still waiting for
+                # body bytes or a disconnect learn it now.
+                for request in list(self._requests.values()):
+                    request.peer_gone()
+                if self._tasks:
+                    await self._join_tasks()
         finally:
             host.fastcgi_connections.discard(self)
             self.close(reset=self._broken)
@@ -177,8 +196,6 @@ class FastCGIConnection(SocketIO):
             )
 
     async def _serve(self) -> None:
-        nursery = self._nursery
-        assert nursery is not None
         while True:
             new = self._new
             if new:
@@ -194,10 +211,10 @@ class FastCGIConnection(SocketIO):
                 else:
                     self._multiplexed = True
                     for request, params in new:
-                        nursery.start_soon(request.run, params)
+                        self._start(request.run, params)
                     new.clear()
                 continue
-            if self._eof or self._broken:
+            if self._eof or self._broken or self._closing:
                 return
             if (self._stopping or not self._keep_conn) and self._served and not self._requests:
                 return
@@ -227,6 +244,8 @@ class FastCGIConnection(SocketIO):
             # No request head by header_timeout: closed (run() logs it).
             self._head_timed_out = self._eof = True
             return
+        except trio.ClosedResourceError:
+            return  # _cancel_all woke us: the connection ends
         except OSError as exc:
             log.info("FastCGI connection lost: %s", exc)
             data = b""
@@ -287,19 +306,19 @@ class FastCGIConnection(SocketIO):
         costs the request path nothing; the reader costs a task only for requests that run
         past a look or two.
         """
-        if not self._inline or self._helper or self._reading or self._nursery is None:
+        if not self._inline or self._helper or self._reading or self._closing:
             self._looked_at = -1
         elif self._looked_at != self._served:
             self._looked_at = self._served  # first seen; the next look decides
         else:
             self._helper = True
-            self._nursery.start_soon(self._read_beside, self._served)
+            self._start(self._read_beside, self._served)
 
     async def _read_beside(self, served: int) -> None:
         # Read for everyone while the inline request that was seen busy runs; it ends
         # when that request does (_served moves on; the connection's task reads again).
         try:
-            while self._inline and self._served == served and not (self._eof or self._broken):
+            while self._inline and self._served == served and not self._ended():
                 if self._reading or self._buffered > _MAX_BUFFERED:
                     await self._activity.park()
                 else:
@@ -371,8 +390,7 @@ class FastCGIConnection(SocketIO):
                 # A second request while one runs in the connection's task: the
                 # front-end multiplexes; from now on each request gets a task.
                 self._multiplexed = True
-                assert self._nursery is not None
-                self._nursery.start_soon(request.run, event.params)
+                self._start(request.run, event.params)
             else:
                 self._new.append((request, event.params))
         elif kind is f.EndOfMessage:
@@ -425,7 +443,9 @@ class FastCGIConnection(SocketIO):
     async def _write_many(self, parts: Sequence[Bytes]) -> None:
         while self._writing:
             await self._write_lot.park()
-        if self._broken:
+        if self._broken or self._closing:
+            if self._write_lot:
+                self._write_lot.unpark_all()  # every writer waiting learns it too
             raise ClientDisconnected("the FastCGI connection is closed")
         self._writing = True
         try:
@@ -465,9 +485,61 @@ class FastCGIConnection(SocketIO):
         if self._broken:
             self._cancel_all()
 
+    def _ended(self) -> bool:
+        return self._eof or self._broken or self._closing
+
+    def _start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run ``fn(*args)`` in a task of its own, which the connection outlives."""
+        scope = trio.CancelScope()
+        if self._closing:
+            scope.cancel()  # it starts cancelled, as in a nursery being cancelled
+        self._tasks.add(scope)
+        self._host.spawn(self._task, scope, fn, args)
+
+    async def _task(
+        self, scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            with scope:
+                await fn(*args)
+        except Exception:
+            # A bug of ours: in a nursery it would have ended the connection.
+            log.exception("unexpected error while serving a FastCGI connection")
+            self._broken = True
+            self._cancel_all()
+        finally:
+            self._tasks.discard(scope)
+            if not self._tasks and self._tasks_done is not None:
+                self._tasks_done.unpark_all()
+
+    async def _join_tasks(self) -> None:
+        # What a nursery's end does: wait for our tasks. They see the end (the requests
+        # were told the peer is gone) or were cancelled; the wait itself is shielded,
+        # as a nursery's is, so the socket is never closed under one of them.
+        if self._activity:
+            self._activity.unpark_all()
+        if self._tasks_done is None:
+            self._tasks_done = ParkingLot()
+        with trio.CancelScope(shield=True):
+            while self._tasks:
+                await self._tasks_done.park()
+
     def _cancel_all(self) -> None:
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        """End the connection now: its tasks are cancelled, its own task stops reading."""
+        self._closing = True
+        for request in list(self._requests.values()):
+            request.peer_gone()  # their stream is cut: waiting for it is over
+        for scope in self._tasks:
+            scope.cancel()
+        if self._reading or self._writing:
+            # Whoever waits on the socket wakes (trio.ClosedResourceError, a
+            # ClientDisconnected to a writer); the socket is closed once the
+            # connection's task is out of _serve.
+            trio.lowlevel.notify_closing(self.sock)
+        if self._activity:
+            self._activity.unpark_all()
+        if self._write_lot:
+            self._write_lot.unpark_all()
 
 
 class _Request:

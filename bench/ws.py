@@ -11,6 +11,9 @@ backend (median of the rounds), the ratio to uvicorn --ws wsproto, and the serve
 process's CPU time per message (user + system, from /proc; less noisy than the rate on a
 busy machine, since it does not count the time the server waited for a core).
 
+``bare-ws``, run only when named, is a ceiling rather than a product: a trio echo on
+wsproto with no ASGI layer (``probes/bare_ws.py``).
+
 Needs: nginx, pip install 'trioscgi[websocket]' websockets uvicorn hypercorn.
 The app is ``app`` below: a raw ASGI echo, the same for every server.
 """
@@ -106,6 +109,8 @@ def backends(d: str) -> dict[str, tuple[str, list[str]]]:
             "/http/",
             [PY, "-m", "hypercorn", "-k", "trio", "-b", f"unix:{sock}", *quiet],
         ),
+        # A ceiling, not a product (asked for by name only): trio + wsproto, no ASGI.
+        "bare-ws": ("/scgi/", [PY, os.path.join(HERE, "probes", "bare_ws.py"), sock]),
     }
 
 
@@ -158,7 +163,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("names", nargs="*", default=list(backends("")))
+    parser.add_argument(
+        "names", nargs="*", default=[n for n in backends("") if not n.startswith("bare")]
+    )
     args = parser.parse_args()
     if not shutil.which("nginx"):
         sys.exit("nginx is missing")

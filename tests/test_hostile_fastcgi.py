@@ -684,6 +684,41 @@ async def test_frontend_that_never_reads_a_multiplexed_connection(
         assert_fds_back(server, fds)
 
 
+async def test_a_request_in_the_connections_task_learns_that_a_neighbour_broke_it(
+    tmp_path: Path,
+) -> None:
+    """The first request of a connection runs in the connection's own task; when a request
+    multiplexed beside it breaks the connection (its write times out), the first one is
+    not cancelled: its next send() raises, and the connection is cut all the same."""
+    config = {**FCGI_CONFIG, "write_timeout": 1.0}
+    with running_server(tmp_path, config) as server:
+        fds = await baseline_fds(server)
+        log_start = len(server.stderr())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(server.tcp)
+            sock.settimeout(EXCHANGE_TIMEOUT)
+            sock.sendall(fc.request(1, "GET", "/_t/start-then-hold?first", keep=True))
+            seen = b""
+            while b"started" not in seen:  # its response began: it holds, alone
+                chunk = sock.recv(65536)
+                assert chunk, seen
+                seen += chunk
+            # A second request beside it, read by the reader the sweep gives a busy
+            # request; its endless download fills the socket that nobody reads.
+            sock.sendall(fc.request(2, "GET", "/_t/download?second", keep=True))
+            outcome = server.wait_record("second", timeout=10)
+            assert outcome["oserror"] is True, outcome
+            async with await FcgiStream.connect(server.unix) as other:
+                await other.send(fc.request(1, "GET", "/_t/release?first"))
+                assert (await other.response(1)).status == 200
+            assert server.wait_record("first", timeout=10) == {"send": "raised"}
+            assert_fds_back(server, fds)
+        assert_clean_log(server, log_start)
+        await assert_healthy(server)
+        assert_fds_back(server, fds)
+
+
 # --------------------------------------------------------------------------- stalled requests
 
 

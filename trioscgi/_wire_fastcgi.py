@@ -7,6 +7,8 @@ mpxs-conns``). Whoever waits for input reads it for all; a request busy in the c
 task without reading gets a reader beside it from the server's sweep (``look_at_inline``),
 so its ABORT_REQUEST or a multiplexed neighbour waits at most a second or so, not until it
 answers.
+With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
+sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
 A connection opens no nursery of its own: entering and leaving one costs about as much as
 the rest of a request's connection handling (a cancel scope, and a schedule point at its
@@ -15,8 +17,6 @@ connection needs (a multiplexed request, a reader beside a busy one) start in th
 connection nursery, each under a cancel scope the connection keeps, and the connection's
 task waits for them before it closes the socket: their lifetime stays inside the
 connection's, as a nursery would keep it.
-With ``FCGI_KEEP_CONN`` the connection then waits for the next request until the server's
-sweep closes it after ``idle_timeout``; without it, it closes after the ``END_REQUEST``.
 
 FastCGI has no per-request flow control. What bounds memory: the core keeps at most
 ``fastcgi_max_requests`` requests per connection (``OVERLOADED`` beyond), each head at most

@@ -339,13 +339,15 @@ class HTTPCycle:
     async def send(self, message: Message) -> None:
         """ASGI ``send``: the response head is held until the first body message.
 
-        A cancellation point before anything changes: an app streaming to a
-        fast reader (every send() going straight out) can still be cancelled
-        at graceful_timeout.
+        Sending a body (or a file) is a cancellation point before anything
+        changes: an app streaming to a fast reader (every send() going straight
+        out) can still be cancelled at graceful_timeout. The wire writes that
+        follow check no more. ``http.response.start`` only records the head
+        (a second one raises), so it has no check of its own.
         """
-        await checkpoint_if_cancelled()
         kind = message["type"]
         if kind == "http.response.body":
+            await checkpoint_if_cancelled()
             head = self._head
             if head is None:
                 raise RuntimeError("'http.response.body' sent before 'http.response.start'")
@@ -391,6 +393,7 @@ class HTTPCycle:
                 raise ClientDisconnected("the client went away")
             return
         if kind in FILE_EXTENSIONS:
+            await checkpoint_if_cancelled()
             await self._send_file(message)
             return
         raise RuntimeError(f"unexpected ASGI message type {kind!r}")

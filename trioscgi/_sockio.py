@@ -88,10 +88,15 @@ class SocketIO:
         # yield is shielded, as in trio's own _try_sync: what the call read or
         # wrote is done and must not be lost to a Cancelled raised here; each
         # call checks for cancellation before it touches the socket instead.
+        # (The hot paths below count in line and call _yield only when it is
+        # time: a coroutine per successful syscall was measurable.)
         self._unyielded += 1
         if self._unyielded >= _YIELD_EVERY:
-            self._unyielded = 0
-            await cancel_shielded_checkpoint()
+            await self._yield()
+
+    async def _yield(self) -> None:
+        self._unyielded = 0
+        await cancel_shielded_checkpoint()
 
     async def recv(self, patience: float, deadline: float | None = None) -> bytes:
         """Read what is there; wait at most ``patience`` s (or until ``deadline``).
@@ -106,7 +111,9 @@ class SocketIO:
         except BlockingIOError:
             pass
         else:
-            await self._fair()
+            self._unyielded += 1
+            if self._unyielded >= _YIELD_EVERY:
+                await self._yield()
             return data
         with trio.move_on_at(trio.current_time() + patience if deadline is None else deadline):
             return await self.recv_when_readable()
@@ -119,7 +126,9 @@ class SocketIO:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return await self.recv_when_readable()
-        await self._fair()
+        self._unyielded += 1
+        if self._unyielded >= _YIELD_EVERY:
+            await self._yield()
         return data
 
     async def recv_when_readable(self) -> bytes:
@@ -139,13 +148,15 @@ class SocketIO:
         self._unyielded = 0
         await wait_readable(self.sock)
 
-    async def sendall(self, data: Bytes) -> None:
-        """Write all of ``data``.
+    async def sendall(self, data: Bytes, *, checked: bool = False) -> None:
+        """Write all of ``data``; ``checked``: the caller has just checked for
+        cancellation, with no schedule point since (the ASGI cycle's send()).
 
         Raises:
             ClientDisconnected: the peer is gone, or accepted nothing for write_timeout.
         """
-        await checkpoint_if_cancelled()
+        if not checked:
+            await checkpoint_if_cancelled()
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -154,7 +165,9 @@ class SocketIO:
         except OSError as exc:
             raise ClientDisconnected(f"the client went away: {exc}") from None
         if sent == len(data):
-            await self._fair()
+            self._unyielded += 1
+            if self._unyielded >= _YIELD_EVERY:
+                await self._yield()
             return
         await self._send_rest(memoryview(data)[sent:])
 
@@ -191,13 +204,15 @@ class SocketIO:
                 raise ClientDisconnected(f"the client went away: {exc}") from None
             view = view[sent:]
 
-    async def send_two(self, first: Bytes, second: Bytes) -> None:
+    async def send_two(self, first: Bytes, second: Bytes, *, checked: bool = False) -> None:
         """Write ``first`` then ``second`` without copying them together (one sendmsg)."""
-        await self.send_many((first, second))
+        await self.send_many((first, second), checked=checked)
 
-    async def send_many(self, buffers: Sequence[Bytes]) -> None:
-        """Write ``buffers`` in order without copying them together (one sendmsg)."""
-        await checkpoint_if_cancelled()
+    async def send_many(self, buffers: Sequence[Bytes], *, checked: bool = False) -> None:
+        """Write ``buffers`` in order without copying them together (one sendmsg);
+        ``checked`` as for :meth:`sendall`."""
+        if not checked:
+            await checkpoint_if_cancelled()
         total = sum(map(len, buffers))
         if total > _BIG_RESPONSE:
             # A send buffer that holds the whole response lets one sendmsg()
@@ -213,7 +228,9 @@ class SocketIO:
         except OSError as exc:
             raise ClientDisconnected(f"the client went away: {exc}") from None
         if sent == total:
-            await self._fair()
+            self._unyielded += 1
+            if self._unyielded >= _YIELD_EVERY:
+                await self._yield()
             return
         for buffer in buffers:
             size = len(buffer)

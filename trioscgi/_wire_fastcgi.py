@@ -449,10 +449,12 @@ class FastCGIConnection(SocketIO):
             raise ClientDisconnected("the FastCGI connection is closed")
         self._writing = True
         try:
+            # Who writes has just checked for cancellation (the cycle's send(), the
+            # file loop) or must write regardless (what the read loop answers).
             if len(parts) == 1:
-                await self.sendall(parts[0])
+                await self.sendall(parts[0], checked=True)
             else:
-                await self.send_many(parts)
+                await self.send_many(parts, checked=True)
         except BaseException:
             # Part of a record may have gone out: the stream can't go on.
             self._broken = True
@@ -686,6 +688,7 @@ class _Request:
             piece = os.pread(fd, min(_FILE_PIECE, count - sent), offset + sent)
             if not piece:
                 return sent
+            await trio.lowlevel.checkpoint_if_cancelled()  # the writes check no more
             await self.write(None, piece, True)
             sent += len(piece)
         if not more:

@@ -155,17 +155,19 @@ class SCGIConnection(SocketIO):
         return b"", False
 
     async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
+        # The cycle's send() checked for cancellation just before (or the cycle
+        # answers an error itself): no check of our own.
         if head is None:
             if body:
-                await self.sendall(body)
+                await self.sendall(body, checked=True)
             return
         data = self._conn.send(head)
         if len(body) > _COALESCE_LIMIT:
             # A large first body goes out with the head in one sendmsg()
             # rather than being copied behind it.
-            await self.send_two(data, body)
+            await self.send_two(data, body, checked=True)
         else:
-            await self.sendall(data + body if body else data)
+            await self.sendall(data + body if body else data, checked=True)
 
     async def write_file(
         self, head: p.Response | None, fd: int, offset: int, count: int, more: bool

@@ -171,6 +171,40 @@ async def test_graceful_timeout_cancels_stuck_request(tmp_path: Path, autojump_c
     assert b"200" not in data  # no response was made up for it
 
 
+async def test_graceful_timeout_cancels_a_response_streaming_to_a_fast_reader(
+    tmp_path: Path,
+) -> None:
+    # Every send() goes straight out (small chunks, a reader that keeps up), so the
+    # socket never makes the app wait: send() itself must be where graceful_timeout
+    # reaches it. (Real time: with the autojump clock, time never moves while the
+    # two tasks keep each other busy.)
+    cancelled: list[bool] = []
+    streaming = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+                streaming.set()
+        except trio.Cancelled:
+            cancelled.append(True)
+            raise
+
+    async with (
+        serving(app, f"unix:{tmp_path}/s.sock", graceful_timeout=0.2) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(encode_request(environ()))
+        await streaming.wait()
+        srv.stop()
+        with trio.fail_after(20):
+            while await s.receive_some(65536):
+                pass
+            await srv.stopped.wait()
+    assert cancelled == [True]
+
+
 async def test_shutdown_with_nothing_in_flight_is_immediate(
     tmp_path: Path, autojump_clock: Any
 ) -> None:

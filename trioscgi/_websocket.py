@@ -84,8 +84,9 @@ class Tunnel(Protocol):
     async def recv_when_readable(self) -> bytes:
         """:meth:`recv_unbounded`, waiting for the socket first (nothing is there yet)."""
 
-    async def sendall(self, data: Bytes) -> None:
-        """Write all of ``data``. Raises :class:`ClientDisconnected` when the peer is gone."""
+    async def sendall(self, data: Bytes, *, checked: bool = False) -> None:
+        """Write all of ``data`` (``checked``: the caller has just checked for
+        cancellation). Raises :class:`ClientDisconnected` when the peer is gone."""
 
     def abort(self) -> None:
         """Close with a reset rather than a clean EOF (the session was cut, not closed)."""
@@ -254,7 +255,7 @@ class WebSocketCycle:
         ws = self._ws
         assert ws is not None
         # A lock of a flag and a parking lot: uncontended (the usual case) it costs no
-        # schedule point (sendall checks for cancellation and yields fairly itself) and
+        # schedule point (the check below and sendall's fair yields do that job) and
         # less than trio.Lock's bookkeeping, both measurable per message (bench/ws.py).
         # Released, it passes straight to the first waiter, in order.
         if self._writing:
@@ -273,7 +274,7 @@ class WebSocketCycle:
             except LocalProtocolError:  # the state forbids it: closing or closed
                 return False
             try:
-                await self._tunnel.sendall(data)
+                await self._tunnel.sendall(data, checked=True)  # checked above
             except ClientDisconnected as exc:
                 self._lost(f"{exc}")
                 return False

@@ -180,8 +180,7 @@ class FastCGIConnection(SocketIO):
             finally:
                 # The front-end is gone or we stop: requests still waiting for
                 # body bytes or a disconnect learn it now.
-                for request in list(self._requests.values()):
-                    request.peer_gone()
+                self._all_gone()
                 if self._tasks:
                     await self._join_tasks()
         finally:
@@ -271,11 +270,10 @@ class FastCGIConnection(SocketIO):
             else:
                 log.info("bad FastCGI input: %s; closing the connection", exc)
                 self._broken = True
-        if self._eof or self._broken:
-            for request in list(self._requests.values()):
-                request.peer_gone()
-            if self._broken:
-                self._cancel_all()  # the stream can't go on: end every request now
+        if self._broken:
+            self._cancel_all()  # the stream can't go on: end every request now
+        elif self._eof:
+            self._all_gone()
         if conn.refused != self._refused:
             self._tell_refusals()
         if self._activity:  # someone waits (cheaper to ask than to unpark nobody)
@@ -291,10 +289,7 @@ class FastCGIConnection(SocketIO):
                 # The front-end left or stopped reading; _write marked the connection
                 # broken. The requests learn it here.
                 log.info("FastCGI connection lost: %s", exc)
-                for request in list(self._requests.values()):
-                    request.peer_gone()
-                if self._activity:
-                    self._activity.unpark_all()
+                self._all_gone()
 
     def look_at_inline(self) -> None:
         """The server's sweep, every ``INLINE_LOOK`` s: a request that has run in the
@@ -518,19 +513,24 @@ class FastCGIConnection(SocketIO):
         # What a nursery's end does: wait for our tasks. They see the end (the requests
         # were told the peer is gone) or were cancelled; the wait itself is shielded,
         # as a nursery's is, so the socket is never closed under one of them.
-        if self._activity:
-            self._activity.unpark_all()
         if self._tasks_done is None:
             self._tasks_done = ParkingLot()
         with trio.CancelScope(shield=True):
             while self._tasks:
                 await self._tasks_done.park()
 
+    def _all_gone(self) -> None:
+        """The stream is over for every request: those waiting for body bytes or a
+        disconnect learn it, and whoever is parked wakes to see it."""
+        for request in list(self._requests.values()):
+            request.peer_gone()
+        if self._activity:
+            self._activity.unpark_all()
+
     def _cancel_all(self) -> None:
         """End the connection now: its tasks are cancelled, its own task stops reading."""
         self._closing = True
-        for request in list(self._requests.values()):
-            request.peer_gone()  # their stream is cut: waiting for it is over
+        self._all_gone()  # their stream is cut: waiting for it is over
         for scope in self._tasks:
             scope.cancel()
         if self._reading or self._writing:
@@ -538,8 +538,6 @@ class FastCGIConnection(SocketIO):
             # ClientDisconnected to a writer); the socket is closed once the
             # connection's task is out of _serve.
             trio.lowlevel.notify_closing(self.sock)
-        if self._activity:
-            self._activity.unpark_all()
         if self._write_lot:
             self._write_lot.unpark_all()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -132,6 +133,42 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> in
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT)
     return proc.returncode
+
+
+def live_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that have not exited (zombies are not counted)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it went while we looked
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in "ZX":
+            live.append(int(stat.parent.name))
+    return live
+
+
+def wait_for_group_to_exit(pgid: int, timeout: float) -> bool:
+    """Wait (at most ``timeout`` s) until no process of group ``pgid`` is alive.
+
+    A pidfd turns readable when its process exits, so this waits on each member's
+    exit in turn rather than polling on a timer.
+    """
+    deadline = time.monotonic() + timeout
+    while pids := live_members(pgid):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            fd = os.pidfd_open(pids[0])
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], remaining)
+        finally:
+            os.close(fd)
+    return True
 
 
 @contextlib.contextmanager
@@ -258,6 +295,8 @@ class FrontEnd:
     variants: dict[str, str] = field(default_factory=dict)
     # Set at exit when processes of the front-end's group outlived it (and were killed).
     left_behind: bool = False
+    # Set at exit when mod_fcgid had to kill an application that did not exit on SIGTERM.
+    app_killed: bool = False
 
     def request(self, method: str, target: str, **kwargs: object) -> HTTPResponse:
         return http_request(self.port, method, target, **kwargs)  # type: ignore[arg-type]
@@ -559,9 +598,18 @@ def apache_config(
 
 @contextlib.contextmanager
 def _run_apache_conf(
-    name: str, workdir: Path | None, variants: dict[str, str], config: Callable[[Path, int], str]
+    name: str,
+    workdir: Path | None,
+    variants: dict[str, str],
+    config: Callable[[Path, int], str],
+    *,
+    one_process: bool = True,
 ) -> Iterator[FrontEnd]:
-    """Run ``apache2 -X`` (one process, foreground) with the httpd.conf ``config(dir, port)``."""
+    """Run Apache in the foreground with the httpd.conf ``config(dir, port)``.
+
+    ``one_process``: ``-X``, one process that serves too (a debugging mode); otherwise
+    ``-DFOREGROUND``, a parent with its workers and other children, as in production.
+    """
     binary = find_binary("apache2", "httpd")
     with _workdir(workdir, name) as d:
         if os.geteuid() == 0:
@@ -572,7 +620,7 @@ def _run_apache_conf(
         error_log = d / "error.log"
         with _running(
             "apache",
-            argv=[binary, "-X", "-f", str(conf)],
+            argv=[binary, "-X" if one_process else "-DFOREGROUND", "-f", str(conf)],
             workdir=d,
             port=port,
             error_log=error_log,
@@ -851,7 +899,8 @@ def run_apache_fcgid(
     its own few variables. Variants: ``script`` = "/x/index.fcgi" (SCRIPT_NAME = the script,
     PATH_INFO = the rest), ``alias`` = "/app" (``Alias /app .../index.fcgi``).
 
-    As root, Apache runs its worker and mod_fcgid's process manager as ``www-data``
+    Apache runs as in production (``-DFOREGROUND``: a parent and its children), not
+    ``-X``. As root, it runs its workers and mod_fcgid's process manager as ``www-data``
     (``User``) with our group (``Group``), so the application runs as that user too:
     ``command``'s interpreter and files must be readable and searchable by it (see
     :func:`python_for_apache_user`), and whatever it writes must be group-writable by us.
@@ -872,19 +921,25 @@ def run_apache_fcgid(
                 d,
                 {"script": "/x/index.fcgi", "alias": "/app"},
                 lambda d, port: apache_fcgid_config(d, port, modules, script, env or {}),
+                one_process=False,
             ) as fe:
                 started = fe
                 yield fe
         finally:
             # mod_fcgid's process manager and the application are in Apache's process
-            # group (start_new_session: Apache leads it) and go with it; once (a request
-            # refused while the application was being spawned) the manager outlived
-            # Apache, orphaned, and spun once its directory was gone. Whatever is left
-            # of the group goes now, before the directory does, and the test can see it.
+            # group (start_new_session: Apache leads it). Apache's parent stops the
+            # manager before it exits, and the manager stops the application (SIGTERM,
+            # then SIGKILL some 9 s later, logged). Under `-X` the manager sometimes
+            # outlived Apache for good, orphaned and spinning, which is why this runs
+            # Apache as in production. The application may still be on its way out
+            # when Apache's exit is reaped: wait for the group, bounded; whatever is
+            # alive then goes, before the directory does, and the test can see it.
             if started is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(started.proc.pid, signal.SIGKILL)
+                if not wait_for_group_to_exit(started.proc.pid, STOP_TIMEOUT):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(started.proc.pid, signal.SIGKILL)
                     started.left_behind = True
+                started.app_killed = "terminating forcefully" in started.log_text()
 
 
 @contextlib.contextmanager

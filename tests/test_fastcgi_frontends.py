@@ -192,7 +192,9 @@ def test_mod_fcgid_spawns_the_command_with_a_socket_on_fd_0() -> None:
                 path.unlink()
                 assert params[b"SCRIPT_NAME"] == prefix.encode(), variant
                 assert params[b"PATH_INFO"] == b"/a/b"
-    # mod_fcgid stopped the application with Apache: nothing was left to kill.
+    # mod_fcgid stopped the application with Apache (SIGTERM was enough), and nothing
+    # was left to kill.
+    assert not fe.app_killed
     assert not fe.left_behind
 
 

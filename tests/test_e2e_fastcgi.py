@@ -148,6 +148,10 @@ def test_apache_mod_fcgid_spawns_trioscgi(e2e_dir: Path, tmp_path: Path) -> None
             checks.check_form_urlencoded(fe, prefix)
             checks.check_streaming(fe, prefix)
             assert variant
+    # mod_fcgid stops trioscgi with SIGTERM as Apache stops: it exits by itself, and
+    # nothing is left to kill.
+    assert not fe.app_killed, "mod_fcgid had to SIGKILL trioscgi"
+    assert not fe.left_behind
 
 
 # --- lighttpd ------------------------------------------------------------------------

@@ -18,8 +18,7 @@ import contextvars
 import functools
 import logging
 import selectors
-import types
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import sniffio
@@ -297,7 +296,7 @@ class _Bridge:
         self._finished = False
         # loop thread
         self._pending: collections.deque[asyncio.Future[Message]] = collections.deque()
-        self._stash: collections.deque[Message] = collections.deque()
+        self._stash: collections.deque[Message | BaseException] = collections.deque()
         self._task: asyncio.Task[None] | None = None
 
     # --- the loop's thread ----------------------------------------------------------------
@@ -316,7 +315,10 @@ class _Bridge:
 
     async def asyncio_receive(self) -> Message:
         if self._stash:
-            return self._stash.popleft()
+            message = self._stash.popleft()
+            if isinstance(message, BaseException):
+                raise message
+            return message
         future: asyncio.Future[Message] = self._loop.create_future()
         self._pending.append(future)
         self._post((_RECEIVE,))
@@ -334,12 +336,15 @@ class _Bridge:
         self._post((_SEND, message, future))
         await future
 
-    def _give(self, message: Message) -> None:
+    def _give(self, message: Message | BaseException) -> None:
         pending = self._pending
         while pending:
             future = pending.popleft()
             if not future.done():
-                future.set_result(message)
+                if isinstance(message, BaseException):
+                    future.set_exception(message)
+                else:
+                    future.set_result(message)
                 return
         # The application gave up waiting before it came: keep it for its
         # next receive() rather than lose a part of the body.
@@ -366,7 +371,7 @@ class _Bridge:
 
         self._host.to_loop(settle)
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Message | BaseException) -> None:
         self._wanted -= 1
         self._host.to_loop(functools.partial(self._give, message))
 
@@ -446,30 +451,20 @@ class _Bridge:
                     self._finished = True
                     return
             if self._wanted and not cancelled:
-                message: Message | None = None
+                message: Message | BaseException | None = None
                 try:
-                    # Most receives answer at once (a GET's empty body, the
-                    # disconnect once the response is out): run the server's
-                    # receive() up to its first suspension, and only if it
-                    # does suspend, go on waiting under the cancel scope that
-                    # the app's next post cancels.
-                    coro = self._receive()
-                    if type(coro) is not types.CoroutineType:
-                        with trio.CancelScope() as self._waiting:
-                            message = await coro
-                    else:
-                        try:
-                            trap = coro.send(None)
-                        except StopIteration as done:
-                            message = done.value
-                        else:
-                            with trio.CancelScope() as self._waiting:
-                                message = await _resume(coro, trap)
+                    # The app's next post (a send, its end) cancels this wait;
+                    # the server's receive() loses nothing when cancelled, and
+                    # is called again once the sends are out. The whole call
+                    # runs inside the scope: the wire enters scopes of its own
+                    # (read_timeout) that must nest within this one.
+                    with trio.CancelScope() as self._waiting:
+                        message = await self._receive()
                 except trio.Cancelled:
                     raise
                 except Exception as exc:
-                    message = {"type": "http.disconnect"}
-                    log.debug("receive() failed under an asyncio app: %r", exc)
+                    # As on trio: the app's receive() raises what the server's raised.
+                    message = exc
                 finally:
                     self._waiting = None
                 if message is not None:
@@ -487,33 +482,6 @@ class _Bridge:
             return Abort.SUCCEEDED
 
         await wait_task_rescheduled(abort)
-
-
-@types.coroutine
-def _resume(coro: Any, trap: Any) -> Generator[Any, Any, Any]:
-    """Await the rest of coroutine ``coro``, which has just yielded ``trap``.
-
-    What ``await`` would have done had it been awaited from the start: every
-    value it yields goes to trio, every value or exception trio sends back
-    goes to it.
-    """
-    value = trap
-    while True:
-        try:
-            sent = yield value
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                value = coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                value = coro.send(sent)
-            except StopIteration as done:
-                return done.value
 
 
 class AsyncioApp:

@@ -7,6 +7,7 @@ directory where the shutdown hook and a cancelled stream leave marks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -72,3 +73,13 @@ async def endless() -> Response:
     response = Response(chunks(), mimetype="text/plain")
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+@app.route("/upload", methods=["POST"])
+async def upload() -> dict[str, object]:
+    """The sha256 and size of each uploaded file, by field name (multipart/form-data)."""
+    files = {}
+    for field, storage in (await request.files).items():
+        data = storage.read()
+        files[field] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    return {"files": files, "fields": dict((await request.form).items())}

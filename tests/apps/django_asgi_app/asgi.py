@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import os
 import tempfile
 import threading
@@ -75,6 +76,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
 if not os.path.exists(DB):
     call_command("migrate", verbosity=0, interactive=False)
@@ -156,12 +158,25 @@ async def slow(request: HttpRequest) -> HttpResponse:
     return HttpResponse("never released\n", status=504, content_type="text/plain")
 
 
+@csrf_exempt
+async def upload(request: HttpRequest) -> JsonResponse:
+    """The sha256 and size of each uploaded file, by field name (multipart/form-data)."""
+    files = {}
+    for field, uploaded in request.FILES.items():
+        digest = hashlib.sha256()
+        for chunk in uploaded.chunks():
+            digest.update(chunk)
+        files[field] = {"sha256": digest.hexdigest(), "size": uploaded.size}
+    return JsonResponse({"files": files, "fields": dict(request.POST.items())})
+
+
 urlpatterns = [
     path("", hello),
     path("stream", stream),
     path("orm", orm),
     path("forever", forever),
     path("slow", slow),
+    path("upload", upload),
     path("admin/", admin.site.urls),
 ]
 

@@ -1,0 +1,467 @@
+"""WebSocket conformance: one set of scenarios over SCGI, the app on trio and on asyncio.
+
+Each scenario runs a session through the SCGI tunnel (tests/conformance/ws_driver.py)
+against one plain ASGI app, :class:`Recorder`, which keeps the exact sequence of
+messages its ``receive()`` returned (and what its ``send()`` raised). A scenario asserts
+that sequence and what the client saw against one expected value, written from the
+asgiref spec (www.rst, WebSocket; spec_version 2.4): so the sequence is the same on both
+loops, and the spec's. The test ids name the path: ``test_echo_text[scgi-asyncio]``.
+
+What the spec says, and the scenarios check:
+- ``websocket.connect`` first; a ``websocket.close`` before ``websocket.accept`` denies
+  the handshake with 403; ``websocket.accept`` may name a subprotocol and add headers.
+- ``websocket.receive`` carries one whole message, ``text`` or ``bytes``, however its
+  frames were cut and delivered (fragments, pieces, pauses); pings are the server's job,
+  also while the app is busy.
+- ``websocket.disconnect`` carries the close code (and reason) of the client's close
+  frame, of the close the app asked for once the client answers, or 1006 when the
+  connection is lost without a close frame; ``receive()`` after it returns it again.
+- ``send()`` after the connection is gone raises an ``OSError`` subclass (2.4).
+- An exception before accept is a 500 answer; after accept, close code 1011.
+
+Every scenario runs its own in-process server on TCP loopback, on the real clock (the
+asyncio loop's timers do not follow trio's autojump clock); the file runs in a few
+seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import pytest
+import trio
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+
+from trioscgi._websocket import accept_token
+
+from .ws_driver import KEY, TIMEOUT, Session, open_session, ws_server
+
+PATHS = [("scgi", "trio"), ("scgi", "asyncio")]
+
+Record = dict[str, Any]
+
+
+@pytest.fixture(params=PATHS, ids=[f"{wire}-{loop}" for wire, loop in PATHS])
+def app_loop(request: pytest.FixtureRequest) -> str:
+    """The loop the app runs on (the wire is SCGI for every WebSocket path)."""
+    loop: str = request.param[1]
+    return loop
+
+
+# --- the app ----------------------------------------------------------------------------
+
+
+def summary(message: Record) -> Record:
+    """``message`` as recorded: a long payload by its length and digest."""
+    for key in ("text", "bytes"):
+        value = message.get(key)
+        if value is not None and len(value) > 64:
+            data = value.encode() if isinstance(value, str) else value
+            return {**message, key: f"{len(value)} long, sha256 {hashlib.sha256(data).hexdigest()}"}
+    return message
+
+
+def raised(exc: BaseException) -> Record:
+    return {"raised": type(exc).__name__, "oserror": isinstance(exc, OSError)}
+
+
+def received(text: str | None = None, data: bytes | None = None) -> Record:
+    if text is not None:
+        return summary({"type": "websocket.receive", "text": text})
+    return summary({"type": "websocket.receive", "bytes": data})
+
+
+CONNECT: Record = {"type": "websocket.connect"}
+
+
+def disconnect(code: int, reason: str = "") -> Record:
+    return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+
+class Recorder:
+    """A plain ASGI WebSocket app (anyio only for sleeping, so it runs on both loops).
+
+    It records every message its ``receive()`` returns. The query string picks what it
+    does before and after accepting; after accepting it echoes messages, except the
+    commands ``raise``, ``busy SECONDS`` (sleep without reading, then send ``done``) and
+    ``close CODE REASON`` (close from the server's side).
+    """
+
+    def __init__(self) -> None:
+        self.sessions: list[list[Record]] = []
+        self.scopes: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        got: list[Record] = []
+        self.sessions.append(got)
+        self.scopes.append(scope)
+        query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+
+        async def recv() -> Record:
+            message: Record = await receive()
+            got.append(summary(message))
+            return message
+
+        await recv()
+        if "raise_before" in query:
+            raise RuntimeError("the app fails before accepting")
+        if "deny" in query:
+            await send({"type": "websocket.close"})
+            return
+        if "teapot" in query:
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 418,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": b"no socket for you\n"})
+            return
+        accept: Record = {"type": "websocket.accept"}
+        if "subprotocol" in query:
+            accept["subprotocol"] = query["subprotocol"]
+        if "header" in query:
+            accept["headers"] = [(b"x-conformance", b"yes")]
+        if "early_reader" in query:
+            # A task of the app waits in receive() before the accept goes out (a reader
+            # started first, as task groups do): it gets the messages that follow it.
+            async with anyio.create_task_group() as tg:
+
+                async def reader() -> None:
+                    while (await recv())["type"] != "websocket.disconnect":
+                        await send({"type": "websocket.send", "text": "read early"})
+
+                tg.start_soon(reader)
+                await anyio.sleep(0.05)  # the reader is in receive() by now
+                await send(accept)
+            return
+        await send(accept)
+        if "ticker" in query:
+            # Sends and never reads until a send fails: the client is gone.
+            for i in range(2000):
+                try:
+                    await send({"type": "websocket.send", "text": f"tick {i}"})
+                except Exception as exc:
+                    got.append(raised(exc))
+                    break
+                await anyio.sleep(0.005)
+            await recv()
+            return
+        while True:
+            message = await recv()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text == "raise":
+                raise RuntimeError("the app fails on an open WebSocket")
+            if text is not None and text.startswith("busy "):
+                try:
+                    await anyio.sleep(float(text.split()[1]))
+                except anyio.get_cancelled_exc_class():
+                    # Cut by the server (graceful_timeout): what is there still to read?
+                    with anyio.CancelScope(shield=True):
+                        await recv()
+                    raise
+                await send({"type": "websocket.send", "text": "done"})
+            elif text is not None and text.startswith("close "):
+                _, code, reason = text.split(" ", 2)
+                await send({"type": "websocket.close", "code": int(code), "reason": reason})
+            else:
+                await send({**message, "type": "websocket.send"})
+        for _ in range(int(query.get("after", "0"))):
+            await recv()
+        if "send_after" in query:
+            try:
+                await send({"type": "websocket.send", "text": "too late"})
+            except Exception as exc:
+                got.append(raised(exc))
+            else:
+                got.append({"raised": None})
+
+
+async def run_session(
+    app_loop: str, target: str, scenario: Any, *, config: Any = None, **open_kwargs: Any
+) -> Recorder:
+    """Serve a fresh :class:`Recorder`, run ``scenario(session)``, wait for the app to end.
+
+    ``scenario`` may take a second argument: the server's handle (to stop it).
+    """
+    app = Recorder()
+    with trio.fail_after(TIMEOUT):
+        async with ws_server(app, app_loop, **(config or {})) as srv:
+            session = await open_session(srv.address, target, **open_kwargs)
+            try:
+                if scenario.__code__.co_argcount == 2:
+                    await scenario(session, srv)
+                else:
+                    await scenario(session)
+            finally:
+                await session.stream.aclose()
+    assert len(app.sessions) == 1
+    return app
+
+
+# --- the handshake ----------------------------------------------------------------------
+
+
+async def test_connect_accept(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 101
+        assert s.header("upgrade") == "websocket"
+        assert s.header("sec-websocket-accept") == accept_token(KEY.encode()).decode()
+        assert s.header("sec-websocket-protocol") is None
+        reply = await s.close()
+        assert reply.code == 1000
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, disconnect(1000)]
+    assert app.scopes[0]["subprotocols"] == []
+
+
+async def test_accept_with_subprotocol_and_headers(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 101
+        assert s.header("sec-websocket-protocol") == "chat"
+        assert s.header("x-conformance") == "yes"
+        await s.close()
+
+    app = await run_session(
+        app_loop, "/?subprotocol=chat&header=1", scenario, subprotocols=["other", "chat"]
+    )
+    assert app.sessions[0] == [CONNECT, disconnect(1000)]
+    assert app.scopes[0]["subprotocols"] == ["other", "chat"]
+
+
+async def test_close_before_accept_is_403(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 403
+        await s.read_to_eof()
+
+    app = await run_session(app_loop, "/?deny=1", scenario)
+    assert app.sessions[0] == [CONNECT]
+
+
+async def test_denial_response_extension(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 418
+        assert s.header("content-type") == "text/plain"
+        assert (await s.read_to_eof()).endswith(b"no socket for you\n")
+
+    app = await run_session(app_loop, "/?teapot=1", scenario)
+    assert app.sessions[0] == [CONNECT]
+
+
+async def test_exception_before_accept_is_500(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 500
+        await s.read_to_eof()
+
+    app = await run_session(app_loop, "/?raise_before=1", scenario)
+    assert app.sessions[0] == [CONNECT]
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+async def test_echo_text(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="héllo"))
+        assert await s.receive_message() == "héllo"
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received("héllo"), disconnect(1000)]
+
+
+async def test_echo_binary(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(BytesMessage(data=b"\x00\xff\x80"), BytesMessage(data=b""))
+        assert await s.receive_message() == b"\x00\xff\x80"
+        assert await s.receive_message() == b""
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received(data=b"\x00\xff\x80"),
+        received(data=b""),
+        disconnect(1000),
+    ]
+
+
+async def test_one_mib_message(app_loop: str) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    async def scenario(s: Session) -> None:
+        await s.send(BytesMessage(data=big))
+        assert await s.receive_message() == big
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received(data=big), disconnect(1000)]
+
+
+async def test_fragmented_messages(app_loop: str) -> None:
+    # RFC 6455 5.4: a message in several frames, with control frames between them.
+    async def scenario(s: Session) -> None:
+        await s.send(
+            TextMessage(data="frag", message_finished=False),
+            TextMessage(data="mented ", message_finished=False),
+            TextMessage(data="message"),
+            BytesMessage(data=b"ab", message_finished=False),
+            Ping(payload=b"between"),
+            BytesMessage(data=b"cd"),
+        )
+        assert await s.receive_message() == "fragmented message"
+        assert await s.receive_message() == b"abcd"
+        assert s.control == [Pong(payload=b"between")]
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received("fragmented message"),
+        received(data=b"abcd"),
+        disconnect(1000),
+    ]
+
+
+async def test_frames_in_pieces_and_after_pauses(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        data = s.frames(TextMessage(data="in pieces, é"), BytesMessage(data=bytes(300)))
+        await s.send_pieces(data, [1, 2, 3, 7], pause=0.005, every=8)
+        assert await s.receive_message() == "in pieces, é"
+        assert await s.receive_message() == bytes(300)
+        # Half a frame, then a pause longer than the server's look-away (_AWAY), then the
+        # rest: nothing is lost or doubled whoever reads meanwhile.
+        data = s.frames(TextMessage(data="after a pause"))
+        await s.send_pieces(data, [len(data) // 2], pause=0.4)
+        assert await s.receive_message() == "after a pause"
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received("in pieces, é"),
+        received(data=bytes(300)),
+        received("after a pause"),
+        disconnect(1000),
+    ]
+
+
+async def test_ping_answered_while_the_app_is_busy(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="busy 1.0"))
+        # The ping comes later than the message, in a read of its own: the app sleeps a
+        # second without calling receive(), and the server answers meanwhile.
+        await trio.sleep(0.2)  # the network delivering late, not a wait for state
+        await s.send(Ping(payload=b"are you there"))
+        assert await s.next_event() == Pong(payload=b"are you there")
+        assert await s.receive_message() == "done"
+        await s.close()
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received("busy 1.0"), disconnect(1000)]
+
+
+# --- the end ----------------------------------------------------------------------------
+
+
+async def test_client_close_with_code_and_reason(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        reply = await s.close(4002, "bye")
+        assert reply.code == 4002  # RFC 6455 5.5.1: the answer echoes the code
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, disconnect(4002, "bye")]
+
+
+async def test_server_close_with_code(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="close 4001 done here"))
+        [close] = await s.events_until_close()
+        assert close == CloseConnection(code=4001, reason="done here")
+        assert await s.read_to_eof() == b""
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received("close 4001 done here"),
+        disconnect(4001, "done here"),
+    ]
+
+
+async def test_exception_after_accept_is_1011(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="raise"))
+        [close] = await s.events_until_close()
+        assert isinstance(close, CloseConnection) and close.code == 1011
+        assert await s.read_to_eof() == b""
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received("raise")]
+
+
+async def test_receive_after_disconnect(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.close(1000)
+
+    app = await run_session(app_loop, "/?after=2", scenario)
+    assert app.sessions[0] == [CONNECT, disconnect(1000), disconnect(1000), disconnect(1000)]
+
+
+async def test_client_vanishing_without_a_close_frame_is_1006(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="x"))
+        assert await s.receive_message() == "x"
+        await s.vanish(reset=False)
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received("x"), disconnect(1006)]
+
+
+async def test_send_after_disconnect_raises_oserror(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="x"))
+        assert await s.receive_message() == "x"
+        await s.vanish(reset=True)
+
+    app = await run_session(app_loop, "/?send_after=1", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received("x"),
+        disconnect(1006),
+        {"raised": "ClientDisconnected", "oserror": True},
+    ]
+
+
+async def test_send_to_a_vanished_client_raises_oserror(app_loop: str) -> None:
+    # The app only sends, never reads: it learns that the client is gone from send().
+    async def scenario(s: Session) -> None:
+        assert await s.receive_message() == "tick 0"
+        await s.vanish(reset=True)
+
+    app = await run_session(app_loop, "/?ticker=1", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        {"raised": "ClientDisconnected", "oserror": True},
+        disconnect(1006),
+    ]
+
+
+async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:
+    async def scenario(s: Session, srv: Any) -> None:
+        await s.send(TextMessage(data="x"))
+        assert await s.receive_message() == "x"
+        srv.stop()
+        [close] = await s.events_until_close()
+        assert isinstance(close, CloseConnection) and close.code == 1001
+        assert await s.read_to_eof() == b""
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [CONNECT, received("x"), disconnect(1001, "server shutting down")]

@@ -153,6 +153,7 @@ class WebSocketCycle:
         self._connect_delivered = False
         self._response_started = False  # websocket.http.response.start seen
         self._handshake_done = False  # 101 sent, or the denial complete
+        self._early_waits: list[trio.CancelScope] = []  # receive() calls from before it
         self._gone = False  # the tunnel can carry nothing more
         self._broken = False  # the peer broke the protocol: our close is the last frame
         self._end_delivered = False
@@ -515,7 +516,7 @@ class WebSocketCycle:
         if extra:
             head = p.Response(status=status, headers=[*head.headers, *extra])
         self.status = status
-        self._handshake_done = True
+        self._answered()
         try:
             await self._wire.write(head, body, False)
         except ClientDisconnected:
@@ -552,7 +553,7 @@ class WebSocketCycle:
             raise RuntimeError(f"invalid 'websocket.accept': {exc}") from None
         self._ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.status = 101
-        self._handshake_done = True
+        self._answered()
         try:
             await self._wire.write(head, b"", True)
         except ClientDisconnected as exc:
@@ -564,6 +565,13 @@ class WebSocketCycle:
         if self._ping_interval > 0:
             nursery.start_soon(self._pinger)
 
+    def _answered(self) -> None:
+        """The handshake has its answer: a ``receive()`` waiting from before it stops
+        watching the socket (after a ``101`` the frames come there) and looks again."""
+        self._handshake_done = True
+        for scope in self._early_waits:
+            scope.cancel()
+
     # --- the ASGI callables ---------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
@@ -574,11 +582,19 @@ class WebSocketCycle:
             return {"type": "websocket.connect"}
         if self.status != 101:
             # Not accepted (yet): nothing arrives before our answer; wait for the client
-            # to give up, or for a denial to be complete.
+            # to give up, or for our answer (another task of the app may send it
+            # meanwhile: after a 101, the frames that follow are this call's).
             if not self._handshake_done and not self._gone:
-                await self._wire.wait_disconnect()
-                self._gone = True
-            return self._disconnect
+                with trio.CancelScope() as waiting:
+                    self._early_waits.append(waiting)
+                    try:
+                        await self._wire.wait_disconnect()
+                    finally:
+                        self._early_waits.remove(waiting)
+                if not waiting.cancelled_caught:
+                    self._gone = True
+            if self.status != 101:
+                return self._disconnect
         # A message already read comes without a schedule point; the app yields when it
         # sends, or here once it has to wait for the socket.
         queue = self._queue
@@ -665,7 +681,8 @@ class WebSocketCycle:
             more = bool(message.get("more_body", False))
             if head is not None:
                 self.status = head.status
-            self._handshake_done = not more
+            if not more:
+                self._answered()
             try:
                 await self._wire.write(head, message.get("body", b""), more)
             except ClientDisconnected:

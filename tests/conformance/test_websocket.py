@@ -11,8 +11,9 @@ What the spec says, and the scenarios check:
 - ``websocket.connect`` first; a ``websocket.close`` before ``websocket.accept`` denies
   the handshake with 403; ``websocket.accept`` may name a subprotocol and add headers.
 - ``websocket.receive`` carries one whole message, ``text`` or ``bytes``, however its
-  frames were cut and delivered (fragments, pieces, pauses); pings are the server's job,
-  also while the app is busy.
+  frames were cut and delivered (fragments, pieces, pauses), also to a ``receive()``
+  that was waiting from before the accept; pings are the server's job, also while the
+  app is busy.
 - ``websocket.disconnect`` carries the close code (and reason) of the client's close
   frame, of the close the app asked for once the client answers, or 1006 when the
   connection is lost without a close frame; ``receive()`` after it returns it again.
@@ -452,6 +453,17 @@ async def test_send_to_a_vanished_client_raises_oserror(app_loop: str) -> None:
         {"raised": "ClientDisconnected", "oserror": True},
         disconnect(1006),
     ]
+
+
+async def test_receive_waiting_from_before_accept(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 101
+        await s.send(TextMessage(data="after accept"))
+        assert await s.receive_message() == "read early"
+        await s.close()
+
+    app = await run_session(app_loop, "/?early_reader=1", scenario)
+    assert app.sessions[0] == [CONNECT, received("after accept"), disconnect(1000)]
 
 
 async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:

@@ -279,6 +279,7 @@ class _Bridge:
         "_trio_task",
         "_waiting",
         "_wanted",
+        "_websocket",
     )
 
     def __init__(self, host: _Host, receive: Receive, send: Send) -> None:
@@ -294,6 +295,7 @@ class _Bridge:
         self._waiting: trio.CancelScope | None = None
         self._trio_task: Task | None = None
         self._finished = False
+        # (_websocket is set by call())
         # loop thread
         self._pending: collections.deque[asyncio.Future[Message]] = collections.deque()
         self._stash: collections.deque[Message | BaseException] = collections.deque()
@@ -380,6 +382,7 @@ class _Bridge:
         if host.closed:
             raise RuntimeError("the asyncio event loop is closed")
         self._trio_task = current_task()
+        self._websocket = scope["type"] == "websocket"
         context = contextvars.copy_context()
         host.to_loop(functools.partial(self._start_task, app, scope, context))
         try:
@@ -450,7 +453,12 @@ class _Bridge:
                 else:
                     self._finished = True
                     return
-            if self._wanted and not cancelled:
+            # Cut (graceful_timeout), an HTTP request is over: its receive() gets
+            # http.disconnect at once. A WebSocket session's end has a code that only
+            # the server's receive() knows (the close that went out, the client's
+            # answer): it is asked, within the grace, as a trio app asking from a
+            # shielded scope would.
+            if self._wanted and (not cancelled or self._websocket):
                 message: Message | BaseException | None = None
                 try:
                     # The app's next post (a send, its end) cancels this wait;

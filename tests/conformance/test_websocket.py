@@ -16,7 +16,9 @@ What the spec says, and the scenarios check:
   app is busy.
 - ``websocket.disconnect`` carries the close code (and reason) of the client's close
   frame, of the close the app asked for once the client answers, or 1006 when the
-  connection is lost without a close frame; ``receive()`` after it returns it again.
+  connection is lost without a close frame, or the server's 1001 when it shuts down
+  (also to an app that asks from its cleanup after ``graceful_timeout`` cut it);
+  ``receive()`` after it returns it again.
 - ``send()`` after the connection is gone raises an ``OSError`` subclass (2.4).
 - An exception before accept is a 500 answer; after accept, close code 1011.
 
@@ -477,3 +479,22 @@ async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:
 
     app = await run_session(app_loop, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("x"), disconnect(1001, "server shutting down")]
+
+
+async def test_app_cut_at_graceful_timeout_reads_the_disconnect(app_loop: str) -> None:
+    # The app ignores the 1001 (busy, not reading) until graceful_timeout cuts it; a
+    # shielded receive() in its cleanup then gets the session's end, as a WebSocket
+    # message.
+    async def scenario(s: Session, srv: Any) -> None:
+        await s.send(TextMessage(data="busy 30"))
+        srv.stop()
+        [close] = await s.events_until_close()
+        assert isinstance(close, CloseConnection) and close.code == 1001
+        assert await s.read_to_eof() == b""
+
+    app = await run_session(app_loop, "/", scenario, config={"graceful_timeout": 1.0})
+    assert app.sessions[0] == [
+        CONNECT,
+        received("busy 30"),
+        disconnect(1001, "server shutting down"),
+    ]

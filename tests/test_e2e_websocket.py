@@ -1,7 +1,8 @@
 """End to end: WebSocket through real nginx (stock scgi_params) to the real trioscgi process.
 
 The client is the ``websockets`` library (sync API); the apps are unmodified Starlette and
-FastAPI WebSocket routes (tests/apps). Hostile frames are written by hand on a raw socket
+FastAPI WebSocket routes (tests/apps), and a plain asyncio app on the hosted asyncio loop
+(tests/apps/ws_asyncio_app.py). Hostile frames are written by hand on a raw socket
 after a real handshake through nginx.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -353,3 +355,101 @@ def test_workers(e2e_dir: Path) -> None:
             assert fe.get("/").status == 200
     finally:
         assert server.stop() == 0, server.logs()
+
+
+# --- an asyncio app (the hosted loop) behind nginx ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asyncio_nginx(e2e_dir: Path) -> Iterator[FrontEnd]:
+    """tests/apps/ws_asyncio_app.py on the hosted asyncio loop, nginx over TCP."""
+    server = start_trioscgi(
+        "ws_asyncio_app:app",
+        sockdir=e2e_dir,
+        logdir=e2e_dir,
+        args=["--app-loop", "asyncio"],
+        name="ws-asyncio",
+    )
+    try:
+        with run_nginx(server.backends["tcp"]) as fe:
+            yield fe
+    finally:
+        assert server.stop() == 0, server.logs()
+
+
+def recorded(fe: FrontEnd, session: str) -> list[dict[str, Any]]:
+    """What the asyncio app's session ``session`` received, once it ended (bounded)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        got = json.loads(fe.get(f"/record?id={session}").body)
+        if got and got[-1]["type"] == "websocket.disconnect":
+            return got  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, got
+        time.sleep(0.02)  # polling interval, not a timing assumption
+
+
+def test_asyncio_app_echo_and_client_close(asyncio_nginx: FrontEnd) -> None:
+    big = os.urandom(1 << 20)
+    with ws(asyncio_nginx, "/ws/echo?id=a-echo") as c:
+        c.send("héllo")
+        assert c.recv(TIMEOUT) == "héllo"
+        c.send(b"\x00\xff")
+        assert c.recv(TIMEOUT) == b"\x00\xff"
+        c.send(big)
+        assert c.recv(TIMEOUT) == big
+        c.send(["frag", "mented"])
+        assert c.recv(TIMEOUT) == "fragmented"
+        assert c.ping(b"there?").wait(TIMEOUT)
+        c.close(4002, "bye")
+    digest = hashlib.sha256(big).hexdigest()
+    assert recorded(asyncio_nginx, "a-echo") == [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "héllo"},
+        {"type": "websocket.receive", "bytes": "00ff"},
+        {"type": "websocket.receive", "bytes": f"{len(big)} long, sha256 {digest}"},
+        {"type": "websocket.receive", "text": "fragmented"},
+        {"type": "websocket.disconnect", "code": 4002, "reason": "bye"},
+    ]
+
+
+def test_asyncio_app_busy_still_answers_pings(asyncio_nginx: FrontEnd) -> None:
+    with ws(asyncio_nginx, "/ws/echo?id=a-busy") as c:
+        c.send("busy 2.0")
+        time.sleep(0.2)  # the ping comes on its own, while the app sleeps
+        started = time.monotonic()
+        assert c.ping(b"busy?").wait(TIMEOUT)
+        assert time.monotonic() - started < 1.5  # answered before the app woke up
+        assert c.recv(TIMEOUT) == "done"
+    assert recorded(asyncio_nginx, "a-busy")[-1] == {
+        "type": "websocket.disconnect",
+        "code": 1000,
+        "reason": "",
+    }
+
+
+def test_asyncio_app_server_close_and_deny(asyncio_nginx: FrontEnd) -> None:
+    with ws(asyncio_nginx, "/ws/echo?id=a-close") as c:
+        c.send("close 4001 done here")
+        with pytest.raises(ConnectionClosed) as info:
+            c.recv(TIMEOUT)
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (4001, "done here")
+    assert recorded(asyncio_nginx, "a-close")[-1]["code"] == 4001
+    with pytest.raises(InvalidStatus) as denied:
+        ws(asyncio_nginx, "/ws/deny")
+    assert denied.value.response.status_code == 403
+
+
+def test_asyncio_app_raising_is_1011_and_vanishing_client_1006(asyncio_nginx: FrontEnd) -> None:
+    with ws(asyncio_nginx, "/ws/echo?id=a-raise") as c:
+        c.send("raise")
+        with pytest.raises(ConnectionClosed) as info:
+            c.recv(TIMEOUT)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+    with ws(asyncio_nginx, "/ws/echo?id=a-vanish") as c:
+        c.send("x")
+        assert c.recv(TIMEOUT) == "x"
+        c.socket.shutdown(socket.SHUT_RDWR)  # gone without a close frame
+        c.socket.close()
+    assert recorded(asyncio_nginx, "a-vanish")[-1]["code"] == 1006
+    assert asyncio_nginx.get("/").status == 200  # the server goes on

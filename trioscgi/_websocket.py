@@ -159,7 +159,11 @@ class WebSocketCycle:
         self._end_delivered = False
         self._pong = trio.Event()
         self._reader_done = trio.Event()
-        self._disconnect: dict[str, Any] = {"type": "websocket.disconnect", "code": ABNORMAL}
+        self._disconnect: dict[str, Any] = {
+            "type": "websocket.disconnect",
+            "code": ABNORMAL,
+            "reason": "",
+        }
         self.status = 0
         self.close_code: int | None = None
         self.sent_bytes = 0

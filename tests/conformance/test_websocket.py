@@ -141,7 +141,10 @@ class Recorder:
 
                 tg.start_soon(reader)
                 await anyio.sleep(0.05)  # the reader is in receive() by now
-                await send(accept)
+                if query["early_reader"] == "deny":
+                    await send({"type": "websocket.close"})
+                else:
+                    await send(accept)
             return
         await send(accept)
         if "ticker" in query:
@@ -466,6 +469,15 @@ async def test_receive_waiting_from_before_accept(app_loop: str) -> None:
 
     app = await run_session(app_loop, "/?early_reader=1", scenario)
     assert app.sessions[0] == [CONNECT, received("after accept"), disconnect(1000)]
+
+
+async def test_receive_waiting_from_before_a_denial(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        assert s.status == 403
+        await s.read_to_eof()  # the app's waiting reader returned, the app ended
+
+    app = await run_session(app_loop, "/?early_reader=deny", scenario)
+    assert app.sessions[0] == [CONNECT, disconnect(1006)]
 
 
 async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:

@@ -4,8 +4,9 @@ Each scenario runs a session through the SCGI tunnel (tests/conformance/ws_drive
 against one plain ASGI app, :class:`Recorder`, which keeps the exact sequence of
 messages its ``receive()`` returned (and what its ``send()`` raised). A scenario asserts
 that sequence and what the client saw against one expected value, written from the
-asgiref spec (www.rst, WebSocket; spec_version 2.4): so the sequence is the same on both
-loops, and the spec's. The test ids name the path: ``test_echo_text[scgi-asyncio]``.
+asgiref spec (www.rst, WebSocket; spec_version 2.4, and 2.5's ``reason`` on the
+disconnect): so the sequence is the same on both loops, and the spec's. The test ids
+name the path: ``test_echo_text[scgi-asyncio]``.
 
 What the spec says, and the scenarios check:
 - ``websocket.connect`` first; a ``websocket.close`` before ``websocket.accept`` denies

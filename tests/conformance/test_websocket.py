@@ -159,27 +159,37 @@ class Recorder:
                 await anyio.sleep(0.005)
             await recv()
             return
-        while True:
-            message = await recv()
-            if message["type"] == "websocket.disconnect":
-                break
-            text = message.get("text")
-            if text == "raise":
-                raise RuntimeError("the app fails on an open WebSocket")
-            if text is not None and text.startswith("busy "):
-                try:
-                    await anyio.sleep(float(text.split()[1]))
-                except anyio.get_cancelled_exc_class():
-                    # Cut by the server (graceful_timeout): what is there still to read?
-                    with anyio.CancelScope(shield=True):
-                        await recv()
-                    raise
-                await send({"type": "websocket.send", "text": "done"})
-            elif text is not None and text.startswith("close "):
-                _, code, reason = text.split(" ", 2)
-                await send({"type": "websocket.close", "code": int(code), "reason": reason})
-            else:
-                await send({**message, "type": "websocket.send"})
+
+        async def ticks(n: int) -> None:
+            for i in range(n):
+                await anyio.sleep(0.01)
+                await send({"type": "websocket.send", "text": f"tick {i}"})
+
+        async with anyio.create_task_group() as tg:
+            while True:
+                message = await recv()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text == "raise":
+                    raise RuntimeError("the app fails on an open WebSocket")
+                if text is not None and text.startswith("busy "):
+                    try:
+                        await anyio.sleep(float(text.split()[1]))
+                    except anyio.get_cancelled_exc_class():
+                        # Cut by the server (graceful_timeout): what is there still to read?
+                        with anyio.CancelScope(shield=True):
+                            await recv()
+                        raise
+                    await send({"type": "websocket.send", "text": "done"})
+                elif text is not None and text.startswith("ticks "):
+                    # Sends from a task of its own while this one waits in receive().
+                    tg.start_soon(ticks, int(text.split()[1]))
+                elif text is not None and text.startswith("close "):
+                    _, code, reason = text.split(" ", 2)
+                    await send({"type": "websocket.close", "code": int(code), "reason": reason})
+                else:
+                    await send({**message, "type": "websocket.send"})
         for _ in range(int(query.get("after", "0"))):
             await recv()
         if "send_after" in query:
@@ -357,6 +367,28 @@ async def test_frames_in_pieces_and_after_pauses(app_loop: str) -> None:
         received("in pieces, é"),
         received(data=bytes(300)),
         received("after a pause"),
+        disconnect(1000),
+    ]
+
+
+async def test_sends_from_another_task_while_receive_waits(app_loop: str) -> None:
+    async def scenario(s: Session) -> None:
+        await s.send(TextMessage(data="ticks 6"))
+        got = [await s.receive_message(), await s.receive_message()]
+        await s.send(TextMessage(data="a"))
+        while "a" not in got or "tick 5" not in got:
+            got.append(await s.receive_message())
+        await s.send(TextMessage(data="b"))
+        assert await s.receive_message() == "b"
+        await s.close()
+        assert sorted(got) == ["a", *(f"tick {i}" for i in range(6))]
+
+    app = await run_session(app_loop, "/", scenario)
+    assert app.sessions[0] == [
+        CONNECT,
+        received("ticks 6"),
+        received("a"),
+        received("b"),
         disconnect(1000),
     ]
 

@@ -3,6 +3,7 @@ libraries) behind real nginx (stock scgi_params) in front of the real trioscgi p
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import re
 import signal
@@ -89,6 +90,16 @@ def fastapi_asyncio_nginx(e2e_dir: Path) -> Iterator[FrontEnd]:
             env={"ECHO_SOCKET": str(e2e_dir / "echo.sock")},
             name="fastapi-asyncio",
         ) as server,
+        run_nginx(server.backends["unix"]) as fe,
+    ):
+        yield fe
+
+
+@pytest.fixture(scope="module")
+def sanic_nginx(e2e_dir: Path) -> Iterator[FrontEnd]:
+    """Sanic in ASGI mode, no app_loop setting: auto must put it on asyncio."""
+    with (
+        run_trioscgi("sanic_app:app", sockdir=e2e_dir, logdir=e2e_dir, name="sanic") as server,
         run_nginx(server.backends["unix"]) as fe,
     ):
         yield fe
@@ -260,6 +271,19 @@ def test_quart_workers_serve_concurrently(quart_nginx: FrontEnd) -> None:
 
 
 # --------------------------------------------------------------------------- FastAPI
+
+
+# --------------------------------------------------------------------------- Sanic
+
+
+def test_sanic_starts_and_answers_under_auto(sanic_nginx: FrontEnd) -> None:
+    r = sanic_nginx.get("/")
+    assert (r.status, r.body) == (200, b"hello from sanic")
+    assert checks.json_of(sanic_nginx.get("/started")) == {"started": "before_server_start ran"}
+    body = bytes(range(256)) * 2048  # 512 KiB, sent chunked in pieces
+    pieces = [body[i : i + 60_000] for i in range(0, len(body), 60_000)]
+    r = sanic_nginx.request("POST", "/sha256", body=pieces, chunked=True)
+    assert checks.json_of(r) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
 
 
 def test_fastapi_on_asyncio_only_libraries(fastapi_asyncio_nginx: FrontEnd) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from ._apploop import other_framework_hint
+from ._apploop import other_framework_hint, other_framework_hint_in_text
 from ._config import Config
 from ._types import ASGIApp, Message
 
@@ -156,7 +156,13 @@ class Lifespan:
         if kind == "lifespan.startup.complete":
             self._startup_done.set()
         elif kind == "lifespan.startup.failed":
-            self._failure = str(message.get("message", "")) or "(no message)"
+            text = str(message.get("message", "")).rstrip() or "(no message)"
+            # Starlette (FastAPI) catches the error and sends its traceback:
+            # the wrong-loop hint is then found in the text only.
+            hint = other_framework_hint_in_text(text)
+            if hint is not None:
+                text += f"\n{hint}" if "\n" in text else f". {hint}"
+            self._failure = text
             self._startup_done.set()
         elif kind == "lifespan.shutdown.complete":
             self._shutdown_done.set()

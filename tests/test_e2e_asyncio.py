@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from typing import Any
 import e2e_checks as checks
 import pytest
 from frontends import (
+    APPS_DIR,
     HTTP_TIMEOUT,
     FrontEnd,
     HTTPResponse,
@@ -289,6 +293,31 @@ def test_sanic_starts_and_answers_under_auto(sanic_nginx: FrontEnd) -> None:
 def test_fastapi_on_asyncio_only_libraries(fastapi_asyncio_nginx: FrontEnd) -> None:
     assert checks.json_of(fastapi_asyncio_nginx.get("/notes")) == {"notes": ["one", "two"]}
     assert checks.json_of(fastapi_asyncio_nginx.get("/echo/marco")) == {"answer": "echo: marco"}
+
+
+def test_asyncio_library_in_a_lifespan_on_trio_fails_startup_with_the_hint(e2e_dir: Path) -> None:
+    # The FastAPI app starts an asyncio server and opens aiosqlite in its
+    # lifespan; without --app-loop, auto puts FastAPI on trio. The startup
+    # fails (exit 3) with one failure line that ends with the hint, and no
+    # shutdown line before or after it.
+    argv = [sys.executable, "-m", "trioscgi", "--app-dir", str(APPS_DIR)]
+    argv += ["--bind", f"unix:{e2e_dir}/wrong-loop.sock", "fastapi_asyncio_app:app"]
+    proc = subprocess.run(
+        argv,
+        check=False,
+        env={**os.environ, "ECHO_SOCKET": str(e2e_dir / "wrong-loop-echo.sock")},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert "shutdown" not in err, err
+    lines = err.splitlines()
+    first = next(i for i, line in enumerate(lines) if "[CRITICAL]" in line)
+    assert lines[first].endswith("lifespan startup failed: Traceback (most recent call last):")
+    assert "RuntimeError: no running event loop" in err  # asyncio.start_unix_server
+    assert lines[-1].endswith('set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md')
 
 
 def test_http_client_sees_complete_responses(fastapi_asyncio_nginx: FrontEnd) -> None:

@@ -69,11 +69,18 @@ class Lifespan:
                 " (startup_timeout)"
             )
         if self._failure is not None:
+            # No shutdown for a startup that never completed (the ASGI spec
+            # sends none after startup.failed): shutdown() must not log this
+            # failure a second time, as a shutdown one.
+            self._supported = False
             self._cancel_scope.cancel()
             raise LifespanFailure(f"lifespan startup failed: {self._failure}")
 
     async def shutdown(self) -> None:
-        """Ask the application to shut down; wait at most ``shutdown_timeout``."""
+        """Ask the application to shut down; wait at most ``shutdown_timeout``.
+
+        Nothing to do when startup failed or never completed.
+        """
         if self._mode == "off" or not self._supported or not self._startup_done.is_set():
             self._cancel_scope.cancel()
             return

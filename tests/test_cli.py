@@ -226,6 +226,32 @@ def test_config_file_errors_exit_2_with_one_line(tmp_path: Path, text: str, expe
     assert result.stdout == ""
 
 
+def test_check_config_reports_every_mistake_of_the_file_and_the_flags(tmp_path: Path) -> None:
+    path = tmp_path / "trioscgi.toml"
+    path.write_text(
+        "graceful_timout = 20\n"
+        "workers = 0\n"
+        'lifespan = "maybe"\n'
+        "max_header_szie = 4096\n"
+        'bind = ["nowhere"]\n'
+    )
+    result = trioscgi("-c", str(path), "--workers", "many", "--check-config", "x:app")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"trioscgi: config error: {path}: unknown key 'graceful_timout'"
+        " (did you mean 'graceful_timeout'?)",
+        f"trioscgi: config error: {path}: key 'workers' must be >= 1, got 0",
+        f"trioscgi: config error: {path}: key 'lifespan' must be one of 'auto', 'on', 'off',"
+        " got 'maybe' (a string)",
+        f"trioscgi: config error: {path}: unknown key 'max_header_szie'"
+        " (did you mean 'max_header_size'?)",
+        f"trioscgi: config error: {path}: key 'bind': invalid bind 'nowhere':"
+        " expected unix:PATH, HOST:PORT, [IPV6]:PORT, fd://N or systemd[:NAME]",
+        "trioscgi: config error: --workers: must be an integer, got 'many'",
+    ]
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     result = trioscgi("-c", str(tmp_path / "nope.toml"), "--check-config")
     assert result.returncode == 2

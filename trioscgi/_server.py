@@ -17,6 +17,7 @@ from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
+from ._logging import counted
 from ._sockio import SocketIO, Timeout
 from ._types import ASGIApp
 from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
@@ -192,9 +193,9 @@ class Server:
             self._close_listeners()
             if self._active:
                 log.info(
-                    "waiting up to %g s for %d request(s) to finish",
+                    "waiting up to %g s for %s to finish",
                     config.graceful_timeout,
-                    self._active,
+                    counted(self._active, "connection"),
                 )
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 

@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -420,6 +421,29 @@ def test_bad_app_paths(apps: Path, spec: str, expected: str) -> None:
     result = trioscgi("--bind", "127.0.0.1:0", spec, cwd=apps)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
+
+
+def test_an_app_module_named_like_a_stdlib_one_is_named_as_shadowed(apps: Path) -> None:
+    # The stdlib's stat is imported before the project's stat.py can be.
+    (apps / "stat.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    result = trioscgi("--bind", "127.0.0.1:0", "stat:app", cwd=apps)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.splitlines()[-1]
+    assert "'stat' has no attribute 'app' (candidates: 'S_IFMT'" in line
+    assert f"'stat' was imported from {stat.__file__}, and it shadows your {apps}/stat.py" in line
+    assert "rename yours" in line
+
+
+def test_a_module_from_elsewhere_names_its_file_and_app_dir(apps: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = trioscgi("--bind", "127.0.0.1:0", "sys:app", cwd=elsewhere)
+    line = result.stderr.splitlines()[-1]
+    assert f"'sys' is built into Python, not from {elsewhere}" in line
+    assert "point --app-dir at its directory" in line
+    # An app module of the project: its file is named, nothing more.
+    result = trioscgi("--bind", "127.0.0.1:0", "good:nope", cwd=apps)
+    assert result.stderr.splitlines()[-1].endswith(f"; 'good' was imported from {apps}/good.py")
 
 
 def test_import_error_inside_the_module_shows_its_traceback(apps: Path) -> None:

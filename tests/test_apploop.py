@@ -223,6 +223,29 @@ async def test_lifespan_startup_failed_on_the_wrong_loop_gets_the_hint(
     assert message.splitlines()[-1] == other_framework_hint(TypeError("unrecognized yield message"))
 
 
+async def test_sanic_that_auto_cannot_see_fails_startup_with_the_hint(tmp_path: Path) -> None:
+    # Sanic behind a plain function: auto sees a function and picks trio; the
+    # startup fails with Sanic's own words, and the hint says what to do.
+    from sanic import Sanic
+    from sanic.response import text
+
+    sanic_app = Sanic("trioscgi_hidden_sanic")
+
+    @sanic_app.get("/")
+    async def hello(request: Any) -> Any:
+        return text("hi")
+
+    async def hidden(scope: Any, receive: Any, send: Any) -> None:
+        await sanic_app(scope, receive, send)
+
+    config = trioscgi.Config(bind=[f"unix:{tmp_path}/s.sock"], lifespan="auto")
+    with pytest.raises(trioscgi.LifespanFailure) as failure:
+        await trioscgi.serve(hidden, config)
+    message = str(failure.value)
+    assert "Cannot finalize signals outside of event loop" in message
+    assert message.endswith('set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md')
+
+
 async def test_a_request_on_the_wrong_loop_logs_the_hint_with_its_500(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

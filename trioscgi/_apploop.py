@@ -121,9 +121,8 @@ def detect_app_loop(app: Any, declared: str) -> Literal["trio", "asyncio"]:
     of :data:`ASYNCIO_MODULES` (Django's ASGIHandler, Quart, Channels,
     asgiref, Sanic, BlackSheep, aiohttp), and ``"trio"`` otherwise:
     Starlette, FastAPI, Litestar and plain ASGI functions run on trio
-    directly, and the WSGI adapter is
-    trio's own (it is not looked into). Only the objects are looked at;
-    nothing is imported.
+    directly, and the WSGI adapter is trio's own (it is not looked into).
+    Only the objects are looked at; nothing is imported.
 
     Raises:
         ValueError: ``declared`` is not one of the three.
@@ -142,6 +141,7 @@ _NEEDS_ASYNCIO = (
     "written for some other framework",
     "no running event loop",  # asyncio.get_running_loop() on trio
     "no current event loop",  # asyncio.get_event_loop() (3.12+) on trio
+    "outside of event loop",  # Sanic's startup ("Cannot finalize signals ...")
 )
 _NEEDS_TRIO = (
     "got bad yield",  # an asyncio Task received one of trio's yields

@@ -74,6 +74,25 @@ def test_auto_puts_quart_and_asgiref_on_asyncio() -> None:
     assert detect_app_loop(WsgiToAsgi(lambda e, s: []), "auto") == "asyncio"
 
 
+def test_auto_puts_sanic_blacksheep_and_aiohttp_apps_on_asyncio() -> None:
+    from blacksheep import Application
+    from sanic import Sanic
+
+    # Sanic's ASGI startup fails on trio ("Cannot finalize signals outside
+    # of event loop"); BlackSheep calls asyncio in its body and response paths.
+    assert detect_app_loop(Sanic("trioscgi_auto_test"), "auto") == "asyncio"
+    assert detect_app_loop(Middleware(Application()), "auto") == "asyncio"
+
+    # An ASGI face of an aiohttp application (not installed here): its module
+    # is what auto looks at.
+    class AiohttpASGI:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            pass
+
+    AiohttpASGI.__module__ = "aiohttp.web_asgi"
+    assert detect_app_loop(AiohttpASGI(), "auto") == "asyncio"
+
+
 def test_auto_keeps_anyio_apps_plain_apps_and_wsgi_on_trio() -> None:
     from django.core.handlers.wsgi import WSGIHandler
     from fastapi import FastAPI
@@ -174,6 +193,57 @@ async def test_lifespan_on_the_wrong_loop_logs_the_hint(
         assert (await request(srv.address)).status == 204
     lines = [r.getMessage() for r in caplog.records if "lifespan" in r.getMessage()]
     assert any('set app_loop = "asyncio"' in line for line in lines), lines
+
+
+async def test_lifespan_startup_failed_on_the_wrong_loop_gets_the_hint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FastAPI (Starlette) catches the TypeError that trio throws into a
+    # coroutine awaiting an asyncio future, and sends its traceback as the
+    # lifespan.startup.failed message: the hint is found in that text.
+    import contextlib
+
+    from fastapi import FastAPI
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        loop = asyncio.new_event_loop()
+        try:
+            await loop.create_future()  # what aiosqlite.connect() awaits
+        finally:
+            loop.close()
+        yield
+
+    config = trioscgi.Config(bind=[f"unix:{tmp_path}/s.sock"], lifespan="auto")
+    with pytest.raises(trioscgi.LifespanFailure) as failure:
+        await trioscgi.serve(FastAPI(lifespan=lifespan), config)
+    message = str(failure.value)
+    assert message.startswith("lifespan startup failed: ")
+    assert "unrecognized yield message" in message
+    assert message.splitlines()[-1] == other_framework_hint(TypeError("unrecognized yield message"))
+
+
+async def test_sanic_that_auto_cannot_see_fails_startup_with_the_hint(tmp_path: Path) -> None:
+    # Sanic behind a plain function: auto sees a function and picks trio; the
+    # startup fails with Sanic's own words, and the hint says what to do.
+    from sanic import Sanic
+    from sanic.response import text
+
+    sanic_app = Sanic("trioscgi_hidden_sanic")
+
+    @sanic_app.get("/")
+    async def hello(request: Any) -> Any:
+        return text("hi")
+
+    async def hidden(scope: Any, receive: Any, send: Any) -> None:
+        await sanic_app(scope, receive, send)
+
+    config = trioscgi.Config(bind=[f"unix:{tmp_path}/s.sock"], lifespan="auto")
+    with pytest.raises(trioscgi.LifespanFailure) as failure:
+        await trioscgi.serve(hidden, config)
+    message = str(failure.value)
+    assert "Cannot finalize signals outside of event loop" in message
+    assert message.endswith('set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md')
 
 
 async def test_a_request_on_the_wrong_loop_logs_the_hint_with_its_500(

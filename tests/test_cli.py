@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -226,6 +227,32 @@ def test_config_file_errors_exit_2_with_one_line(tmp_path: Path, text: str, expe
     assert result.stdout == ""
 
 
+def test_check_config_reports_every_mistake_of_the_file_and_the_flags(tmp_path: Path) -> None:
+    path = tmp_path / "trioscgi.toml"
+    path.write_text(
+        "graceful_timout = 20\n"
+        "workers = 0\n"
+        'lifespan = "maybe"\n'
+        "max_header_szie = 4096\n"
+        'bind = ["nowhere"]\n'
+    )
+    result = trioscgi("-c", str(path), "--workers", "many", "--check-config", "x:app")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"trioscgi: config error: {path}: unknown key 'graceful_timout'"
+        " (did you mean 'graceful_timeout'?)",
+        f"trioscgi: config error: {path}: key 'workers' must be >= 1, got 0",
+        f"trioscgi: config error: {path}: key 'lifespan' must be one of 'auto', 'on', 'off',"
+        " got 'maybe' (a string)",
+        f"trioscgi: config error: {path}: unknown key 'max_header_szie'"
+        " (did you mean 'max_header_size'?)",
+        f"trioscgi: config error: {path}: key 'bind': invalid bind 'nowhere':"
+        " expected unix:PATH, HOST:PORT, [IPV6]:PORT, fd://N or systemd[:NAME]",
+        "trioscgi: config error: --workers: must be an integer, got 'many'",
+    ]
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     result = trioscgi("-c", str(tmp_path / "nope.toml"), "--check-config")
     assert result.returncode == 2
@@ -394,6 +421,29 @@ def test_bad_app_paths(apps: Path, spec: str, expected: str) -> None:
     result = trioscgi("--bind", "127.0.0.1:0", spec, cwd=apps)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
+
+
+def test_an_app_module_named_like_a_stdlib_one_is_named_as_shadowed(apps: Path) -> None:
+    # The stdlib's stat is imported before the project's stat.py can be.
+    (apps / "stat.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    result = trioscgi("--bind", "127.0.0.1:0", "stat:app", cwd=apps)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.splitlines()[-1]
+    assert "'stat' has no attribute 'app' (candidates: 'S_IFMT'" in line
+    assert f"'stat' was imported from {stat.__file__}, and it shadows your {apps}/stat.py" in line
+    assert "rename yours" in line
+
+
+def test_a_module_from_elsewhere_names_its_file_and_app_dir(apps: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = trioscgi("--bind", "127.0.0.1:0", "sys:app", cwd=elsewhere)
+    line = result.stderr.splitlines()[-1]
+    assert f"'sys' is built into Python, not from {elsewhere}" in line
+    assert "point --app-dir at its directory" in line
+    # An app module of the project: its file is named, nothing more.
+    result = trioscgi("--bind", "127.0.0.1:0", "good:nope", cwd=apps)
+    assert result.stderr.splitlines()[-1].endswith(f"; 'good' was imported from {apps}/good.py")
 
 
 def test_import_error_inside_the_module_shows_its_traceback(apps: Path) -> None:

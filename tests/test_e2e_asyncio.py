@@ -3,10 +3,14 @@ libraries) behind real nginx (stock scgi_params) in front of the real trioscgi p
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from typing import Any
 import e2e_checks as checks
 import pytest
 from frontends import (
+    APPS_DIR,
     HTTP_TIMEOUT,
     FrontEnd,
     HTTPResponse,
@@ -89,6 +94,16 @@ def fastapi_asyncio_nginx(e2e_dir: Path) -> Iterator[FrontEnd]:
             env={"ECHO_SOCKET": str(e2e_dir / "echo.sock")},
             name="fastapi-asyncio",
         ) as server,
+        run_nginx(server.backends["unix"]) as fe,
+    ):
+        yield fe
+
+
+@pytest.fixture(scope="module")
+def sanic_nginx(e2e_dir: Path) -> Iterator[FrontEnd]:
+    """Sanic in ASGI mode, no app_loop setting: auto must put it on asyncio."""
+    with (
+        run_trioscgi("sanic_app:app", sockdir=e2e_dir, logdir=e2e_dir, name="sanic") as server,
         run_nginx(server.backends["unix"]) as fe,
     ):
         yield fe
@@ -262,9 +277,47 @@ def test_quart_workers_serve_concurrently(quart_nginx: FrontEnd) -> None:
 # --------------------------------------------------------------------------- FastAPI
 
 
+# --------------------------------------------------------------------------- Sanic
+
+
+def test_sanic_starts_and_answers_under_auto(sanic_nginx: FrontEnd) -> None:
+    r = sanic_nginx.get("/")
+    assert (r.status, r.body) == (200, b"hello from sanic")
+    assert checks.json_of(sanic_nginx.get("/started")) == {"started": "before_server_start ran"}
+    body = bytes(range(256)) * 2048  # 512 KiB, sent chunked in pieces
+    pieces = [body[i : i + 60_000] for i in range(0, len(body), 60_000)]
+    r = sanic_nginx.request("POST", "/sha256", body=pieces, chunked=True)
+    assert checks.json_of(r) == {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
 def test_fastapi_on_asyncio_only_libraries(fastapi_asyncio_nginx: FrontEnd) -> None:
     assert checks.json_of(fastapi_asyncio_nginx.get("/notes")) == {"notes": ["one", "two"]}
     assert checks.json_of(fastapi_asyncio_nginx.get("/echo/marco")) == {"answer": "echo: marco"}
+
+
+def test_asyncio_library_in_a_lifespan_on_trio_fails_startup_with_the_hint(e2e_dir: Path) -> None:
+    # The FastAPI app starts an asyncio server and opens aiosqlite in its
+    # lifespan; without --app-loop, auto puts FastAPI on trio. The startup
+    # fails (exit 3) with one failure line that ends with the hint, and no
+    # shutdown line before or after it.
+    argv = [sys.executable, "-m", "trioscgi", "--app-dir", str(APPS_DIR)]
+    argv += ["--bind", f"unix:{e2e_dir}/wrong-loop.sock", "fastapi_asyncio_app:app"]
+    proc = subprocess.run(
+        argv,
+        check=False,
+        env={**os.environ, "ECHO_SOCKET": str(e2e_dir / "wrong-loop-echo.sock")},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    assert "shutdown" not in err, err
+    lines = err.splitlines()
+    first = next(i for i, line in enumerate(lines) if "[CRITICAL]" in line)
+    assert lines[first].endswith("lifespan startup failed: Traceback (most recent call last):")
+    assert "RuntimeError: no running event loop" in err  # asyncio.start_unix_server
+    assert lines[-1].endswith('set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md')
 
 
 def test_http_client_sees_complete_responses(fastapi_asyncio_nginx: FrontEnd) -> None:

@@ -264,3 +264,24 @@ async def test_failed_then_raised_logs_the_failure_once(
     assert "no database" in str(exc)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not any("after startup" in m for m in errors), errors
+
+
+async def test_failed_startup_logs_no_shutdown_and_sends_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A startup that failed never completed: no lifespan.shutdown is sent,
+    # and its failure is not logged again as a shutdown failure (it was, as
+    # "lifespan shutdown failed: ..." before the startup failure's own line).
+    received: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        received.append((await receive())["type"])
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        received.append((await receive())["type"])
+
+    caplog.set_level(logging.DEBUG, "trioscgi")
+    exc = await serve_failure(app, make_config(tmp_path, lifespan="auto"))
+    assert str(exc) == "lifespan startup failed: no database"
+    assert received == ["lifespan.startup"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "trioscgi"]
+    assert not any("shutdown" in m for m in logged), logged

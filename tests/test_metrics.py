@@ -252,6 +252,13 @@ def test_single_process_serves_its_own_metrics(service: object) -> None:
     assert scrape(s.address, "/other")[0] == 404
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_log_says_where_metrics_listen(service: object, workers: int) -> None:
+    assert callable(service)
+    s = service(workers=workers)
+    assert f"[INFO] metrics on http://127.0.0.1:{s.port}/metrics\n" in s.log_text()
+
+
 def test_refusals_are_counted_by_reason(service: object) -> None:
     assert callable(service)
     s = service("--max-header-size", "100")
@@ -338,14 +345,17 @@ def test_metrics_on_a_unix_socket(tmp_path: Path) -> None:
     notify.bind(str(tmp_path / "notify"))
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), PYTHONPATH=str(REPO))
     args = ["--app-dir", str(tmp_path), "--bind", f"unix:{tmp_path / 'app.sock'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trioscgi", *args, "--metrics-bind", f"unix:{path}", "mapp:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(tmp_path / "log", "wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trioscgi", *args, "--metrics-bind", f"unix:{path}", "mapp:app"],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
     try:
         expect_notification(notify, "READY=1", [], timeout=30)
+        log = (tmp_path / "log").read_text()
+        assert f"[INFO] metrics on unix:{path} (GET /metrics)\n" in log
         status, text = scrape(path)
         assert status == 200
         assert "trioscgi_requests_total" in text

@@ -198,6 +198,7 @@ def test_second_sigterm_exits_at_once(start_server: Callable[..., Server]) -> No
     assert b"done" not in got  # the request was cut off, not completed
     assert code in (0, 1), srv.text()
     assert "Traceback" not in srv.text()
+    assert "[WARNING] request cut by a forced shutdown: POST /, running for " in srv.text()
 
 
 def test_lifespan_startup_failure_exits_3(start_server: Callable[..., Server]) -> None:

@@ -393,6 +393,19 @@ def test_http_version(protocol: str | None, version: str) -> None:
         ({"SERVER_NAME": "example.org"}, None, ("example.org", None)),
         ({"SERVER_NAME": "n", "SERVER_ADDR": "::1", "SERVER_PORT": "443"}, None, ("::1", 443)),
         ({"SERVER_NAME": "n", "SERVER_PORT": " 80"}, None, ("n", None)),
+        # nginx with no server_name: SERVER_NAME empty; HTTP_HOST ($host) names the server.
+        (
+            {"SERVER_NAME": "", "SERVER_PORT": "8080", "HTTP_HOST": "127.0.0.1"},
+            None,
+            ("127.0.0.1", 8080),
+        ),
+        ({"HTTP_HOST": "example.org:8443", "SERVER_PORT": "443"}, None, ("example.org", 443)),
+        ({"HTTP_HOST": "[::1]:8080", "SERVER_PORT": "8080"}, None, ("::1", 8080)),
+        ({"HTTP_HOST": "example.org"}, None, ("example.org", None)),
+        # SERVER_ADDR, then SERVER_NAME, win over the Host header.
+        ({"SERVER_NAME": "n", "HTTP_HOST": "h", "SERVER_PORT": "80"}, None, ("n", 80)),
+        ({"SERVER_ADDR": "::1", "HTTP_HOST": "h", "SERVER_PORT": "80"}, None, ("::1", 80)),
+        ({"SERVER_NAME": "", "HTTP_HOST": ""}, None, None),
     ],
 )
 def test_client_and_server(

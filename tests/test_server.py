@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,67 @@ async def test_graceful_timeout_cancels_stuck_request(tmp_path: Path, autojump_c
     assert cancelled == [pytest.approx(t0 + 12)]
     assert shutdown_at == [pytest.approx(t0 + 12)]  # lifespan shutdown after the requests
     assert b"200" not in data  # no response was made up for it
+
+
+async def test_requests_cut_at_graceful_timeout_are_logged(
+    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each cut request gets a line (method, path, how long it ran); past ten,
+    # one count line instead of hundreds.
+    n = 12
+    in_app = trio.Semaphore(0)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        in_app.release()
+        await trio.sleep_forever()
+
+    async def wait_for_the_cut(s: trio.SocketStream) -> None:
+        async with s:
+            await read_all(s)
+
+    caplog.set_level(logging.INFO, "trioscgi")
+    async with serving(app, f"unix:{tmp_path}/s.sock", graceful_timeout=12) as srv:
+        async with trio.open_nursery() as clients:
+            for i in range(n):
+                s = await connect(srv.address)
+                clients.start_soon(wait_for_the_cut, s)
+                method = "POST" if i == 0 else "GET"
+                await s.send_all(encode_request(environ(method, f"/slow/{i}")))
+                await in_app.acquire()
+                await trio.sleep(1)  # request i has run n - i s when the stop comes
+            srv.stop()
+        await srv.stopped.wait()
+    cut = [r for r in caplog.records if " cut " in r.getMessage()]
+    assert all(r.levelno == logging.WARNING for r in cut)
+    lines = [r.getMessage() for r in cut]
+    expected = {
+        f"request cut at graceful_timeout (12 s): {'POST' if i == 0 else 'GET'} /slow/{i},"
+        f" running for {24 - i:.1f} s"
+        for i in range(n)
+    }
+    # trio cancels them in no set order: any ten of the twelve, then the count.
+    assert len(set(lines[:10])) == 10
+    assert set(lines[:10]) <= expected
+    assert lines[10:] == ["12 requests cut in all (2 more than listed above)"]
+
+
+async def test_requests_finishing_within_graceful_timeout_log_no_cut(
+    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await trio.sleep(5)
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    caplog.set_level(logging.INFO, "trioscgi")
+    async with serving(app, f"unix:{tmp_path}/s.sock", graceful_timeout=12) as srv:
+        async with await connect(srv.address) as s:
+            await s.send_all(encode_request(environ()))
+            await trio.sleep(1)
+            srv.stop()
+            assert b"204" in await read_all(s)
+        await srv.stopped.wait()
+    assert not [r for r in caplog.records if " cut " in r.getMessage()]
 
 
 async def test_graceful_timeout_cancels_a_response_streaming_to_a_fast_reader(

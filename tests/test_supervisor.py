@@ -439,3 +439,23 @@ def test_supervisor_pings_the_watchdog(start: object) -> None:
     d.proc.send_signal(signal.SIGTERM)
     d.expect("STOPPING=1")
     assert d.wait() == 0
+
+
+def test_one_worker_is_one_worker_in_the_log(start: object) -> None:
+    # --reload runs one worker under the supervisor: its lines and status
+    # say "1 worker", not "1 workers".
+    assert callable(start)
+    d: Daemon = start("--reload", workers=1)
+    assert "STATUS=1 worker serving on unix:" in d.messages[-1]
+    d.proc.send_signal(signal.SIGHUP)
+    d.expect("RELOADING=1")
+    d.expect("READY=1")
+    d.proc.send_signal(signal.SIGTERM)
+    d.expect("STOPPING=1")
+    assert d.wait() == 0
+    log = d.log_text()
+    assert "1 worker ready" in log
+    assert "SIGHUP received: starting 1 new worker\n" in log
+    assert "stopping 1 old worker\n" in log
+    assert "stopping 1 worker gracefully" in log
+    assert "1 workers" not in log and "1 new workers" not in log and "1 old workers" not in log

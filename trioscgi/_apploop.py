@@ -28,16 +28,31 @@ __all__ = [
     "detect_app_loop",
     "open_app_loop",
     "other_framework_hint",
+    "other_framework_hint_in_text",
 ]
 
 # Modules (and their submodules) whose ASGI applications run on asyncio only
 # (they call asyncio directly, not through anyio): Django's ASGIHandler
 # (and its subclasses, e.g. ASGIStaticFilesHandler; not its WSGIHandler),
-# Quart, Django Channels (built on asgiref), and asgiref (WsgiToAsgi runs
-# the WSGI app through sync_to_async, which needs a running asyncio loop).
+# Quart, Django Channels (built on asgiref), asgiref (WsgiToAsgi runs
+# the WSGI app through sync_to_async, which needs a running asyncio loop),
+# and the frameworks that call themselves asyncio ones: Sanic (its ASGI
+# startup finalizes its signal router on the running asyncio loop, and
+# fails on trio with "Cannot finalize signals outside of event loop"),
+# BlackSheep (asyncio.sleep, create_task and get_running_loop in its
+# request and response paths), and aiohttp (an ASGI face of an aiohttp
+# application runs on aiohttp's asyncio machinery).
 # Starlette, FastAPI and Litestar are absent on purpose: they run on anyio,
 # which runs on trio, and trio is the cheaper mode.
-ASYNCIO_MODULES = ("django.core.handlers.asgi", "quart", "channels", "asgiref")
+ASYNCIO_MODULES = (
+    "django.core.handlers.asgi",
+    "quart",
+    "channels",
+    "asgiref",
+    "sanic",
+    "blacksheep",
+    "aiohttp",
+)
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
@@ -104,10 +119,10 @@ def detect_app_loop(app: Any, declared: str) -> Literal["trio", "asyncio"]:
     or what it wraps (``.app`` of a middleware object, ``functools.partial``,
     ``__wrapped__``, a bound method's object; up to 8 levels) comes from one
     of :data:`ASYNCIO_MODULES` (Django's ASGIHandler, Quart, Channels,
-    asgiref), and ``"trio"`` otherwise: Starlette, FastAPI, Litestar and
-    plain ASGI functions run on trio directly, and the WSGI adapter is
-    trio's own (it is not looked into). Only the objects are looked at;
-    nothing is imported.
+    asgiref, Sanic, BlackSheep, aiohttp), and ``"trio"`` otherwise:
+    Starlette, FastAPI, Litestar and plain ASGI functions run on trio
+    directly, and the WSGI adapter is trio's own (it is not looked into).
+    Only the objects are looked at; nothing is imported.
 
     Raises:
         ValueError: ``declared`` is not one of the three.
@@ -126,11 +141,36 @@ _NEEDS_ASYNCIO = (
     "written for some other framework",
     "no running event loop",  # asyncio.get_running_loop() on trio
     "no current event loop",  # asyncio.get_event_loop() (3.12+) on trio
+    "outside of event loop",  # Sanic's startup ("Cannot finalize signals ...")
 )
 _NEEDS_TRIO = (
     "got bad yield",  # an asyncio Task received one of trio's yields
     "must be called from async context",  # trio outside a trio task
 )
+
+
+_HINT_ASYNCIO = (
+    "the application (or a library it uses) needs asyncio, and it runs on trio:"
+    ' set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md'
+)
+_HINT_TRIO = (
+    "the application (or a library it uses) needs trio, and it runs on asyncio:"
+    ' set app_loop = "trio" (--app-loop trio); see docs/asyncio.md'
+)
+
+
+def other_framework_hint_in_text(text: str) -> str | None:
+    """The hint of :func:`other_framework_hint` for an error known only as text.
+
+    For the ``message`` of a ``lifespan.startup.failed``: Starlette and others
+    catch the exception and send its traceback as text.
+    """
+    lowered = text.lower()
+    if any(s in lowered for s in _NEEDS_ASYNCIO):
+        return _HINT_ASYNCIO
+    if any(s in lowered for s in _NEEDS_TRIO):
+        return _HINT_TRIO
+    return None
 
 
 def other_framework_hint(exc: BaseException) -> str | None:
@@ -149,15 +189,9 @@ def other_framework_hint(exc: BaseException) -> str | None:
         text = str(current).lower()
         wrong_kind = isinstance(current, (TypeError, RuntimeError))
         if wrong_kind and any(s in text for s in _NEEDS_ASYNCIO):
-            return (
-                "the application (or a library it uses) needs asyncio, and it runs on trio:"
-                ' set app_loop = "asyncio" (--app-loop asyncio); see docs/asyncio.md'
-            )
+            return _HINT_ASYNCIO
         if isinstance(current, RuntimeError) and any(s in text for s in _NEEDS_TRIO):
-            return (
-                "the application (or a library it uses) needs trio, and it runs on asyncio:"
-                ' set app_loop = "trio" (--app-loop trio); see docs/asyncio.md'
-            )
+            return _HINT_TRIO
         if isinstance(current, sniffio.AsyncLibraryNotFoundError):
             continue
         for linked in (current.__cause__, current.__context__):

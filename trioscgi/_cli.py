@@ -293,15 +293,26 @@ def resolve_config(args: argparse.Namespace) -> Config:
     """Defaults, then the file, then the flags.
 
     Raises:
-        ConfigError: naming the file or flag at fault.
+        ConfigError: every problem in the file and the flags, each naming the
+            file or the flag at fault.
     """
     options = vars(args)
     path = options.get("config")
-    config = _config.load_config(path) if path else Config()
+    problems: list[str] = []
+    try:
+        config = _config.load_config(path) if path else Config()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        config = Config()
     changes: dict[str, Any] = {}
     for key in _config.FIELD_NAMES:
         if key in options:
-            changes[key] = _flag_value(key, options[key])
+            try:
+                changes[key] = _flag_value(key, options[key])
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(*problems)
     config = config.replace(**changes)
     if config.bind == _DEFAULT_BIND and "bind" not in changes:
         from ._listeners import spawned_with_listening_socket  # noqa: PLC0415
@@ -381,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(config)
     except ConfigError as exc:
-        _print_error(f"config error: {exc}")
+        for problem in exc.problems:
+            _print_error(f"config error: {problem}")
         return EXIT_USAGE
 
     # --reload: the supervisor with one worker, which it replaces on a change

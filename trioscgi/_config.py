@@ -26,7 +26,16 @@ else:  # pragma: no cover
 
 
 class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or out of range."""
+    """A configuration value is unknown, of the wrong type, or out of range.
+
+    One error may report several problems (every mistake in a config file,
+    not only the first): ``problems`` has one line for each, and ``str()``
+    joins them with newlines.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 def _describe(value: Any) -> str:
@@ -447,13 +456,21 @@ def config_from_mapping(data: Mapping[str, Any], *, base: Config | None = None) 
     """Apply a mapping of settings (a parsed TOML file) over ``base`` (or defaults).
 
     Raises:
-        ConfigError: unknown key (with the nearest valid key), wrong type or bad value.
+        ConfigError: every unknown key (with the nearest valid key), wrong type and
+            bad value, one problem each.
     """
     changes: dict[str, Any] = {}
+    problems: list[str] = []
     for key, value in data.items():
         if key not in _HINTS:
-            raise ConfigError(unknown_key_message(key))
-        changes[key] = check_value(key, value)
+            problems.append(unknown_key_message(key))
+            continue
+        try:
+            changes[key] = check_value(key, value)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(*problems)
     return dataclasses.replace(base if base is not None else Config(), **changes)
 
 
@@ -465,7 +482,8 @@ def load_config(path: str | os.PathLike[str], *, base: Config | None = None) -> 
 
     Raises:
         ConfigError: ``"<path>: <problem>"`` for an unreadable file, invalid
-            TOML (with its line and column), unknown keys, wrong types and bad values.
+            TOML (with its line and column), or each unknown key, wrong type and
+            bad value.
     """
     try:
         with open(path, "rb") as f:
@@ -477,7 +495,7 @@ def load_config(path: str | os.PathLike[str], *, base: Config | None = None) -> 
     try:
         return config_from_mapping(data, base=base)
     except ConfigError as exc:
-        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
+        raise ConfigError(*(f"{os.fspath(path)}: {problem}" for problem in exc.problems)) from None
 
 
 # --- rendering (``--check-config``) -----------------------------------------

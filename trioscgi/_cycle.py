@@ -101,6 +101,9 @@ class CycleHost(Protocol):
     def websocket_sessions(self) -> set[WebSocketCycle]:
         """The open WebSocket sessions (graceful shutdown closes them with 1001)."""
 
+    def request_cut(self, scope: dict[str, Any], started: float) -> None:
+        """The request's task was cancelled while the app ran (``started``: trio time)."""
+
 
 def error_response(status: int) -> tuple[p.Response, bytes]:
     """The head and body of an error trioscgi answers itself (plain text)."""
@@ -213,11 +216,11 @@ class HTTPCycle:
         self._request_done = body_done
         access_logger = host.access_logger
         metrics = host.metrics
+        start = trio.current_time()
         try:
             if access_logger is None and metrics is None:
                 await self._run_app(scope)
             else:
-                start = trio.current_time()
                 if metrics is not None:
                     metrics.in_flight += 1
                 try:
@@ -230,6 +233,10 @@ class HTTPCycle:
                         metrics.request_done(
                             fastcgi, self.status, scope, self.response_bytes, elapsed
                         )
+        except trio.Cancelled:
+            # Cut from outside: graceful_timeout, say (the host tells).
+            host.request_cut(scope, start)
+            raise
         finally:
             if self.status and not self._response_done and not self.disconnected:
                 # Started and not finished, however we got here (the app raised

@@ -102,6 +102,8 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = None) ->
             candidates = _app_candidates(obj)
             if candidates:
                 hint = " (candidates: " + ", ".join(repr(c) for c in candidates) + ")"
+            if obj is module:
+                hint += _where_imported_from(module, directory)
             raise AppLoadError(
                 f"cannot load app {spec!r}: {walked!r} has no attribute {name!r}{hint}"
             ) from None
@@ -130,6 +132,36 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = None) ->
             "an ASGI or WSGI application is a callable"
         )
     return obj
+
+
+def _where_imported_from(module: types.ModuleType, directory: str) -> str:
+    """``"; 'stat' was imported from /usr/lib/..., and it shadows ..."``: which file it was.
+
+    A module named like one of Python's own (``stat``, ``time``, ``email``) is
+    found before the project's: the standard library module is built in, or
+    already imported when the server starts.
+    """
+    name = module.__name__
+    file = getattr(module, "__file__", None)
+    origin = f"was imported from {os.path.abspath(file)}" if file else "is built into Python"
+    text = f"; {name!r} {origin}"
+    if file and os.path.abspath(file).startswith(directory + os.sep):
+        return text
+    top = name.partition(".")[0]
+    yours = [
+        path
+        for path in (os.path.join(directory, top + ".py"), os.path.join(directory, top))
+        if os.path.exists(path)
+    ]
+    if yours:
+        return (
+            f"{text}, and it shadows your {yours[0]}: a module named like one of Python's"
+            " own can't be imported by that name; rename yours"
+        )
+    return (
+        f"{text}, not from {directory}: if your {top!r} is elsewhere, point --app-dir at"
+        " its directory (or rename it if it is named like a module of Python's own)"
+    )
 
 
 def _app_candidates(container: Any, limit: int = 5) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from ._apploop import other_framework_hint
+from ._apploop import other_framework_hint, other_framework_hint_in_text
 from ._config import Config
 from ._types import ASGIApp, Message
 
@@ -69,11 +69,18 @@ class Lifespan:
                 " (startup_timeout)"
             )
         if self._failure is not None:
+            # No shutdown for a startup that never completed (the ASGI spec
+            # sends none after startup.failed): shutdown() must not log this
+            # failure a second time, as a shutdown one.
+            self._supported = False
             self._cancel_scope.cancel()
             raise LifespanFailure(f"lifespan startup failed: {self._failure}")
 
     async def shutdown(self) -> None:
-        """Ask the application to shut down; wait at most ``shutdown_timeout``."""
+        """Ask the application to shut down; wait at most ``shutdown_timeout``.
+
+        Nothing to do when startup failed or never completed.
+        """
         if self._mode == "off" or not self._supported or not self._startup_done.is_set():
             self._cancel_scope.cancel()
             return
@@ -156,7 +163,13 @@ class Lifespan:
         if kind == "lifespan.startup.complete":
             self._startup_done.set()
         elif kind == "lifespan.startup.failed":
-            self._failure = str(message.get("message", "")) or "(no message)"
+            text = str(message.get("message", "")).rstrip() or "(no message)"
+            # Starlette (FastAPI) catches the error and sends its traceback:
+            # the wrong-loop hint is then found in the text only.
+            hint = other_framework_hint_in_text(text)
+            if hint is not None:
+                text += f"\n{hint}" if "\n" in text else f". {hint}"
+            self._failure = text
             self._startup_done.set()
         elif kind == "lifespan.shutdown.complete":
             self._shutdown_done.set()

@@ -420,6 +420,11 @@ def bind_metrics(address: str) -> socket.socket:
         sock.bind((spec.host, spec.port))
     sock.listen(64)
     sock.set_inheritable(False)
+    if spec.kind == "unix":
+        log.info("metrics on unix:%s (GET /metrics)", spec.path)
+    else:
+        host, port = sock.getsockname()[:2]
+        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
     return sock
 
 

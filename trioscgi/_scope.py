@@ -316,7 +316,10 @@ def http_scope(
         client = None
     server_host = env.get(b"SERVER_ADDR")
     if not server_host:
-        server_host = env.get(b"SERVER_NAME")
+        # nginx's scgi_params send no SERVER_ADDR, and SERVER_NAME = $server_name is
+        # empty in a server block without server_name: then the Host header names the
+        # server (the ASGI spec allows it), so that URLs an app builds have a host.
+        server_host = env.get(b"SERVER_NAME") or _host_header(headers)
         # 58 is ord(":"). An int is `in`'s fast path on bytes: a bytes needle first fails
         # a conversion to int (a TypeError raised and cleared), ~100 ns a test.
         if server_host and 58 in server_host:
@@ -391,6 +394,15 @@ def _no_tunnel(env: Mapping[bytes, bytes], method: str, wire: bool, fastcgi: boo
             )
             if version < _LIGHTTPD_UPGRADE:
                 return "lighttpd tunnels a WebSocket over SCGI only from 1.4.74"
+    return None
+
+
+def _host_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The first Host header's value, or ``None``. Off the fast path: only without
+    SERVER_ADDR and SERVER_NAME."""
+    for name, value in headers:
+        if name == b"host":
+            return value
     return None
 
 

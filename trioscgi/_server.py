@@ -17,6 +17,7 @@ from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
+from ._logging import counted
 from ._sockio import SocketIO, Timeout
 from ._types import ASGIApp
 from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
@@ -39,6 +40,8 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 _WARNING_INTERVAL = 10.0
 # Connections accepted in a row before the accept loop yields.
 _ACCEPT_BURST = 8
+# Requests cut at shutdown logged one line each; past this, one count line.
+_CUT_LINES = 10
 # accept() errors about one connection only (it died in the backlog).
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
@@ -117,6 +120,7 @@ class Server:
         self.websocket_sessions: set[WebSocketCycle] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
+        self._cut = 0
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -158,6 +162,7 @@ class Server:
                         try:
                             await self._serve(listeners, task_status)
                         finally:
+                            self._log_cut_total()
                             with trio.CancelScope(shield=True):
                                 await lifespan.shutdown()
         finally:
@@ -188,9 +193,9 @@ class Server:
             self._close_listeners()
             if self._active:
                 log.info(
-                    "waiting up to %g s for %d request(s) to finish",
+                    "waiting up to %g s for %s to finish",
                     config.graceful_timeout,
-                    self._active,
+                    counted(self._active, "connection"),
                 )
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 
@@ -208,6 +213,35 @@ class Server:
         # Open WebSockets get close 1001 (going away), then graceful_timeout as any request.
         for session in list(self.websocket_sessions):
             session.going_away()
+
+    def request_cut(self, scope: dict[str, Any], started: float) -> None:
+        """Log a request cut by the shutdown: the first few each, then a count."""
+        if not self.shutting_down:
+            return  # a cancellation of the request's own (a FastCGI abort)
+        self._cut += 1
+        if self._cut > _CUT_LINES:
+            return
+        now = trio.current_time()
+        connections = self._connections
+        if connections is not None and now >= connections.cancel_scope.deadline:
+            why = f"at graceful_timeout ({self.config.graceful_timeout:g} s)"
+        else:
+            why = "by a forced shutdown"
+        log.warning(
+            "request cut %s: %s %s, running for %.1f s",
+            why,
+            scope.get("method", ""),
+            scope.get("path", ""),
+            now - started,
+        )
+
+    def _log_cut_total(self) -> None:
+        if self._cut > _CUT_LINES:
+            log.warning(
+                "%d requests cut in all (%d more than listed above)",
+                self._cut,
+                self._cut - _CUT_LINES,
+            )
 
     def force_shutdown(self) -> None:
         """Cancel everything now (a second signal); lifespan shutdown is skipped."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._config import Config, parse_cpu_list
 from ._listeners import BindError, Listener, bind_all
-from ._logging import reopen_logs, reopen_on_sigusr1
+from ._logging import counted, reopen_logs, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
 from ._run import pin_to_cpu, run
@@ -144,7 +144,7 @@ class _Supervisor:
                 sys.dont_write_bytecode = True
                 self._start_watcher()
             self._spawn_generation(self.config)
-            notify(f"STATUS=starting {self.config.workers} workers")
+            notify(f"STATUS=starting {counted(self.config.workers, 'worker')}")
             while (
                 self.workers
                 or (self.pending_spawns and not self.stopping)
@@ -228,7 +228,7 @@ class _Supervisor:
         if not self.stopping:
             self.stopping = True
             self.pending_spawns.clear()
-            log.info("%s: stopping %d workers gracefully", why, len(self.workers))
+            log.info("%s: stopping %s gracefully", why, counted(len(self.workers), "worker"))
             notify("STOPPING=1", "STATUS=stopping: workers finish requests in flight")
             for w in self.workers.values():
                 self._stop_worker(w)
@@ -271,9 +271,9 @@ class _Supervisor:
                 )
                 new = new.replace(bind=self.config.bind)
         log.info(
-            "%s: starting %d new workers",
+            "%s: starting %s",
             why if why != "SIGHUP" else "SIGHUP received",
-            new.workers,
+            counted(new.workers, "new worker"),
         )
         notify(
             "RELOADING=1",
@@ -440,7 +440,8 @@ class _Supervisor:
 
         total = self.totals.total()
         ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
-        notify(f"STATUS={ready} workers ready, {status_line(total, self.last_requests, now)}")
+        status = status_line(total, self.last_requests, now)
+        notify(f"STATUS={counted(ready, 'worker')} ready, {status}")
         self.last_requests = (now, sum(total["requests"]))
 
     def _signal_all(self, signum: int) -> None:
@@ -578,20 +579,20 @@ class _Supervisor:
         if len(current) < self.config.workers and not self.ready_once:
             return
         status = (
-            f"STATUS={len(current)} workers serving on "
+            f"STATUS={counted(len(current), 'worker')} serving on "
             f"{', '.join(lst.description for lst in self.listeners)}"
         )
         if not self.ready_once:
             self.ready_once = True
             # --reload: a first start that failed, fixed by a change.
             self.reloading = self.previous = None
-            log.info("%d workers ready", len(current))
+            log.info("%s ready", counted(len(current), "worker"))
             notify("READY=1", status)
             self._reload_if_changed_meanwhile()
         elif self.reloading == gen:
             self.reloading = None
             old = [w for w in self.workers.values() if w.generation != gen and not w.stopping]
-            log.info("reload: new workers ready; stopping %d old workers", len(old))
+            log.info("reload: new workers ready; stopping %s", counted(len(old), "old worker"))
             for w in old:
                 self._stop_worker(w)
             self.previous = None

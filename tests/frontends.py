@@ -1,13 +1,14 @@
-"""Test harness: real front-ends on loopback, for SCGI and for FastCGI.
+"""Test harness: real front-ends on loopback, for SCGI, FastCGI and uwsgi.
 
 SCGI: nginx ``scgi_pass``, Apache mod_proxy_scgi, lighttpd mod_scgi. FastCGI: nginx
 ``fastcgi_pass``, Apache mod_proxy_fcgi and mod_fcgid, lighttpd mod_fastcgi, HAProxy
-``fcgi-app``, and ``cgi-fcgi`` (libfcgi) as a plain client.
+``fcgi-app``, and ``cgi-fcgi`` (libfcgi) as a plain client. uwsgi: nginx ``uwsgi_pass``
+and Apache mod_proxy_uwsgi.
 
 Each front-end runs in the foreground, as the current user, from its own temp
 dir with a free port, and is stopped (and waited for) when its context exits.
-Also: a tiny HTTP client, and a blocking SCGI capture backend in a thread (the
-FastCGI one is in tests/fcgi_capture.py).
+Also: a tiny HTTP client, and a blocking SCGI (or uwsgi) capture backend in a thread
+(the FastCGI one is in tests/fcgi_capture.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NGINX_FASTCGI_PARAMS_CANDIDATES = (
     "/etc/nginx/fastcgi_params",
     "/usr/local/nginx/conf/fastcgi_params",
 )
+NGINX_UWSGI_PARAMS_CANDIDATES = ("/etc/nginx/uwsgi_params", "/usr/local/nginx/conf/uwsgi_params")
 APACHE_MODULE_DIRS = (
     "/usr/lib/apache2/modules",
     "/usr/lib64/httpd/modules",
@@ -1117,11 +1119,138 @@ def cgi_fcgi(
     return done.stdout
 
 
+# --------------------------------------------------------------------------- uwsgi front-ends
+
+
+def nginx_uwsgi_config(workdir: Path, port: int, backend: str, uwsgi_params: str) -> str:
+    """nginx.conf for ``uwsgi_pass``: stock, prefix (SCRIPT_NAME), modifier1 30, unbuffered.
+
+    The stock uwsgi_params sends no SCRIPT_NAME and PATH_INFO = ``$document_uri``
+    (the whole decoded, normalised path), so under a prefix PATH_INFO still starts
+    with it. ``prefix30`` is uWSGI's documented recipe for that case: SCRIPT_NAME
+    plus ``uwsgi_modifier1 30``, which asked uWSGI to strip SCRIPT_NAME from PATH_INFO.
+    """
+    d = workdir
+    upstream = _nginx_pass(backend)
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    uwsgi_read_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+
+        # What users have: the stock uwsgi_params, no SCRIPT_NAME.
+        location / {{
+            include {uwsgi_params};
+            uwsgi_pass {upstream};
+        }}
+
+        # Mounted under a prefix: SCRIPT_NAME given, PATH_INFO left as uwsgi_params has it.
+        location /app/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /app;
+            uwsgi_pass {upstream};
+        }}
+
+        # The same with uWSGI's old prefix recipe: modifier1 30.
+        location /m30/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /m30;
+            uwsgi_modifier1 30;
+            uwsgi_pass {upstream};
+        }}
+
+        # Request buffering off: a body with a Content-Length streams through; a
+        # chunked one is still buffered (ngx_http_uwsgi_handler: !r->headers_in.chunked).
+        location /unbuffered/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /unbuffered;
+            uwsgi_request_buffering off;
+            uwsgi_pass {upstream};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run nginx with ``uwsgi_pass`` to ``backend`` (``unix:/path`` or ``host:port``).
+
+    Variants: ``stock`` = "" (``include uwsgi_params;`` only), ``prefix`` = "/app"
+    (plus ``uwsgi_param SCRIPT_NAME``), ``prefix30`` = "/m30" (plus ``uwsgi_modifier1
+    30``), ``unbuffered`` = "/unbuffered" (``uwsgi_request_buffering off``).
+    """
+    binary = find_binary("nginx")
+    uwsgi_params = next((p for p in NGINX_UWSGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if uwsgi_params is None:
+        missing("nginx's uwsgi_params file")
+    assert uwsgi_params is not None
+    with _workdir(workdir, "nginx-uwsgi") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_uwsgi_config(d, port, backend, uwsgi_params))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={
+                "stock": "",
+                "prefix": "/app",
+                "prefix30": "/m30",
+                "unbuffered": "/unbuffered",
+            },
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
+@contextlib.contextmanager
+def run_apache_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run Apache with mod_proxy_uwsgi: ``ProxyPass /app/`` and ``ProxyPass /`` to ``backend``.
+
+    Variants: ``root`` = "", ``prefix`` = "/app". (Debian: apache2-bin ships the module;
+    ``libapache2-mod-proxy-uwsgi`` is the package name that pulls it in.)
+    """
+    modules = _apache_module_dir("mod_proxy_uwsgi", "Apache mod_proxy_uwsgi")
+    with _run_apache_conf(
+        "apache-uwsgi",
+        workdir,
+        {"root": "", "prefix": "/app"},
+        lambda d, port: apache_config(d, port, backend, modules, scheme="uwsgi"),
+    ) as fe:
+        yield fe
+
+
+UWSGI_FRONTENDS = {"nginx": run_nginx_uwsgi, "apache": run_apache_uwsgi}
+
+
 # --------------------------------------------------------------------------- capture backend
 
 
 CAPTURE_RESPONSE = (
     b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
+)
+# uwsgi front-ends read an HTTP status line (Apache mod_proxy_uwsgi needs one).
+UWSGI_CAPTURE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
 )
 
 
@@ -1154,14 +1283,52 @@ def _read_netstring_request(conn: socket.socket) -> bytes:
     return buf
 
 
+def _recv_until(conn: socket.socket, buf: bytes, size: int, where: str) -> bytes:
+    while len(buf) < size:
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError(f"EOF in {where} after {len(buf)} bytes")
+        buf += data
+    return buf
+
+
+def read_uwsgi_request(conn: socket.socket) -> bytes:
+    """Read one uwsgi request (4-byte header, vars, CONTENT_LENGTH body); its raw bytes.
+
+    Decoded here with the format alone, not with trioscgi's core: the captures test it.
+    """
+    buf = _recv_until(conn, b"", 4, "uwsgi header")
+    end = 4 + int.from_bytes(buf[1:3], "little")
+    buf = _recv_until(conn, buf, end, "uwsgi vars")
+    pos, length = 4, b""
+    while pos < end:
+        n = int.from_bytes(buf[pos : pos + 2], "little")
+        name = buf[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+        n = int.from_bytes(buf[pos : pos + 2], "little")
+        if name == b"CONTENT_LENGTH":
+            length = buf[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+    return _recv_until(conn, buf, end + int(length or b"0"), "uwsgi body")
+
+
 class CaptureBackend:
-    """A blocking SCGI server in a thread that records every raw request.
+    """A blocking SCGI (or uwsgi) server in a thread that records every raw request.
 
     Use as a context manager; ``bind`` is ``unix:/path`` or ``127.0.0.1:0``.
-    ``backend`` is then the address to give a front-end.
+    ``backend`` is then the address to give a front-end. ``read`` takes one request
+    off a connection; ``response`` is what each gets back.
     """
 
-    def __init__(self, bind: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        bind: str = "127.0.0.1:0",
+        *,
+        read: Callable[[socket.socket], bytes] | None = None,
+        response: bytes = CAPTURE_RESPONSE,
+    ) -> None:
+        self._read = _read_netstring_request if read is None else read
+        self._response = response
         addr = backend_address(bind)
         if isinstance(addr, str):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1206,10 +1373,10 @@ class CaptureBackend:
             with conn:
                 conn.settimeout(HTTP_TIMEOUT)
                 try:
-                    raw = _read_netstring_request(conn)
+                    raw = self._read(conn)
                     with self._lock:
                         self.requests.append(raw)
-                    conn.sendall(CAPTURE_RESPONSE)
+                    conn.sendall(self._response)
                 except (OSError, ValueError, AssertionError) as e:
                     with self._lock:
                         self.errors.append(e)

@@ -1,10 +1,15 @@
-"""The sans-I/O uwsgi core: packets whole, byte by byte and with trailing data; limits; errors."""
+"""The sans-I/O uwsgi core: packets whole, byte by byte and with trailing data; limits; errors.
+
+The captures are what nginx ``uwsgi_pass`` and Apache mod_proxy_uwsgi really sent
+(tests/data/captures/*.uwsgi).
+"""
 
 from __future__ import annotations
 
 import itertools
 import struct
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,6 +42,8 @@ from trioscgi.uwsgi import (
     response_head,
 )
 from trioscgi.uwsgi._state import OUR_TRANSITIONS, THEIR_TRANSITIONS
+
+CAPTURES = Path(__file__).parent / "data" / "captures"
 
 
 def u16(n: int) -> bytes:
@@ -644,6 +651,42 @@ def test_request_validated_on_construction(kwargs: dict[str, object]) -> None:
 def test_data_validated_on_construction() -> None:
     with pytest.raises(LocalProtocolError):
         Data(data="text")  # type: ignore[arg-type]
+
+
+# --- real front-ends' captures --------------------------------------------------------
+
+
+def split_capture(wire: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A capture decoded here, independently of the core: modifier1, vars, body."""
+    size = int.from_bytes(wire[1:3], "little")
+    block, body = wire[4 : 4 + size], wire[4 + size :]
+    pairs = []
+    pos = 0
+    while pos < len(block):
+        n = int.from_bytes(block[pos : pos + 2], "little")
+        name = block[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+        n = int.from_bytes(block[pos : pos + 2], "little")
+        pairs.append((name, block[pos + 2 : pos + 2 + n]))
+        pos += 2 + n
+    return wire[0], pairs, body
+
+
+CAPTURE_FILES = sorted(CAPTURES.glob("*.uwsgi"))
+
+
+def test_there_are_captures() -> None:
+    variants = {"-".join(p.name.split("-", 2)[:2]) for p in CAPTURE_FILES}
+    assert {"nginx-stock", "nginx-prefix", "nginx-prefix30", "apache-root"} <= variants
+
+
+@pytest.mark.parametrize("path", CAPTURE_FILES, ids=[p.name for p in CAPTURE_FILES])
+def test_captures(path: Path, split: Callable[[bytes], list[bytes]]) -> None:
+    # tests/data/captures/*.uwsgi: the exact bytes nginx (uwsgi_pass) and Apache
+    # (mod_proxy_uwsgi) sent.
+    wire = path.read_bytes()
+    modifier1, environ, body = split_capture(wire)
+    assert parse(wire, split) == expected(environ, body, modifier1=modifier1)
 
 
 # --- properties (hypothesis) ----------------------------------------------------------

@@ -1242,6 +1242,116 @@ def run_apache_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[F
 UWSGI_FRONTENDS = {"nginx": run_nginx_uwsgi, "apache": run_apache_uwsgi}
 
 
+# --------------------------------------------------------------------------- nginx over TLS
+
+
+def make_test_certificates(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost and a client certificate (CN=alice), made
+    with the ``openssl`` command in ``d``: ``ca``, ``server``, ``server_key``, ``client``,
+    ``client_key``."""
+    openssl = find_binary("openssl")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    days = ["-days", "2"]
+    run("req", "-x509", *key, *days, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA")
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", *days]
+    for name, subject in (("server", "/CN=localhost"), ("client", "/O=Example/CN=alice")):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        run("x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.pem")
+    return {
+        "ca": d / "ca.pem",
+        "server": d / "server.pem",
+        "server_key": d / "server.key",
+        "client": d / "client.pem",
+        "client_key": d / "client.key",
+    }
+
+
+def nginx_tls_config(workdir: Path, port: int, backend: str, certs: Mapping[str, Path]) -> str:
+    """nginx.conf: an ``ssl`` listener asking for a client certificate (optional), with the
+    SSL_* params of docs/tls.md, SCGI at ``/`` and FastCGI at ``/fcgi/``."""
+    d = workdir
+    upstream = _nginx_pass(backend)
+    tls_params = "\n".join(
+        f"            {{kind}}_param {name} ${var};"
+        for name, var in (
+            ("SSL_PROTOCOL", "ssl_protocol"),
+            ("SSL_CIPHER", "ssl_cipher"),
+            ("SSL_CLIENT_CERT", "ssl_client_escaped_cert"),
+            ("SSL_CLIENT_S_DN", "ssl_client_s_dn"),
+            ("SSL_CLIENT_VERIFY", "ssl_client_verify"),
+        )
+    )
+    scgi_params = next(p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p))
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost;
+        ssl_certificate {certs["server"]};
+        ssl_certificate_key {certs["server_key"]};
+        ssl_client_certificate {certs["ca"]};
+        ssl_verify_client optional;
+
+        location / {{
+            include {scgi_params};
+{tls_params.format(kind="scgi")}
+            scgi_pass {upstream};
+        }}
+
+        location /fcgi/ {{
+            include {_nginx_fastcgi_params()};
+{tls_params.format(kind="fastcgi")}
+            fastcgi_pass {upstream};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_tls(
+    backend: str, certs: Mapping[str, Path], *, workdir: Path | None = None
+) -> Iterator[FrontEnd]:
+    """Run nginx over TLS in front of ``backend`` (see ``nginx_tls_config``).
+
+    Variants: ``scgi`` = "", ``fastcgi`` = "/fcgi". Talk to it with an ``ssl`` context
+    that trusts ``certs["ca"]``; the port accepts TLS only.
+    """
+    binary = find_binary("nginx")
+    with _workdir(workdir, "nginx-tls") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_tls_config(d, port, backend, certs))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"scgi": "", "fastcgi": "/fcgi"},
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
 # --------------------------------------------------------------------------- capture backend
 
 

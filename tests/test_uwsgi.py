@@ -41,6 +41,7 @@ from trioscgi.uwsgi import (
     UnsupportedModifier,
     response_head,
 )
+from trioscgi.uwsgi._connection import _parse_vars, _parse_vars_checked
 from trioscgi.uwsgi._state import OUR_TRANSITIONS, THEIR_TRANSITIONS
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
@@ -784,6 +785,57 @@ def test_generated_requests_round_trip(
         request = events[0]
         assert isinstance(request, Request)
         assert packet(request.environ, body, m1=request.modifier1) == wire
+
+
+def vars_outcome(
+    parse: Callable[[bytes, int], tuple[list[tuple[bytes, bytes]], int]], block: bytes, limit: int
+) -> object:
+    try:
+        return parse(block, limit)
+    except RemoteProtocolError as exc:
+        return str(exc), exc.error_status_hint
+
+
+@FAST
+@given(
+    st.one_of(
+        st.builds(
+            vars_block,
+            st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=20)), max_size=10),
+        ),
+        st.sampled_from([s[4:] for s in SEEDS]),
+        st.binary(max_size=60),
+    ),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+    st.integers(0, 12),
+)
+def test_fast_vars_parser_agrees_with_the_checked_one(
+    block: bytes, changes: list[tuple[int, int]], limit: int
+) -> None:
+    # The fast path proves what it can and hands the rest to the checked parser: same
+    # pairs, same length, or the same error, for any block.
+    mutated = bytearray(block)
+    for at, value in changes:
+        if mutated:
+            mutated[at % len(mutated)] = value
+    for b in (block, bytes(mutated)):
+        assert vars_outcome(_parse_vars, b, limit) == vars_outcome(_parse_vars_checked, b, limit)
+
+
+def test_fast_vars_parser_takes_the_captures_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fast path would be dead code if every real request fell back: the captures
+    # parse with the checked parser out of reach.
+    blocks = []
+    for path in CAPTURE_FILES:
+        wire = path.read_bytes()
+        blocks.append(wire[4 : 4 + int.from_bytes(wire[1:3], "little")])
+    expected = [_parse_vars_checked(block, DEFAULT_MAX_VARS) for block in blocks]
+
+    def no_fallback(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
+        raise AssertionError(f"fell back on {block[:40]!r}")
+
+    monkeypatch.setattr(trioscgi.uwsgi._connection, "_parse_vars_checked", no_fallback)
+    assert [_parse_vars(block, DEFAULT_MAX_VARS) for block in blocks] == expected
 
 
 # --- hostile: bounded memory ----------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from struct import Struct
+from struct import error as StructError
 from typing import Final, Protocol
 
 from ..protocol._connection import _reason
@@ -90,7 +93,77 @@ def _reject_modifiers(modifier1: int, modifier2: int) -> UnsupportedModifier:
     )
 
 
+# Decoders for the vars, by size: _NAMES[n] reads an n-byte name and the value size
+# after it, _VALUES[n] an n-byte value and the next name's size, each in one C call
+# (struct's unpack_from) instead of two index operations, a shift and a slice in Python:
+# about 3,800 instructions a var instead of 5,500 (callgrind, nginx's 16-var GET: 60k
+# for the block instead of 88k).
+# The key is a size, never content. Bounded: past 4096 sizes each, a new size gets its
+# decoder made and not kept.
+_Decoder = Callable[[bytes, int], tuple[bytes, int]]
+_NAMES: Final[dict[int, _Decoder]] = {}
+_VALUES: Final[dict[int, _Decoder]] = {}
+_DECODERS_MAX: Final = 4096
+_CONTENT_LENGTH: Final = b"CONTENT_LENGTH"
+# The smallest var: two sizes and a one-byte name. A block of at most max_vars times
+# this can't hold more than max_vars vars, so the fast parser needn't count them.
+_MIN_VAR: Final = 5
+
+
+def _decoder(table: dict[int, _Decoder], size: int) -> _Decoder:
+    decode = Struct(f"<{size}sH").unpack_from
+    if len(table) < _DECODERS_MAX:
+        table[size] = decode
+    return decode
+
+
 def _parse_vars(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The (name, value) pairs of a vars block, and the body length CONTENT_LENGTH gives.
+
+    The usual block, proved valid with as few operations as possible; anything else (an
+    error, a block that may hold too many vars) goes to :func:`_parse_vars_checked`,
+    which starts again and says what is wrong.
+    """
+    end = len(block)
+    if end > max_vars * _MIN_VAR or end < _MIN_VAR:
+        return _parse_vars_checked(block, max_vars)
+    # Two zero bytes after the block: the last value's decoder reads them as the next
+    # name's size.
+    buf = block + b"\0\0"
+    stop = end + 2
+    names = _NAMES.get
+    values = _VALUES.get
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    content_length: bytes | None = None
+    size = buf[0] | buf[1] << 8
+    pos = 2
+    try:
+        while pos < stop:
+            if not size:
+                return _parse_vars_checked(block, max_vars)  # an empty name
+            name, value_size = (names(size) or _decoder(_NAMES, size))(buf, pos)
+            if size == 14 and name == _CONTENT_LENGTH:
+                if content_length is not None:
+                    return _parse_vars_checked(block, max_vars)
+                content_length = buf[pos + 16 : pos + 16 + value_size]
+            pos += size + 2
+            value, size = (values(value_size) or _decoder(_VALUES, value_size))(buf, pos)
+            pos += value_size + 2
+            append((name, value))
+    except StructError:
+        return _parse_vars_checked(block, max_vars)
+    # Every read ends where `pos` does, and none can end past `buf`: out of the loop, `pos`
+    # is `stop`, so the last value ended with the block and the size read after it was
+    # the padding. (A size that runs past the block ran the next read past `buf`.)
+    if not content_length:
+        return pairs, 0
+    if not (content_length.isdigit() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS):
+        return _parse_vars_checked(block, max_vars)
+    return pairs, int(content_length)
+
+
+def _parse_vars_checked(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
     """The (name, value) pairs of a vars block, and the body length CONTENT_LENGTH gives.
 
     Raises:

@@ -6,6 +6,7 @@ The captures are what nginx ``uwsgi_pass`` and Apache mod_proxy_uwsgi really sen
 
 from __future__ import annotations
 
+import ast
 import itertools
 import struct
 from collections.abc import Callable, Iterable
@@ -545,6 +546,36 @@ def test_error_classes() -> None:
     assert RemoteProtocolError("x").error_status_hint == 400
     # The cores' errors are their own: catching the SCGI ones doesn't catch these.
     assert not issubclass(RemoteProtocolError, protocol.RemoteProtocolError)
+
+
+def test_the_core_does_no_io() -> None:
+    # No trio, no logging, no clock (STYLE.md 1): the core's modules import only these.
+    allowed = {
+        "__future__",
+        "collections.abc",
+        "dataclasses",
+        "enum",
+        "struct",
+        "typing",
+        # Relative: the core's own modules, and the SCGI core's shared response checks.
+        "_connection",
+        "_errors",
+        "_events",
+        "_state",
+        "protocol",
+        "protocol._connection",
+        "protocol._events",
+    }
+    package = Path(trioscgi.uwsgi.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {node.module or ""}
+            else:
+                continue
+            assert names <= allowed, (path.name, names - allowed)
 
 
 def test_exported_from_the_package() -> None:

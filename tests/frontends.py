@@ -1358,7 +1358,7 @@ def run_nginx_tls(
 CAPTURE_RESPONSE = (
     b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
 )
-# uwsgi front-ends read an HTTP status line (Apache mod_proxy_uwsgi needs one).
+# uwsgi front-ends read an HTTP status line (Apache mod_proxy_uwsgi needs one: 502 without).
 UWSGI_CAPTURE_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
 )
@@ -1427,7 +1427,8 @@ class CaptureBackend:
 
     Use as a context manager; ``bind`` is ``unix:/path`` or ``127.0.0.1:0``.
     ``backend`` is then the address to give a front-end. ``read`` takes one request
-    off a connection; ``response`` is what each gets back.
+    off a connection; ``response`` is what each gets back; ``then``, if given, runs on
+    the connection after that (a tunnel's echo), before it is closed.
     """
 
     def __init__(
@@ -1436,9 +1437,11 @@ class CaptureBackend:
         *,
         read: Callable[[socket.socket], bytes] | None = None,
         response: bytes = CAPTURE_RESPONSE,
+        then: Callable[[socket.socket], None] | None = None,
     ) -> None:
         self._read = _read_netstring_request if read is None else read
         self._response = response
+        self._then = then
         addr = backend_address(bind)
         if isinstance(addr, str):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1487,6 +1490,8 @@ class CaptureBackend:
                     with self._lock:
                         self.requests.append(raw)
                     conn.sendall(self._response)
+                    if self._then is not None:
+                        self._then(conn)
                 except (OSError, ValueError, AssertionError) as e:
                     with self._lock:
                         self.errors.append(e)

@@ -225,8 +225,8 @@ class _HasHead(Protocol):
 
 
 # An HTTP/1.1 status line, not CGI's `Status:`: Apache mod_proxy_uwsgi
-# answers 500 unless the first line matches "HTTP/#.# ###*" (or
-# "HTTP/# ###*"), and nginx's uwsgi module parses an HTTP status line first,
+# fails the request (502 from Apache 2.4.71) unless the first line matches
+# "HTTP/#.# ###*" (or "HTTP/# ###*"), and nginx's uwsgi module parses an HTTP status line first,
 # falling back to a `Status:` header only when there is none. A reason phrase
 # always: Apache keeps it as the status line, nginx forwards it.
 _STATUS_LINES: Final = {

@@ -1,10 +1,11 @@
-"""Capture the raw SCGI and FastCGI requests that real front-ends send.
+"""Capture the raw SCGI, FastCGI and uwsgi requests that real front-ends send.
 
 Run from the repository root:
-``python tests/capture_requests.py [--out DIR] [--protocol scgi|fastcgi] [FRONTEND...]``.
-Writes ``<frontend>-<variant>-<what>.scgi`` (nginx, Apache, lighttpd) and
+``python tests/capture_requests.py [--out DIR] [--protocol scgi|fastcgi|uwsgi] [FRONTEND...]``.
+Writes ``<frontend>-<variant>-<what>.scgi`` (nginx, Apache, lighttpd),
 ``<frontend>-<variant>-<what>.fcgi`` (nginx, Apache mod_proxy_fcgi, lighttpd, HAProxy,
-mod_fcgid, cgi-fcgi) files; see tests/data/captures/README.md.
+mod_fcgid, cgi-fcgi) and ``<frontend>-<variant>-<what>.uwsgi`` (nginx, Apache
+mod_proxy_uwsgi) files; see tests/data/captures/README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from fcgi_capture import FcgiCaptureBackend
 from frontends import (
     FASTCGI_FRONTENDS,
     FRONTENDS,
+    UWSGI_CAPTURE_RESPONSE,
+    UWSGI_FRONTENDS,
     CaptureBackend,
     FrontEnd,
     HTTPResponse,
@@ -27,6 +30,7 @@ from frontends import (
     parse_raw_response,
     python_for_apache_user,
     raw_http,
+    read_uwsgi_request,
     run_apache_fcgid,
     socket_dir,
 )
@@ -137,6 +141,17 @@ def scgi_source(name: str, kwargs: dict[str, Any]) -> Iterator[Running]:
 
 
 @contextlib.contextmanager
+def uwsgi_source(name: str, kwargs: dict[str, Any]) -> Iterator[Running]:
+    """uwsgi front-end ``name`` in front of the CaptureBackend reading uwsgi packets."""
+    notes: list[str] = []
+    with CaptureBackend(read=read_uwsgi_request, response=UWSGI_CAPTURE_RESPONSE) as backend:
+        with UWSGI_FRONTENDS[name](backend.backend, **kwargs) as fe:
+            yield fe, lambda: [(raw, "") for raw in backend.pop_all()], notes
+        if backend.errors:
+            notes.append(f"backend errors: {backend.errors!r}")
+
+
+@contextlib.contextmanager
 def fastcgi_source(name: str, kwargs: dict[str, Any]) -> Iterator[Running]:
     """FastCGI front-end ``name`` in front of the FastCGI capture backend."""
     notes: list[str] = []
@@ -186,8 +201,11 @@ SOURCES: dict[str, dict[str, Source]] = {
         **{name: fastcgi_source for name in FASTCGI_FRONTENDS},
         "fcgid": fcgid_source,
     },
+    "uwsgi": {name: uwsgi_source for name in UWSGI_FRONTENDS},
 }
-SUFFIX = {"scgi": ".scgi", "fastcgi": ".fcgi"}
+SUFFIX = {"scgi": ".scgi", "fastcgi": ".fcgi", "uwsgi": ".uwsgi"}
+# Which requests each protocol's front-ends get (the SCGI captures predate encoded-path).
+PROTOCOL_REQUESTS = {"scgi": REQUESTS, "fastcgi": FASTCGI_REQUESTS, "uwsgi": FASTCGI_REQUESTS}
 
 # Extra runs: (protocol, front-end, keyword arguments, {variant in the run: name in the file}).
 EXTRA_RUNS: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
@@ -228,7 +246,7 @@ def capture(
                 if variant not in rename:
                     continue
                 variant = rename[variant]  # noqa: PLW2901
-            for what, send in (FASTCGI_REQUESTS if protocol == "fastcgi" else REQUESTS).items():
+            for what, send in PROTOCOL_REQUESTS[protocol].items():
                 pop()
                 resp = send(fe, prefix)
                 got = pop()
@@ -322,18 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--protocol",
-        choices=["scgi", "fastcgi"],
+        choices=sorted(SOURCES),
         action="append",
-        help="only this protocol's front-ends (default: both)",
+        help="only this protocol's front-ends (default: all)",
     )
-    every = sorted({*FRONTENDS, *SOURCES["fastcgi"], "cgifcgi"})
+    every = sorted({*FRONTENDS, *SOURCES["fastcgi"], *SOURCES["uwsgi"], "cgifcgi"})
     parser.add_argument("frontends", nargs="*", default=every, help=f"any of {every}")
     args = parser.parse_args(argv)
     unknown = set(args.frontends) - set(every)
     if unknown:
         parser.error(f"unknown front-end(s) {sorted(unknown)}; choose from {every}")
     args.out.mkdir(parents=True, exist_ok=True)
-    for protocol in args.protocol or ["scgi", "fastcgi"]:
+    for protocol in args.protocol or list(SOURCES):
         for name in args.frontends:
             if name == "cgifcgi" and protocol == "fastcgi":
                 report = capture_cgi_fcgi(args.out)

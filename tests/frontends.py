@@ -1,13 +1,14 @@
-"""Test harness: real front-ends on loopback, for SCGI and for FastCGI.
+"""Test harness: real front-ends on loopback, for SCGI, FastCGI and uwsgi.
 
 SCGI: nginx ``scgi_pass``, Apache mod_proxy_scgi, lighttpd mod_scgi. FastCGI: nginx
 ``fastcgi_pass``, Apache mod_proxy_fcgi and mod_fcgid, lighttpd mod_fastcgi, HAProxy
-``fcgi-app``, and ``cgi-fcgi`` (libfcgi) as a plain client.
+``fcgi-app``, and ``cgi-fcgi`` (libfcgi) as a plain client. uwsgi: nginx ``uwsgi_pass``
+and Apache mod_proxy_uwsgi.
 
 Each front-end runs in the foreground, as the current user, from its own temp
 dir with a free port, and is stopped (and waited for) when its context exits.
-Also: a tiny HTTP client, and a blocking SCGI capture backend in a thread (the
-FastCGI one is in tests/fcgi_capture.py).
+Also: a tiny HTTP client, and a blocking SCGI (or uwsgi) capture backend in a thread
+(the FastCGI one is in tests/fcgi_capture.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NGINX_FASTCGI_PARAMS_CANDIDATES = (
     "/etc/nginx/fastcgi_params",
     "/usr/local/nginx/conf/fastcgi_params",
 )
+NGINX_UWSGI_PARAMS_CANDIDATES = ("/etc/nginx/uwsgi_params", "/usr/local/nginx/conf/uwsgi_params")
 APACHE_MODULE_DIRS = (
     "/usr/lib/apache2/modules",
     "/usr/lib64/httpd/modules",
@@ -1117,11 +1119,248 @@ def cgi_fcgi(
     return done.stdout
 
 
+# --------------------------------------------------------------------------- uwsgi front-ends
+
+
+def nginx_uwsgi_config(workdir: Path, port: int, backend: str, uwsgi_params: str) -> str:
+    """nginx.conf for ``uwsgi_pass``: stock, prefix (SCRIPT_NAME), modifier1 30, unbuffered.
+
+    The stock uwsgi_params sends no SCRIPT_NAME and PATH_INFO = ``$document_uri``
+    (the whole decoded, normalised path), so under a prefix PATH_INFO still starts
+    with it. ``prefix30`` is uWSGI's documented recipe for that case: SCRIPT_NAME
+    plus ``uwsgi_modifier1 30``, which asked uWSGI to strip SCRIPT_NAME from PATH_INFO.
+    """
+    d = workdir
+    upstream = _nginx_pass(backend)
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 64m;
+    uwsgi_read_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+
+        # What users have: the stock uwsgi_params, no SCRIPT_NAME.
+        location / {{
+            include {uwsgi_params};
+            uwsgi_pass {upstream};
+        }}
+
+        # Mounted under a prefix: SCRIPT_NAME given, PATH_INFO left as uwsgi_params has it.
+        location /app/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /app;
+            uwsgi_pass {upstream};
+        }}
+
+        # The same with uWSGI's old prefix recipe: modifier1 30.
+        location /m30/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /m30;
+            uwsgi_modifier1 30;
+            uwsgi_pass {upstream};
+        }}
+
+        # Request buffering off: a body with a Content-Length streams through; a
+        # chunked one is still buffered (ngx_http_uwsgi_handler: !r->headers_in.chunked).
+        location /unbuffered/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /unbuffered;
+            uwsgi_request_buffering off;
+            uwsgi_pass {upstream};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run nginx with ``uwsgi_pass`` to ``backend`` (``unix:/path`` or ``host:port``).
+
+    Variants: ``stock`` = "" (``include uwsgi_params;`` only), ``prefix`` = "/app"
+    (plus ``uwsgi_param SCRIPT_NAME``), ``prefix30`` = "/m30" (plus ``uwsgi_modifier1
+    30``), ``unbuffered`` = "/unbuffered" (``uwsgi_request_buffering off``).
+    """
+    binary = find_binary("nginx")
+    uwsgi_params = next((p for p in NGINX_UWSGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if uwsgi_params is None:
+        missing("nginx's uwsgi_params file")
+    assert uwsgi_params is not None
+    with _workdir(workdir, "nginx-uwsgi") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_uwsgi_config(d, port, backend, uwsgi_params))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={
+                "stock": "",
+                "prefix": "/app",
+                "prefix30": "/m30",
+                "unbuffered": "/unbuffered",
+            },
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
+@contextlib.contextmanager
+def run_apache_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run Apache with mod_proxy_uwsgi: ``ProxyPass /app/`` and ``ProxyPass /`` to ``backend``.
+
+    Variants: ``root`` = "", ``prefix`` = "/app". (Debian: apache2-bin ships the module;
+    ``libapache2-mod-proxy-uwsgi`` is the package name that pulls it in.)
+    """
+    modules = _apache_module_dir("mod_proxy_uwsgi", "Apache mod_proxy_uwsgi")
+    with _run_apache_conf(
+        "apache-uwsgi",
+        workdir,
+        {"root": "", "prefix": "/app"},
+        lambda d, port: apache_config(d, port, backend, modules, scheme="uwsgi"),
+    ) as fe:
+        yield fe
+
+
+UWSGI_FRONTENDS = {"nginx": run_nginx_uwsgi, "apache": run_apache_uwsgi}
+
+
+# --------------------------------------------------------------------------- nginx over TLS
+
+
+def make_test_certificates(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for localhost and a client certificate (CN=alice), made
+    with the ``openssl`` command in ``d``: ``ca``, ``server``, ``server_key``, ``client``,
+    ``client_key``."""
+    openssl = find_binary("openssl")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    days = ["-days", "2"]
+    run("req", "-x509", *key, *days, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA")
+    sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", *days]
+    for name, subject in (("server", "/CN=localhost"), ("client", "/O=Example/CN=alice")):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        run("x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.pem")
+    return {
+        "ca": d / "ca.pem",
+        "server": d / "server.pem",
+        "server_key": d / "server.key",
+        "client": d / "client.pem",
+        "client_key": d / "client.key",
+    }
+
+
+def nginx_tls_config(workdir: Path, port: int, backend: str, certs: Mapping[str, Path]) -> str:
+    """nginx.conf: an ``ssl`` listener asking for a client certificate (optional), with the
+    SSL_* params of docs/tls.md, SCGI at ``/`` and FastCGI at ``/fcgi/``."""
+    d = workdir
+    upstream = _nginx_pass(backend)
+    tls_params = "\n".join(
+        f"            {{kind}}_param {name} ${var};"
+        for name, var in (
+            ("SSL_PROTOCOL", "ssl_protocol"),
+            ("SSL_CIPHER", "ssl_cipher"),
+            ("SSL_CLIENT_CERT", "ssl_client_escaped_cert"),
+            ("SSL_CLIENT_S_DN", "ssl_client_s_dn"),
+            ("SSL_CLIENT_VERIFY", "ssl_client_verify"),
+        )
+    )
+    scgi_params = next(p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p))
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost;
+        ssl_certificate {certs["server"]};
+        ssl_certificate_key {certs["server_key"]};
+        ssl_client_certificate {certs["ca"]};
+        ssl_verify_client optional;
+
+        location / {{
+            include {scgi_params};
+{tls_params.format(kind="scgi")}
+            scgi_pass {upstream};
+        }}
+
+        location /fcgi/ {{
+            include {_nginx_fastcgi_params()};
+{tls_params.format(kind="fastcgi")}
+            fastcgi_pass {upstream};
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_tls(
+    backend: str, certs: Mapping[str, Path], *, workdir: Path | None = None
+) -> Iterator[FrontEnd]:
+    """Run nginx over TLS in front of ``backend`` (see ``nginx_tls_config``).
+
+    Variants: ``scgi`` = "", ``fastcgi`` = "/fcgi". Talk to it with an ``ssl`` context
+    that trusts ``certs["ca"]``; the port accepts TLS only.
+    """
+    binary = find_binary("nginx")
+    with _workdir(workdir, "nginx-tls") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_tls_config(d, port, backend, certs))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"scgi": "", "fastcgi": "/fcgi"},
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
 # --------------------------------------------------------------------------- capture backend
 
 
 CAPTURE_RESPONSE = (
     b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
+)
+# uwsgi front-ends read an HTTP status line (Apache mod_proxy_uwsgi needs one: 502 without).
+UWSGI_CAPTURE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\ncaptured\n"
 )
 
 
@@ -1154,14 +1393,55 @@ def _read_netstring_request(conn: socket.socket) -> bytes:
     return buf
 
 
+def _recv_until(conn: socket.socket, buf: bytes, size: int, where: str) -> bytes:
+    while len(buf) < size:
+        data = conn.recv(65536)
+        if not data:
+            raise ConnectionError(f"EOF in {where} after {len(buf)} bytes")
+        buf += data
+    return buf
+
+
+def read_uwsgi_request(conn: socket.socket) -> bytes:
+    """Read one uwsgi request (4-byte header, vars, CONTENT_LENGTH body); its raw bytes.
+
+    Decoded here with the format alone, not with trioscgi's core: the captures test it.
+    """
+    buf = _recv_until(conn, b"", 4, "uwsgi header")
+    end = 4 + int.from_bytes(buf[1:3], "little")
+    buf = _recv_until(conn, buf, end, "uwsgi vars")
+    pos, length = 4, b""
+    while pos < end:
+        n = int.from_bytes(buf[pos : pos + 2], "little")
+        name = buf[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+        n = int.from_bytes(buf[pos : pos + 2], "little")
+        if name == b"CONTENT_LENGTH":
+            length = buf[pos + 2 : pos + 2 + n]
+        pos += 2 + n
+    return _recv_until(conn, buf, end + int(length or b"0"), "uwsgi body")
+
+
 class CaptureBackend:
-    """A blocking SCGI server in a thread that records every raw request.
+    """A blocking SCGI (or uwsgi) server in a thread that records every raw request.
 
     Use as a context manager; ``bind`` is ``unix:/path`` or ``127.0.0.1:0``.
-    ``backend`` is then the address to give a front-end.
+    ``backend`` is then the address to give a front-end. ``read`` takes one request
+    off a connection; ``response`` is what each gets back; ``then``, if given, runs on
+    the connection after that (a tunnel's echo), before it is closed.
     """
 
-    def __init__(self, bind: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        bind: str = "127.0.0.1:0",
+        *,
+        read: Callable[[socket.socket], bytes] | None = None,
+        response: bytes = CAPTURE_RESPONSE,
+        then: Callable[[socket.socket], None] | None = None,
+    ) -> None:
+        self._read = _read_netstring_request if read is None else read
+        self._response = response
+        self._then = then
         addr = backend_address(bind)
         if isinstance(addr, str):
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -1206,10 +1486,12 @@ class CaptureBackend:
             with conn:
                 conn.settimeout(HTTP_TIMEOUT)
                 try:
-                    raw = _read_netstring_request(conn)
+                    raw = self._read(conn)
                     with self._lock:
                         self.requests.append(raw)
-                    conn.sendall(CAPTURE_RESPONSE)
+                    conn.sendall(self._response)
+                    if self._then is not None:
+                        self._then(conn)
                 except (OSError, ValueError, AssertionError) as e:
                     with self._lock:
                         self.errors.append(e)

@@ -607,10 +607,13 @@ def test_any_printable_environ_gives_a_scope_or_a_scope_error(
     assert isinstance(scope["raw_path"], bytes)
     assert isinstance(scope["query_string"], bytes)
     assert scope["scheme"] in ("http", "https")
+    extensions = dict(scope["extensions"])
+    # The TLS extension is there exactly when the request came over TLS (test_scope_tls.py).
+    assert (extensions.pop("tls", None) is not None) == (scope["scheme"] == "https")
     if fastcgi:
-        assert scope["extensions"] == {"fastcgi": {"params": environ}}
+        assert extensions == {"fastcgi": {"params": environ}}
     else:
-        assert scope["extensions"] == {"scgi": {"environ": environ}}
+        assert extensions == {"scgi": {"environ": environ}}
     for name, value in scope["headers"]:
         assert name == name.lower() != b""
         assert b"_" not in name

@@ -1,6 +1,6 @@
 """trioscgi: a trio-native SCGI server for ASGI and WSGI applications."""
 
-from . import fastcgi, protocol
+from . import fastcgi, protocol, uwsgi
 from ._config import Config, ConfigError
 from ._lifespan import LifespanFailure
 from ._listeners import BindError
@@ -16,4 +16,5 @@ __all__ = [
     "fastcgi",
     "protocol",
     "serve",
+    "uwsgi",
 ]

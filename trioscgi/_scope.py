@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-__all__ = ["ScopeError", "http_scope", "request_target"]
+__all__ = ["ScopeError", "http_scope", "request_target", "tls_extension"]
 
 
 class ScopeError(Exception):
@@ -346,6 +346,11 @@ def http_scope(
             {"fastcgi": {"params": environ}} if fastcgi else {"scgi": {"environ": environ}}
         ),
     }
+    if scheme == "https":
+        # The front-end says its client came over TLS: the ASGI "tls" extension, which
+        # must only be there for a TLS connection. (A plain-http request pays this one
+        # comparison.)
+        scope["extensions"]["tls"] = tls_extension(env)
     if is_websocket:
         # ASGI WebSocket scope: the HTTP one without method, with a ws scheme and the
         # client's subprotocols (Sec-WebSocket-Protocol, possibly repeated), in order.
@@ -363,6 +368,135 @@ def http_scope(
     if state is not None:
         scope["state"] = state.copy()
     return scope
+
+
+# --------------------------------------------------------------------------- TLS
+
+# SSL_PROTOCOL (OpenSSL's SSL_get_version(): nginx $ssl_protocol, Apache mod_ssl and
+# lighttpd mod_openssl all report it) -> the protocol's version number on the wire, as the
+# ASGI TLS extension wants it.
+_TLS_VERSIONS: dict[bytes, int] = {
+    b"SSLv3": 0x0300,
+    b"TLSv1": 0x0301,
+    b"TLSv1.1": 0x0302,
+    b"TLSv1.2": 0x0303,
+    b"TLSv1.3": 0x0304,
+}
+
+# SSL_CIPHER (OpenSSL's cipher names: nginx $ssl_cipher, Apache, lighttpd) -> the IANA
+# cipher suite code (TLS Cipher Suites registry). The suites a front-end negotiates today;
+# an unknown name gives None, as the extension allows. tests/test_scope.py checks each
+# code against the local OpenSSL's own table (SSLContext.get_ciphers()).
+_CIPHER_SUITES: dict[bytes, int] = {
+    # TLS 1.3: OpenSSL uses the IANA names.
+    b"TLS_AES_128_GCM_SHA256": 0x1301,
+    b"TLS_AES_256_GCM_SHA384": 0x1302,
+    b"TLS_CHACHA20_POLY1305_SHA256": 0x1303,
+    b"TLS_AES_128_CCM_SHA256": 0x1304,
+    b"TLS_AES_128_CCM_8_SHA256": 0x1305,
+    # TLS 1.2 and older: ECDHE.
+    b"ECDHE-ECDSA-AES128-GCM-SHA256": 0xC02B,
+    b"ECDHE-ECDSA-AES256-GCM-SHA384": 0xC02C,
+    b"ECDHE-RSA-AES128-GCM-SHA256": 0xC02F,
+    b"ECDHE-RSA-AES256-GCM-SHA384": 0xC030,
+    b"ECDHE-ECDSA-CHACHA20-POLY1305": 0xCCA9,
+    b"ECDHE-RSA-CHACHA20-POLY1305": 0xCCA8,
+    b"ECDHE-ECDSA-AES128-SHA256": 0xC023,
+    b"ECDHE-ECDSA-AES256-SHA384": 0xC024,
+    b"ECDHE-RSA-AES128-SHA256": 0xC027,
+    b"ECDHE-RSA-AES256-SHA384": 0xC028,
+    b"ECDHE-ECDSA-AES128-SHA": 0xC009,
+    b"ECDHE-ECDSA-AES256-SHA": 0xC00A,
+    b"ECDHE-RSA-AES128-SHA": 0xC013,
+    b"ECDHE-RSA-AES256-SHA": 0xC014,
+    # DHE.
+    b"DHE-RSA-AES128-GCM-SHA256": 0x009E,
+    b"DHE-RSA-AES256-GCM-SHA384": 0x009F,
+    b"DHE-RSA-CHACHA20-POLY1305": 0xCCAA,
+    b"DHE-RSA-AES128-SHA256": 0x0067,
+    b"DHE-RSA-AES256-SHA256": 0x006B,
+    b"DHE-RSA-AES128-SHA": 0x0033,
+    b"DHE-RSA-AES256-SHA": 0x0039,
+    # RSA key exchange.
+    b"AES128-GCM-SHA256": 0x009C,
+    b"AES256-GCM-SHA384": 0x009D,
+    b"AES128-SHA256": 0x003C,
+    b"AES256-SHA256": 0x003D,
+    b"AES128-SHA": 0x002F,
+    b"AES256-SHA": 0x0035,
+    b"DES-CBC3-SHA": 0x000A,
+}
+
+# Apache mod_ssl (`SSLOptions +ExportCertData`) exports the client's chain as
+# SSL_CLIENT_CERT_CHAIN_0, _1...: at most this many are read.
+_MAX_CHAIN = 16
+
+
+def _pem(value: bytes) -> str:
+    """A PEM certificate as the front-end passed it, as text.
+
+    nginx's ``$ssl_client_escaped_cert`` is URL-escaped (``-----BEGIN%20CERTIFICATE...``,
+    ``%0A`` for newlines), the deprecated ``$ssl_client_cert`` starts each line after the
+    first with a tab; Apache's and lighttpd's are plain PEM. Base64 has no ``%``, so a
+    ``%`` means escaped.
+    """
+    if 37 in value:  # ord("%")
+        value = unquote_to_bytes(value)
+    if 9 in value:  # ord("\t")
+        value = value.replace(b"\n\t", b"\n")
+    return value.decode("ascii", "replace")
+
+
+def tls_extension(env: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI ``tls`` extension (asgiref TLS 0.2) from the front-end's ``SSL_*`` variables.
+
+    Call it only for a request the front-end says came over TLS. What each front-end
+    must be told to pass (docs/tls.md): Apache mod_ssl with
+    ``SSLOptions +StdEnvVars +ExportCertData`` and lighttpd mod_openssl send the
+    ``SSL_*`` variables themselves; nginx sends none, and takes ``*_param`` lines with the
+    same names (``SSL_PROTOCOL $ssl_protocol``, ``SSL_CIPHER $ssl_cipher``,
+    ``SSL_CLIENT_CERT $ssl_client_escaped_cert``, ``SSL_CLIENT_S_DN $ssl_client_s_dn``,
+    ``SSL_CLIENT_VERIFY $ssl_client_verify``).
+
+    The values are as trusted as every other variable the front-end sends (REMOTE_ADDR,
+    HTTPS): only peers in ``trusted_peers`` (and Unix-socket peers) can connect at all.
+
+    Returns:
+        ``server_cert`` (SSL_SERVER_CERT, Apache only; else None), ``client_cert_chain``
+        (SSL_CLIENT_CERT then SSL_CLIENT_CERT_CHAIN_n; empty without a client
+        certificate), ``client_cert_name`` (SSL_CLIENT_S_DN or None),
+        ``client_cert_error`` (None when SSL_CLIENT_VERIFY is SUCCESS, NONE or absent; its
+        value else, e.g. ``FAILED:certificate has expired``), ``tls_version`` and
+        ``cipher_suite`` (numbers from SSL_PROTOCOL and SSL_CIPHER; None when absent or
+        unknown).
+    """
+    get = env.get
+    chain: list[str] = []
+    cert = get(b"SSL_CLIENT_CERT")
+    if cert:
+        chain.append(_pem(cert))
+        for i in range(_MAX_CHAIN):
+            link = get(b"SSL_CLIENT_CERT_CHAIN_%d" % i)
+            if not link:
+                break
+            chain.append(_pem(link))
+    server_cert = get(b"SSL_SERVER_CERT")
+    name = get(b"SSL_CLIENT_S_DN")
+    verify = get(b"SSL_CLIENT_VERIFY")
+    protocol = get(b"SSL_PROTOCOL")
+    cipher = get(b"SSL_CIPHER")
+    return {
+        "server_cert": _pem(server_cert) if server_cert else None,
+        "client_cert_chain": chain,
+        "client_cert_name": name.decode("utf-8", "replace") if name else None,
+        "client_cert_error": (
+            verify.decode("utf-8", "replace")
+            if verify and verify not in (b"SUCCESS", b"NONE")
+            else None
+        ),
+        "tls_version": _TLS_VERSIONS.get(protocol) if protocol else None,
+        "cipher_suite": _CIPHER_SUITES.get(cipher) if cipher else None,
+    }
 
 
 # lighttpd tunnels a 101 from mod_scgi with `"upgrade" => "enable"` since 1.4.74.

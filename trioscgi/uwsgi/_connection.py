@@ -1,0 +1,491 @@
+"""The uwsgi connection state machine: bytes in, events out; events in, bytes out."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from struct import Struct
+from struct import error as StructError
+from typing import Final, Protocol
+
+from ..protocol._connection import _reason
+from ._errors import LocalProtocolError, RemoteProtocolError, UnsupportedModifier
+from ._events import (
+    REQUEST_MODIFIERS,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    Request,
+    Response,
+)
+from ._state import (
+    CLOSED,
+    DONE,
+    ERROR,
+    OUR_TRANSITIONS,
+    RECV_BODY,
+    RECV_HEADER,
+    SEND_RESPONSE,
+    State,
+)
+
+__all__ = [
+    "DEFAULT_MAX_VARS",
+    "DEFAULT_MAX_VARS_SIZE",
+    "HEADER_LEN",
+    "NEED_DATA",
+    "Connection",
+    "response_head",
+]
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
+
+HEADER_LEN: Final = 4
+"""The packet header: modifier1 (u8), datasize (u16 little-endian), modifier2 (u8)."""
+
+# Default limits. The vars block's size is a u16, so 65535 bytes is all the
+# format can say: nginx refuses to build a bigger one ("uwsgi request is too
+# big") and Apache mod_proxy_uwsgi answers 500. uWSGI itself stops at its
+# `buffer-size`, 4 KiB by default, a limit its users raise for long cookies;
+# the format's own bound costs at most 64 KiB per connection.
+DEFAULT_MAX_VARS_SIZE: Final = 0xFFFF
+# How many vars one request may carry: nginx's stock uwsgi_params sends 15,
+# each request header adds one. The count bounds the Python objects a block
+# becomes (about 230 bytes a pair: 64 KiB of one-letter vars would be over
+# 13,000 pairs, 3 MiB); 1,024 pairs is about 230 KiB. nginx forwards at most
+# 4 x 8 KiB of headers by default (large_client_header_buffers), lighttpd
+# 64 KiB, uWSGI 64 vars (its `max-vars`).
+DEFAULT_MAX_VARS: Final = 1024
+# CONTENT_LENGTH may have at most this many digits: 10**18 bytes is beyond
+# any real body, and it keeps int() on hostile input cheap.
+_MAX_CONTENT_LENGTH_DIGITS: Final = 18
+
+# The parser's fast path for its own events (STYLE.md 3): set the slots
+# directly, and share the two field-less events, which are frozen and
+# compare equal anyway.
+_new = object.__new__
+_set_environ = Request.__dict__["environ"].__set__
+_set_modifier1 = Request.__dict__["modifier1"].__set__
+_set_modifier2 = Request.__dict__["modifier2"].__set__
+_set_data = Data.__dict__["data"].__set__
+_END_OF_MESSAGE: Final = EndOfMessage._make()
+_CONNECTION_CLOSED: Final = ConnectionClosed._make()
+
+
+def _reject_modifiers(modifier1: int, modifier2: int) -> UnsupportedModifier:
+    # uWSGI uses the other modifiers for its other language plugins and for
+    # its own management packets (pings, signals, cache, spooler...).
+    return UnsupportedModifier(
+        f"uwsgi packet with modifier1={modifier1}, modifier2={modifier2}: only"
+        " WSGI/ASGI requests (modifier1 0 or 30, modifier2 0) are served",
+        modifier1,
+        modifier2,
+    )
+
+
+# Decoders for the vars, by size: _NAMES[n] reads an n-byte name and the value size
+# after it, _VALUES[n] an n-byte value and the next name's size, each in one C call
+# (struct's unpack_from) instead of two index operations, a shift and a slice in Python:
+# about 3,800 instructions a var instead of 5,500 (callgrind, nginx's 16-var GET: 60k
+# for the block instead of 88k).
+# The key is a size, never content. Bounded: past 4096 sizes each, a new size gets its
+# decoder made and not kept.
+_Decoder = Callable[[bytes, int], tuple[bytes, int]]
+_NAMES: Final[dict[int, _Decoder]] = {}
+_VALUES: Final[dict[int, _Decoder]] = {}
+_DECODERS_MAX: Final = 4096
+_CONTENT_LENGTH: Final = b"CONTENT_LENGTH"
+# The smallest var: two sizes and a one-byte name. A block of at most max_vars times
+# this can't hold more than max_vars vars, so the fast parser needn't count them.
+_MIN_VAR: Final = 5
+
+
+def _decoder(table: dict[int, _Decoder], size: int) -> _Decoder:
+    decode = Struct(f"<{size}sH").unpack_from
+    if len(table) < _DECODERS_MAX:
+        table[size] = decode
+    return decode
+
+
+def _parse_vars(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The (name, value) pairs of a vars block, and the body length CONTENT_LENGTH gives.
+
+    The usual block, proved valid with as few operations as possible; anything else (an
+    error, a block that may hold too many vars) goes to :func:`_parse_vars_checked`,
+    which starts again and says what is wrong.
+    """
+    end = len(block)
+    if end > max_vars * _MIN_VAR or end < _MIN_VAR:
+        return _parse_vars_checked(block, max_vars)
+    # Two zero bytes after the block: the last value's decoder reads them as the next
+    # name's size.
+    buf = block + b"\0\0"
+    stop = end + 2
+    names = _NAMES.get
+    values = _VALUES.get
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    content_length: bytes | None = None
+    size = buf[0] | buf[1] << 8
+    pos = 2
+    try:
+        while pos < stop:
+            if not size:
+                return _parse_vars_checked(block, max_vars)  # an empty name
+            name, value_size = (names(size) or _decoder(_NAMES, size))(buf, pos)
+            if size == 14 and name == _CONTENT_LENGTH:
+                if content_length is not None:
+                    return _parse_vars_checked(block, max_vars)
+                content_length = buf[pos + 16 : pos + 16 + value_size]
+            pos += size + 2
+            value, size = (values(value_size) or _decoder(_VALUES, value_size))(buf, pos)
+            pos += value_size + 2
+            append((name, value))
+    except StructError:
+        return _parse_vars_checked(block, max_vars)
+    # Every read ends where `pos` does, and none can end past `buf`: out of the loop, `pos`
+    # is `stop`, so the last value ended with the block and the size read after it was
+    # the padding. (A size that runs past the block ran the next read past `buf`.)
+    if not content_length:
+        return pairs, 0
+    if not (content_length.isdigit() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS):
+        return _parse_vars_checked(block, max_vars)
+    return pairs, int(content_length)
+
+
+def _parse_vars_checked(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The (name, value) pairs of a vars block, and the body length CONTENT_LENGTH gives.
+
+    Raises:
+        RemoteProtocolError: a size runs past the block, a name is empty or
+            there are more than ``max_vars`` pairs (431), CONTENT_LENGTH is
+            there twice or is not digits.
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    end = len(block)
+    pos = 0
+    content_length: bytes | None = None
+    while pos < end:
+        # Two bytes of name size, the name, two of value size, the value.
+        # Index errors can't happen: each size is read only once its two
+        # bytes are proved inside the block.
+        if pos + 2 > end:
+            raise RemoteProtocolError(f"vars block ends inside a name size at offset {pos}")
+        name_end = pos + 2 + (block[pos] | block[pos + 1] << 8)
+        if name_end == pos + 2:
+            raise RemoteProtocolError(f"var with an empty name at offset {pos}")
+        if name_end + 2 > end:
+            raise RemoteProtocolError(
+                f"var name at offset {pos} runs past the vars block ({end} bytes)"
+            )
+        value_end = name_end + 2 + (block[name_end] | block[name_end + 1] << 8)
+        if value_end > end:
+            raise RemoteProtocolError(
+                f"value of {block[pos + 2 : name_end][:32]!r} runs past the vars block"
+                f" ({end} bytes)"
+            )
+        name = block[pos + 2 : name_end]
+        value = block[name_end + 2 : value_end]
+        if name == b"CONTENT_LENGTH":
+            if content_length is not None:
+                # Two lengths: which one frames the body is ambiguous (smuggling).
+                raise RemoteProtocolError("CONTENT_LENGTH appears twice")
+            content_length = value
+        append((name, value))
+        pos = value_end
+        if len(pairs) > max_vars:
+            raise RemoteProtocolError(f"more than {max_vars} vars in the request", 431)
+    if not content_length:
+        # Absent, or empty: nginx's $content_length is empty on a request
+        # without a body, and the stock uwsgi_params passes it anyway.
+        return pairs, 0
+    if not (content_length.isdigit() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS):
+        raise RemoteProtocolError(f"invalid CONTENT_LENGTH {content_length[:32]!r}")
+    return pairs, int(content_length)
+
+
+class _HasHead(Protocol):
+    # What response_head() reads: a uwsgi Response, or the SCGI core's (the
+    # ASGI cycle builds that one for every wire), both validated already.
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+
+
+# An HTTP/1.1 status line, not CGI's `Status:`: Apache mod_proxy_uwsgi
+# fails the request (502 from Apache 2.4.71) unless the first line matches
+# "HTTP/#.# ###*" (or "HTTP/# ###*"), and nginx's uwsgi module parses an HTTP status line first,
+# falling back to a `Status:` header only when there is none. A reason phrase
+# always: Apache keeps it as the status line, nginx forwards it.
+_STATUS_LINES: Final = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)
+}
+
+
+def response_head(event: _HasHead) -> bytes:
+    """The head of a response as uwsgi front-ends read it: status line, headers, blank line.
+
+    ``event`` is a :class:`Response` (or the SCGI core's, whose checks are
+    the same): its headers are not checked again here.
+    """
+    status = event.status
+    headers = event.headers
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+    if not headers:
+        return line + b"\r\n"
+    return line + b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
+
+
+class Connection:
+    """One uwsgi connection, seen from the server.
+
+    Feed it what the socket reads with :meth:`receive_data`, take the
+    request apart with :meth:`next_event`, and turn the response into bytes
+    with :meth:`send`. It does no I/O of its own.
+
+    The request is one packet: a 4-byte header (``modifier1``, the vars
+    block's size as a little-endian u16, ``modifier2``), the vars (each a
+    little-endian u16 size and a name, a u16 size and a value), then the
+    body, ``CONTENT_LENGTH`` bytes (none when it is absent or empty).
+
+    Args:
+        max_vars_size: the largest vars block accepted, in bytes (at most
+            65535, what the format can say); a larger one raises
+            :class:`RemoteProtocolError` with hint 431 as soon as the header
+            says so, before any of it is buffered.
+        max_vars: the most vars one request may carry; more raises
+            :class:`RemoteProtocolError` with hint 431.
+        max_body_size: the largest CONTENT_LENGTH accepted, or ``None`` for
+            no limit; a larger one raises :class:`RemoteProtocolError` with
+            hint 413 before any of the body is read.
+    """
+
+    __slots__ = (
+        "_body_left",
+        "_buf",
+        "_eof",
+        "_our_state",
+        "_their_state",
+        "max_body_size",
+        "max_vars",
+        "max_vars_size",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_vars_size: int = DEFAULT_MAX_VARS_SIZE,
+        max_vars: int = DEFAULT_MAX_VARS,
+        max_body_size: int | None = None,
+    ) -> None:
+        if not 0 <= max_vars_size <= 0xFFFF:
+            raise ValueError("max_vars_size must be from 0 to 65535")
+        if max_vars < 0:
+            raise ValueError("max_vars must not be negative")
+        if max_body_size is not None and max_body_size < 0:
+            raise ValueError("max_body_size must not be negative")
+        self.max_vars_size = max_vars_size
+        self.max_vars = max_vars
+        self.max_body_size = max_body_size
+        self._their_state = RECV_HEADER
+        self._our_state = SEND_RESPONSE
+        self._buf: bytes | bytearray = b""
+        self._eof = False
+        self._body_left = 0
+
+    # --- state -----------------------------------------------------------------
+
+    @property
+    def their_state(self) -> State:
+        """The state of the peer's side: the request."""
+        return self._their_state
+
+    @property
+    def our_state(self) -> State:
+        """The state of our side: the response."""
+        return self._our_state
+
+    @property
+    def states(self) -> dict[str, State]:
+        """Both states, as ``{"their": ..., "our": ...}``."""
+        return {"their": self._their_state, "our": self._our_state}
+
+    @property
+    def body_remaining(self) -> int:
+        """Request body bytes announced by CONTENT_LENGTH and not yet received."""
+        return self._body_left
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """Bytes received but not consumed, and whether EOF was seen."""
+        return bytes(self._buf), self._eof
+
+    # --- receiving -------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes read from the socket; ``b""`` means the peer closed (EOF)."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("received data after EOF")
+            buf = self._buf
+            if not buf:
+                # Keep a reference, not a copy, but never to a caller's
+                # mutable buffer: it may be reused for the next read.
+                if type(data) is not bytes:
+                    data = bytes(data)
+                self._buf = data
+            elif isinstance(buf, bytearray):
+                buf += data
+            else:
+                self._buf = bytearray(buf) + data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event of the request, or :data:`NEED_DATA`.
+
+        Returns:
+            :class:`Request` first, then :class:`Data` (all the body bytes
+            buffered so far, up to CONTENT_LENGTH) until :class:`EndOfMessage`,
+            then :class:`ConnectionClosed` once EOF is seen (and again on every
+            later call, like h11). :data:`NEED_DATA` when the buffered bytes
+            don't make the next event yet.
+
+        Raises:
+            RemoteProtocolError: the peer sent something invalid
+                (:class:`UnsupportedModifier` for a packet that is not a
+                request). The connection's peer side is then in ``ERROR``
+                for good.
+        """
+        state = self._their_state
+        try:
+            if state is RECV_HEADER:
+                return self._next_request()
+            if state is RECV_BODY:
+                return self._next_body_event()
+            if state is DONE:
+                if self._eof:
+                    self._their_state = CLOSED
+                    return _CONNECTION_CLOSED
+                return NEED_DATA
+            if state is CLOSED:
+                return _CONNECTION_CLOSED
+            raise RemoteProtocolError("can't receive after a protocol error")
+        except RemoteProtocolError:
+            self._their_state = ERROR
+            raise
+
+    def _next_request(self) -> Event | _NeedData:
+        buf = self._buf
+        have = len(buf)
+        if have < HEADER_LEN:
+            if self._eof:
+                if not have:
+                    # Connected and closed without a byte: a health check or a
+                    # front-end giving up early. Not an error worth a log line.
+                    self._their_state = CLOSED
+                    return _CONNECTION_CLOSED
+                raise RemoteProtocolError(
+                    f"connection closed in the packet header after {have} bytes"
+                )
+            return NEED_DATA
+        modifier1 = buf[0]
+        size = buf[1] | buf[2] << 8
+        modifier2 = buf[3]
+        if modifier1 not in REQUEST_MODIFIERS or modifier2:
+            raise _reject_modifiers(modifier1, modifier2)
+        if size > self.max_vars_size:
+            raise RemoteProtocolError(
+                f"vars block of {size} bytes is over the limit of {self.max_vars_size}", 431
+            )
+        end = HEADER_LEN + size
+        if have < end:
+            if self._eof:
+                raise RemoteProtocolError(
+                    f"connection closed in the vars block after {have - HEADER_LEN}"
+                    f" of its {size} bytes"
+                )
+            return NEED_DATA
+        block = bytes(buf[HEADER_LEN:end])
+        environ, content_length = _parse_vars(block, self.max_vars)
+        max_body_size = self.max_body_size
+        if max_body_size is not None and content_length > max_body_size:
+            raise RemoteProtocolError(
+                f"body of {content_length} bytes is over the limit of {max_body_size}", 413
+            )
+        self._buf = buf[end:] if have > end else b""
+        self._body_left = content_length
+        self._their_state = RECV_BODY
+        request = _new(Request)
+        _set_environ(request, environ)
+        _set_modifier1(request, modifier1)
+        _set_modifier2(request, modifier2)
+        return request
+
+    def _next_body_event(self) -> Event | _NeedData:
+        left = self._body_left
+        if left == 0:
+            self._their_state = DONE
+            return _END_OF_MESSAGE
+        buf = self._buf
+        if buf:
+            if len(buf) <= left:
+                data = buf if type(buf) is bytes else bytes(buf)
+                self._buf = b""
+            else:
+                data = bytes(buf[:left])
+                self._buf = buf[left:]
+            self._body_left = left - len(data)
+            event = _new(Data)
+            _set_data(event, data)
+            return event
+        if self._eof:
+            raise RemoteProtocolError(f"connection closed with {left} bytes of body missing")
+        return NEED_DATA
+
+    # --- sending ---------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """The bytes that put ``event`` on the wire.
+
+        ``Response`` becomes an HTTP/1.1 status line and headers (see
+        :func:`response_head`), ``Data`` passes through, ``EndOfMessage`` is
+        empty: the response ends when the connection closes.
+
+        Raises:
+            LocalProtocolError: the event is not allowed in our state.
+        """
+        state = self._our_state
+        try:
+            new_state = OUR_TRANSITIONS[state, type(event).__name__]
+        except KeyError:
+            if state is not ERROR:
+                self._our_state = ERROR
+            raise LocalProtocolError(
+                f"can't send {type(event).__name__} in state {state!r}"
+            ) from None
+        self._our_state = new_state
+        if type(event) is Data:
+            data = event.data
+            return data if type(data) is bytes else bytes(data)
+        if type(event) is Response:
+            return response_head(event)
+        return b""
+
+    def send_failed(self) -> None:
+        """Note that sending failed: our side goes to ``ERROR``."""
+        self._our_state = ERROR

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._config import Config, parse_cpu_list
 from ._listeners import BindError, Listener, bind_all
-from ._logging import reopen_logs, reopen_on_sigusr1
+from ._logging import log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
 from ._run import pin_to_cpu, run
@@ -220,7 +220,9 @@ class _Supervisor:
             elif signum == signal.SIGHUP:
                 self._reload()
             elif signum == signal.SIGUSR1:
-                reopen_logs()
+                # At once, not at our next line: a log deleted to free its
+                # space is freed only when we close it too.
+                reopen_now()
                 self._signal_all(signal.SIGUSR1)
             # SIGCHLD: _reap() runs after every wake-up anyway.
 
@@ -433,7 +435,9 @@ class _Supervisor:
 
         totals = self.totals
         totals.workers_ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
-        return families(totals.total(), totals)
+        total = totals.total()
+        total["log_write_errors"] += log_write_errors()  # the supervisor's own
+        return families(total, totals)
 
     def _live_status(self, now: float) -> None:
         from ._metrics import status_line  # noqa: PLC0415

@@ -439,3 +439,63 @@ def test_supervisor_pings_the_watchdog(start: object) -> None:
     d.proc.send_signal(signal.SIGTERM)
     d.expect("STOPPING=1")
     assert d.wait() == 0
+
+
+def _wait_log(d: Daemon, text: str, timeout: float, count: int = 1) -> float:
+    """Wait until the log holds ``text`` ``count`` times; return the seconds it took."""
+    began = time.monotonic()
+    while d.log_text().count(text) < count:
+        assert time.monotonic() - began < timeout, f"no {text!r} in the log:\n{d.log_text()}"
+        time.sleep(0.05)  # polling the log file, bounded
+    return time.monotonic() - began
+
+
+def test_deleted_socket_is_reported_and_sighup_rebinds_it(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
+    assert callable(start)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"{metrics[0]}:{metrics[1]}", workers=2)
+    assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
+
+    os.unlink(d.sock)  # a cleanup script, a tmpfiles rule, a mistaken rm
+    took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
+    assert took < 5, f"noticed only after {took:.1f} s"
+    assert "[ERROR]" in next(line for line in d.log_text().splitlines() if "is gone" in line)
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
+
+    d.proc.send_signal(signal.SIGHUP)
+    d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
+
+    # Replaced by another socket file (nobody listening on it: stale).
+    os.unlink(d.sock)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(d.sock)
+    stale.close()
+    _wait_log(d, f"unix:{d.sock}: the socket file was replaced", timeout=15)
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
+    d.proc.send_signal(signal.SIGHUP)
+    d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    # Once per episode, not once per check.
+    assert d.log_text().count("the socket file is gone") == 1
+
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+    assert not os.path.exists(d.sock), "the rebound socket file is ours to remove"
+
+
+def test_deleted_socket_is_reported_by_a_single_process(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start(workers=1)
+    assert scgi_get(d.sock)[0] == 200
+    os.unlink(d.sock)
+    took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
+    assert took < 5, f"noticed only after {took:.1f} s"
+    assert "restart the service" in d.log_text()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0

@@ -310,6 +310,11 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
         "Exceptions raised by the application",
         value=total["app_exceptions"],
     )
+    yield GaugeMetricFamily(
+        "trioscgi_listener_path_missing",
+        "Unix socket files of ours deleted or replaced (SIGHUP creates them again)",
+        value=total.get("listener_path_missing", 0),
+    )
     yield CounterMetricFamily(
         "trioscgi_log_write_errors",
         "Log lines (or reopens) that failed to write: a full disk, a lost mount",

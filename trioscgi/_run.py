@@ -14,7 +14,7 @@ import trio
 
 from ._config import Config
 from ._lifespan import LifespanFailure
-from ._listeners import BindError, Listener
+from ._listeners import PATH_CHECK_INTERVAL, BindError, Listener, path_problem_message
 from ._server import CallOnStarted, Server
 from ._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
 
@@ -118,6 +118,7 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
+            nursery.start_soon(_watch_paths, server)
             if server.metrics is not None:
                 _start_metrics(nursery, server, metrics_listener, metrics_report)
             # Run in this task, not through nursery.start: a SIGTERM during a
@@ -152,11 +153,32 @@ def _start_metrics(
     elif listener is not None:
 
         def source() -> Any:
-            return _metrics.families(metrics.snapshot(*gauges()), None)
+            total = metrics.snapshot(*gauges())
+            total["listener_path_missing"] = sum(
+                1 for lst in server._listeners or () if lst.path_problem() is not None
+            )
+            return _metrics.families(total, None)
 
         nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
         if os.environ.get("NOTIFY_SOCKET"):
             nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
+
+
+async def _watch_paths(server: Server) -> None:
+    """Say once, loudly, when a socket file this process created is deleted or replaced.
+
+    (With workers, the supervisor owns the files and watches them.)
+    """
+    reported: dict[str, str] = {}
+    while True:
+        await trio.sleep(PATH_CHECK_INTERVAL)
+        for lst in server._listeners or ():
+            problem = lst.path_problem()
+            if problem is None or reported.get(lst.description) == problem:
+                continue
+            reported[lst.description] = problem
+            remedy = "restart the service to create it again (with workers >= 2, SIGHUP does)"
+            log.error("%s", path_problem_message(lst, problem, remedy))
 
 
 def _ignore(bound: list[str]) -> None:

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, parse_cpu_list
-from ._listeners import BindError, Listener, bind_all
+from ._listeners import (
+    PATH_CHECK_INTERVAL,
+    BindError,
+    Listener,
+    bind_all,
+    path_problem_message,
+    rebind,
+)
 from ._logging import log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
@@ -96,6 +103,11 @@ class _Supervisor:
         self.crashes: list[float] = []
         self.pending_spawns: list[float] = []  # times at which to start a replacement
         self.exit_code = EXIT_OK
+        # Socket files found gone or replaced (description -> "gone"/"replaced"),
+        # each reported once; SIGHUP binds them again.
+        self.path_problems: dict[str, str] = {}
+        self.watch_paths = any(lst.unix_path is not None for lst in listeners)
+        self.next_path_check = 0.0
         self.watchdog = watchdog_interval()
         self.next_ping = 0.0
         # Signals arrive as bytes on this pipe (signal.set_wakeup_fd).
@@ -173,6 +185,8 @@ class _Supervisor:
         deadlines += [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.watchdog is not None:
             deadlines.append(self.next_ping)
+        if self.watch_paths and not self.stopping:
+            deadlines.append(self.next_path_check)
         fds: list[Any] = [self.wake_r, self.ready_r]
         if self.changes_r is not None:
             fds.append(self.changes_r)
@@ -193,6 +207,9 @@ class _Supervisor:
             self._on_changes()
         self._reap()
         now = time.monotonic()
+        if self.watch_paths and not self.stopping and now >= self.next_path_check:
+            self.next_path_check = now + PATH_CHECK_INTERVAL
+            self._check_paths()
         if self.watchdog is not None and now >= self.next_ping:
             notify("WATCHDOG=1")
             self.next_ping = now + self.watchdog
@@ -264,7 +281,9 @@ class _Supervisor:
                 new = self.reload_config()
             except Exception as exc:
                 log.error("%s: can't reload the configuration, keeping the old one: %s", why, exc)
-                return
+                if not any(lst.path_problem() for lst in self.listeners):
+                    return
+                new = self.config  # still bind the lost socket files again
             if list(new.bind) != list(self.config.bind):
                 log.warning(
                     "%s: 'bind' changed; listening sockets are kept as they are "
@@ -283,12 +302,51 @@ class _Supervisor:
             "STATUS=reloading: starting new workers",
         )
         self.pending_spawns.clear()
+        self._rebind_lost_paths(new)
         self.previous, self.config = self.config, new
         self.generation += 1
         self.reloading = self.generation
         if self.totals is not None:
             self.totals.reloads += 1
         self._spawn_generation(new)
+
+    def _check_paths(self) -> None:
+        """Say once, loudly, when a socket file of ours is deleted or replaced."""
+        for lst in self.listeners:
+            problem = lst.path_problem()
+            if problem is None or self.path_problems.get(lst.description) == problem:
+                continue
+            self.path_problems[lst.description] = problem
+            remedy = (
+                "send SIGHUP (systemctl reload) to create it again; the new workers serve on it"
+            )
+            log.error("%s", path_problem_message(lst, problem, remedy))
+            notify(f"STATUS={lst.description}: socket file {problem}; SIGHUP creates it again")
+
+    def _rebind_lost_paths(self, config: Config) -> None:
+        """Before a new generation starts: a new socket for each file gone or replaced.
+
+        The old workers keep the old socket until they stop (nothing new can
+        reach it); the new ones get only the new one.
+        """
+        for i, lst in enumerate(self.listeners):
+            if lst.path_problem() is None:
+                continue
+            try:
+                new = rebind(lst, config)
+            except BindError as exc:
+                log.error("%s; the workers keep serving the old socket", exc)
+                continue
+            lst.unix_path = None  # the file at the path is the new socket's now
+            lst.close()
+            # In place: run_supervisor() closes this same list at exit.
+            self.listeners[i] = new
+            self.path_problems.pop(lst.description, None)
+            log.info("%s: socket file created again", new.description)
+
+    def lost_paths(self) -> int:
+        """Listeners whose socket file is gone or replaced (the metric)."""
+        return sum(1 for lst in self.listeners if lst.path_problem() is not None)
 
     # ------------------------------------------------------------------ --reload
 
@@ -437,6 +495,7 @@ class _Supervisor:
         totals.workers_ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
         total = totals.total()
         total["log_write_errors"] += log_write_errors()  # the supervisor's own
+        total["listener_path_missing"] = self.lost_paths()
         return families(total, totals)
 
     def _live_status(self, now: float) -> None:

@@ -188,6 +188,8 @@ class Load:
         self.pids: set[int] = set()
         self.served_by: list[tuple[float, int]] = []  # (when the request began, pid)
         self.failures: list[str] = []
+        self.failed_at: list[float] = []  # when each failed request began
+        self.took: list[tuple[float, float]] = []  # (began, seconds) of each request served
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
         for t in self.threads:
@@ -203,11 +205,14 @@ class Load:
                         self.ok += 1
                         self.pids.add(int(body))
                         self.served_by.append((began, int(body)))
+                        self.took.append((began, time.monotonic() - began))
                     else:
                         self.failures.append(f"status {status}")
+                        self.failed_at.append(began)
             except Exception as exc:
                 with self.lock:
                     self.failures.append(repr(exc))
+                    self.failed_at.append(began)
 
     def served(self) -> int:
         with self.lock:
@@ -497,5 +502,57 @@ def test_deleted_socket_is_reported_by_a_single_process(start: object) -> None:
     took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
     assert took < 5, f"noticed only after {took:.1f} s"
     assert "restart the service" in d.log_text()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_hung_worker_is_killed_and_replaced_within_worker_timeout(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start("--worker-timeout", "3", workers=2)
+    victim = min(d.wait_workers(lambda w: len(w) == 2))
+    load = Load(d.sock)
+    try:
+        load.wait_served(20)
+        os.kill(victim, signal.SIGSTOP)  # as hung as a worker gets
+        stopped = time.monotonic()
+        took = _wait_log(d, f"worker {victim} sent no heartbeat", timeout=20)
+        assert took < 3 + 2, f"killed only after {took:.1f} s"
+        d.wait_workers(lambda w: victim not in w and len(w) == 2)
+        load.wait_served(20)
+    finally:
+        load.finish()
+    # Requests begun after the stop went to the other worker, at its speed.
+    later = [t for began, t in load.took if began > stopped]
+    assert later, "nothing was served meanwhile"
+    assert max(later) < 2, f"a request took {max(later):.1f} s"
+    assert not [b for b in load.failed_at if b > stopped], load.failures
+    assert "[ERROR]" in next(line for line in d.log_text().splitlines() if "heartbeat" in line)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_a_silent_worker_stops_counting_as_ready(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
+    assert callable(start)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"127.0.0.1:{metrics[1]}", "--worker-timeout", "0")
+    victim = min(d.wait_workers(lambda w: len(w) == 2))
+
+    def wait_ready(n: int) -> None:
+        deadline = time.monotonic() + 15
+        while value(scrape(metrics)[1], "trioscgi_workers_ready") != n:
+            assert time.monotonic() < deadline, f"workers_ready never {n}"
+            time.sleep(0.05)  # polling the endpoint, bounded
+
+    wait_ready(2)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_ready(1)  # three heartbeats missed: about 3 s
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    wait_ready(2)
+    assert victim in d.workers(), "worker_timeout = 0 kills nobody"
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0

@@ -20,6 +20,18 @@ from ._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
 
 log = logging.getLogger("trioscgi")
 
+# Seconds between two heartbeats of a worker's event loop (worker_timeout).
+HEARTBEAT_INTERVAL = 1.0
+# A worker silent for this many intervals no longer counts as ready.
+HEARTBEATS_MISSED = 3
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """A heartbeat a second, or four per ``worker_timeout`` when that is shorter."""
+    if worker_timeout > 0:
+        return min(HEARTBEAT_INTERVAL, worker_timeout / 4)
+    return HEARTBEAT_INTERVAL
+
 
 def pin_to_cpu(cpu: int | None) -> None:
     """Pin this process's main thread, and so every thread it starts, to ``cpu``.
@@ -43,6 +55,7 @@ def run(
     on_reopen_logs: Callable[[], None] | None = None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
+    heartbeat: int | None = None,
 ) -> int:
     """Serve ``app`` in this process until SIGINT or SIGTERM; return the exit code.
 
@@ -50,6 +63,9 @@ def run(
     it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate). With
     ``metrics_bind`` set, ``metrics_listener`` (bound) serves GET /metrics,
     or ``metrics_report`` (a worker's datagram socket) gets a snapshot a second.
+    ``heartbeat`` (a worker's end of the supervisor's pipe, non-blocking) gets
+    this process's pid as a line from the event loop, every
+    :func:`heartbeat_interval`.
 
     Returns:
         0 after a clean stop, 3 when the lifespan startup failed.
@@ -69,6 +85,7 @@ def run(
                 on_reopen_logs=on_reopen_logs,
                 metrics_listener=metrics_listener,
                 metrics_report=metrics_report,
+                heartbeat=heartbeat,
             )
         )
     except LifespanFailure as exc:
@@ -87,6 +104,7 @@ async def _main(
     on_reopen_logs: Callable[[], None] | None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
+    heartbeat: int | None = None,
 ) -> None:
     server = Server(app, config, listeners)
     failure: Exception | None = None
@@ -119,6 +137,8 @@ async def _main(
 
             nursery.start_soon(watch_signals)
             nursery.start_soon(_watch_paths, server)
+            if heartbeat is not None:
+                nursery.start_soon(_beat, heartbeat, heartbeat_interval(config.worker_timeout))
             if server.metrics is not None:
                 _start_metrics(nursery, server, metrics_listener, metrics_report)
             # Run in this task, not through nursery.start: a SIGTERM during a
@@ -162,6 +182,21 @@ def _start_metrics(
         nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
         if os.environ.get("NOTIFY_SOCKET"):
             nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
+
+
+async def _beat(fd: int, interval: float) -> None:
+    """Tell the supervisor that this event loop runs (``worker_timeout``).
+
+    A task of the loop itself, not a thread: a thread would go on beating
+    while the loop is blocked.
+    """
+    line = b"%d\n" % os.getpid()  # < PIPE_BUF: one atomic write among the workers'
+    while True:
+        try:
+            os.write(fd, line)
+        except OSError:
+            pass  # the pipe full (the supervisor is busy) or gone: the next one
+        await trio.sleep(interval)
 
 
 async def _watch_paths(server: Server) -> None:

@@ -30,7 +30,7 @@ from ._listeners import (
 from ._logging import log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
-from ._run import pin_to_cpu, run
+from ._run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
 from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["run_supervisor"]
@@ -79,6 +79,7 @@ class _Worker:
     stopping: bool = False
     kill_at: float | None = None  # SIGKILL if still running then
     cpu: int | None = None  # the CPU it is pinned to (cpu_affinity)
+    last_beat: float | None = None  # its last heartbeat (or when it became ready)
 
 
 class _Supervisor:
@@ -116,9 +117,14 @@ class _Supervisor:
         self.ready_r, self.ready_w = os.pipe()
         # Workers watch the read end: EOF means the supervisor is gone.
         self.alive_r, self.alive_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w, self.ready_r):
+        # Each worker's event loop writes "<pid>\n" here every heartbeat
+        # interval (worker_timeout); non-blocking at both ends: a worker
+        # never waits for us.
+        self.beat_r, self.beat_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w, self.ready_r, self.beat_r, self.beat_w):
             os.set_blocking(fd, False)
         self.ready_buf = b""
+        self.beat_buf = b""
         # --reload: the watcher process and the pipe it writes changed paths to.
         self.watcher: int | None = None
         self.changes_r: int | None = None
@@ -176,6 +182,8 @@ class _Supervisor:
                 signal.signal(s, h)
             for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w):
                 os.close(fd)
+            os.close(self.beat_r)
+            os.close(self.beat_w)
             os.close(self.alive_r)
             os.close(self.alive_w)
 
@@ -187,7 +195,10 @@ class _Supervisor:
             deadlines.append(self.next_ping)
         if self.watch_paths and not self.stopping:
             deadlines.append(self.next_path_check)
-        fds: list[Any] = [self.wake_r, self.ready_r]
+        timeout_s = self.config.worker_timeout
+        if timeout_s > 0:
+            deadlines += [w.last_beat + timeout_s for w in self._watched() if w.last_beat]
+        fds: list[Any] = [self.wake_r, self.ready_r, self.beat_r]
         if self.changes_r is not None:
             fds.append(self.changes_r)
         if self.metrics_listener is not None:
@@ -203,6 +214,8 @@ class _Supervisor:
             self._on_signals()
         if self.ready_r in readable:
             self._on_ready_lines()
+        if self.beat_r in readable:
+            self._on_beats()
         if self.changes_r is not None and self.changes_r in readable:
             self._on_changes()
         self._reap()
@@ -213,6 +226,8 @@ class _Supervisor:
         if self.watchdog is not None and now >= self.next_ping:
             notify("WATCHDOG=1")
             self.next_ping = now + self.watchdog
+        if timeout_s > 0:
+            self._kill_silent(now, timeout_s)
         for w in self.workers.values():
             if w.kill_at is not None and now >= w.kill_at:
                 log.warning("worker %d did not stop in time: killing it", w.pid)
@@ -348,6 +363,56 @@ class _Supervisor:
         """Listeners whose socket file is gone or replaced (the metric)."""
         return sum(1 for lst in self.listeners if lst.path_problem() is not None)
 
+    # ------------------------------------------------------------------ heartbeats
+
+    def _watched(self) -> list[_Worker]:
+        """Workers whose silence counts: ready and serving (not yet stopping).
+
+        Importing the app and the lifespan startup come before ready; a
+        stopping worker has its own deadline (kill_at).
+        """
+        return [
+            w
+            for w in self.workers.values()
+            if w.last_beat is not None and w.ready and not w.stopping
+        ]
+
+    def _on_beats(self) -> None:
+        try:
+            self.beat_buf += os.read(self.beat_r, 65536)
+        except BlockingIOError:
+            return
+        *lines, self.beat_buf = self.beat_buf.split(b"\n")
+        now = time.monotonic()
+        for line in set(lines):
+            w = self.workers.get(int(line)) if line.isdigit() else None
+            if w is not None and w.last_beat is not None:
+                w.last_beat = now
+
+    def _kill_silent(self, now: float, timeout: float) -> None:
+        for w in self._watched():
+            assert w.last_beat is not None
+            silent = now - w.last_beat
+            if silent < timeout:
+                continue
+            log.error(
+                "worker %d sent no heartbeat for %.1f s (worker_timeout %g s): its event"
+                " loop is blocked or the process is stopped; killing it (SIGKILL) and"
+                " starting a replacement",
+                w.pid,
+                silent,
+                timeout,
+            )
+            w.last_beat = None  # once
+            _kill(w.pid, signal.SIGKILL)
+
+    def _serving(self, w: _Worker, now: float) -> bool:
+        """Ready, not stopping, and its event loop heard from lately."""
+        if not w.ready or w.stopping or w.last_beat is None:
+            return False
+        stale = HEARTBEATS_MISSED * heartbeat_interval(self.config.worker_timeout)
+        return now - w.last_beat <= stale
+
     # ------------------------------------------------------------------ --reload
 
     def _start_watcher(self) -> None:
@@ -372,6 +437,8 @@ class _Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, changes_r):
                     os.close(fd)
+                os.close(self.beat_r)
+                os.close(self.beat_w)
                 watch_forever(self.config, changes_w)
                 code = EXIT_OK
             except BaseException:
@@ -492,7 +559,8 @@ class _Supervisor:
         from ._metrics import families  # noqa: PLC0415
 
         totals = self.totals
-        totals.workers_ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
+        now = time.monotonic()
+        totals.workers_ready = sum(1 for w in self.workers.values() if self._serving(w, now))
         total = totals.total()
         total["log_write_errors"] += log_write_errors()  # the supervisor's own
         total["listener_path_missing"] = self.lost_paths()
@@ -502,7 +570,7 @@ class _Supervisor:
         from ._metrics import status_line  # noqa: PLC0415
 
         total = self.totals.total()
-        ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
+        ready = sum(1 for w in self.workers.values() if self._serving(w, now))
         notify(f"STATUS={ready} workers ready, {status_line(total, self.last_requests, now)}")
         self.last_requests = (now, sum(total["requests"]))
 
@@ -568,7 +636,7 @@ class _Supervisor:
             reopen_on_sigusr1()
             # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):
+            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w, self.beat_r):
                 os.close(fd)
             for sock in (self.metrics_listener, self.report_r):
                 if sock is not None:
@@ -606,6 +674,7 @@ class _Supervisor:
                 on_ready=on_ready,
                 on_reopen_logs=reopen_logs,
                 metrics_report=self.report_w,
+                heartbeat=self.beat_w,
             )
         except BaseException:
             # run() itself returns 3 for a lifespan failure; anything else
@@ -631,6 +700,7 @@ class _Supervisor:
             w = self.workers.get(int(line)) if line.isdigit() else None
             if w is not None:
                 w.ready = True
+                w.last_beat = time.monotonic()
         self._check_generation_ready()
 
     def _check_generation_ready(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -554,5 +555,30 @@ def test_a_silent_worker_stops_counting_as_ready(start: object) -> None:
         os.kill(victim, signal.SIGCONT)
     wait_ready(2)
     assert victim in d.workers(), "worker_timeout = 0 kills nobody"
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_watchdog_pings_stop_while_every_worker_is_silent(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start("--worker-timeout", "0", workers=2, env_extra={"WATCHDOG_USEC": "200000"})
+    workers = d.wait_workers(lambda w: len(w) == 2)
+    d.expect("WATCHDOG=1")
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait_log(d, "every worker is silent", timeout=15)
+        # Pings every 0.1 s until then (drop those still queued); none for 1 s
+        # after (ten intervals).
+        d.notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                d.notify.recv(4096)
+        with pytest.raises(AssertionError, match="no 'WATCHDOG=1' within"):
+            d.expect("WATCHDOG=1", timeout=1)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    d.expect("WATCHDOG=1")
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0

@@ -111,6 +111,7 @@ class _Supervisor:
         self.next_path_check = 0.0
         self.watchdog = watchdog_interval()
         self.next_ping = 0.0
+        self.withholding = False  # WATCHDOG=1 withheld: every worker is silent
         # Signals arrive as bytes on this pipe (signal.set_wakeup_fd).
         self.wake_r, self.wake_w = os.pipe()
         # Workers write "<pid>\n" here once listening (lines < PIPE_BUF: atomic).
@@ -224,8 +225,8 @@ class _Supervisor:
             self.next_path_check = now + PATH_CHECK_INTERVAL
             self._check_paths()
         if self.watchdog is not None and now >= self.next_ping:
-            notify("WATCHDOG=1")
             self.next_ping = now + self.watchdog
+            self._ping_watchdog(now)
         if timeout_s > 0:
             self._kill_silent(now, timeout_s)
         for w in self.workers.values():
@@ -405,6 +406,24 @@ class _Supervisor:
             )
             w.last_beat = None  # once
             _kill(w.pid, signal.SIGKILL)
+
+    def _ping_watchdog(self, now: float) -> None:
+        """WATCHDOG=1, unless every ready worker is silent: then nothing serves,
+        and systemd's WatchdogSec is the last resort (worker_timeout = 0, or
+        longer than WatchdogSec). Not while workers start or are replaced:
+        only workers that were ready and fell silent count."""
+        watched = self._watched()
+        hung = bool(watched) and not any(self._serving(w, now) for w in watched)
+        if hung and not self.withholding:
+            log.error(
+                "every worker is silent (%s): not pinging the systemd watchdog until one recovers",
+                ", ".join(str(w.pid) for w in watched),
+            )
+        elif self.withholding and not hung:
+            log.info("a worker is heard from again: pinging the systemd watchdog")
+        self.withholding = hung
+        if not hung:
+            notify("WATCHDOG=1")
 
     def _serving(self, w: _Worker, now: float) -> bool:
         """Ready, not stopping, and its event loop heard from lately."""

@@ -582,3 +582,20 @@ def test_watchdog_pings_stop_while_every_worker_is_silent(start: object) -> None
     d.expect("WATCHDOG=1")
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0
+
+
+def test_deleted_socket_and_a_broken_deployment_say_what_is_left(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start(workers=2)
+    os.unlink(d.sock)
+    _wait_log(d, "the socket file is gone", timeout=15)
+    (d.appdir / "broken-import").touch()
+    d.proc.send_signal(signal.SIGHUP)
+    assert "reload failed" in d.expect("READY=1")
+    assert "the old workers still listen on the socket whose file was gone" in d.log_text()
+    (d.appdir / "broken-import").unlink()
+    d.proc.send_signal(signal.SIGHUP)
+    assert "workers serving" in d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0

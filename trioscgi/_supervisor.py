@@ -107,6 +107,7 @@ class _Supervisor:
         # Socket files found gone or replaced (description -> "gone"/"replaced"),
         # each reported once; SIGHUP binds them again.
         self.path_problems: dict[str, str] = {}
+        self.rebound = False  # the reload in progress bound a socket file again
         self.watch_paths = any(lst.unix_path is not None for lst in listeners)
         self.next_path_check = 0.0
         self.watchdog = watchdog_interval()
@@ -318,7 +319,7 @@ class _Supervisor:
             "STATUS=reloading: starting new workers",
         )
         self.pending_spawns.clear()
-        self._rebind_lost_paths(new)
+        self.rebound = self._rebind_lost_paths(new)
         self.previous, self.config = self.config, new
         self.generation += 1
         self.reloading = self.generation
@@ -339,12 +340,13 @@ class _Supervisor:
             log.error("%s", path_problem_message(lst, problem, remedy))
             notify(f"STATUS={lst.description}: socket file {problem}; SIGHUP creates it again")
 
-    def _rebind_lost_paths(self, config: Config) -> None:
+    def _rebind_lost_paths(self, config: Config) -> bool:
         """Before a new generation starts: a new socket for each file gone or replaced.
 
         The old workers keep the old socket until they stop (nothing new can
-        reach it); the new ones get only the new one.
+        reach it); the new ones get only the new one. Returns whether any was bound.
         """
+        rebound = False
         for i, lst in enumerate(self.listeners):
             if lst.path_problem() is None:
                 continue
@@ -359,6 +361,8 @@ class _Supervisor:
             self.listeners[i] = new
             self.path_problems.pop(lst.description, None)
             log.info("%s: socket file created again", new.description)
+            rebound = True
+        return rebound
 
     def lost_paths(self) -> int:
         """Listeners whose socket file is gone or replaced (the metric)."""
@@ -810,6 +814,11 @@ class _Supervisor:
             for other in self.workers.values():
                 if other.generation == w.generation:
                     self._stop_worker(other)
+            if self.rebound:
+                log.error(
+                    "the old workers still listen on the socket whose file was gone: the"
+                    " front-end can't reach them until a SIGHUP whose new workers start"
+                )
             self.reloading = None
             assert self.previous is not None
             self.config, self.previous = self.previous, None

@@ -496,13 +496,19 @@ def test_deleted_socket_is_reported_and_sighup_rebinds_it(start: object) -> None
 
 
 def test_deleted_socket_is_reported_by_a_single_process(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
     assert callable(start)
-    d: Daemon = start(workers=1)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"127.0.0.1:{metrics[1]}", workers=1)
     assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
     os.unlink(d.sock)
     took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
     assert took < 5, f"noticed only after {took:.1f} s"
     assert "restart the service" in d.log_text()
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0
 

@@ -136,7 +136,8 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
-            nursery.start_soon(_watch_paths, server)
+            if listeners is None:  # ours to bind; a supervisor watches its own
+                nursery.start_soon(_watch_paths, server)
             if heartbeat is not None:
                 nursery.start_soon(_beat, heartbeat, heartbeat_interval(config.worker_timeout))
             if server.metrics is not None:

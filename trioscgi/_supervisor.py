@@ -364,7 +364,7 @@ class _Supervisor:
             rebound = True
         return rebound
 
-    def lost_paths(self) -> int:
+    def _lost_paths(self) -> int:
         """Listeners whose socket file is gone or replaced (the metric)."""
         return sum(1 for lst in self.listeners if lst.path_problem() is not None)
 
@@ -586,7 +586,7 @@ class _Supervisor:
         totals.workers_ready = sum(1 for w in self.workers.values() if self._serving(w, now))
         total = totals.total()
         total["log_write_errors"] += log_write_errors()  # the supervisor's own
-        total["listener_path_missing"] = self.lost_paths()
+        total["listener_path_missing"] = self._lost_paths()
         return families(total, totals)
 
     def _live_status(self, now: float) -> None:

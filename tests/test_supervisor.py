@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -188,6 +189,8 @@ class Load:
         self.pids: set[int] = set()
         self.served_by: list[tuple[float, int]] = []  # (when the request began, pid)
         self.failures: list[str] = []
+        self.failed_at: list[float] = []  # when each failed request began
+        self.took: list[tuple[float, float]] = []  # (began, seconds) of each request served
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
         for t in self.threads:
@@ -203,11 +206,14 @@ class Load:
                         self.ok += 1
                         self.pids.add(int(body))
                         self.served_by.append((began, int(body)))
+                        self.took.append((began, time.monotonic() - began))
                     else:
                         self.failures.append(f"status {status}")
+                        self.failed_at.append(began)
             except Exception as exc:
                 with self.lock:
                     self.failures.append(repr(exc))
+                    self.failed_at.append(began)
 
     def served(self) -> int:
         with self.lock:
@@ -459,3 +465,163 @@ def test_one_worker_is_one_worker_in_the_log(start: object) -> None:
     assert "stopping 1 old worker\n" in log
     assert "stopping 1 worker gracefully" in log
     assert "1 workers" not in log and "1 new workers" not in log and "1 old workers" not in log
+
+
+def _wait_log(d: Daemon, text: str, timeout: float, count: int = 1) -> float:
+    """Wait until the log holds ``text`` ``count`` times; return the seconds it took."""
+    began = time.monotonic()
+    while d.log_text().count(text) < count:
+        assert time.monotonic() - began < timeout, f"no {text!r} in the log:\n{d.log_text()}"
+        time.sleep(0.05)  # polling the log file, bounded
+    return time.monotonic() - began
+
+
+def test_deleted_socket_is_reported_and_sighup_rebinds_it(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
+    assert callable(start)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"{metrics[0]}:{metrics[1]}", workers=2)
+    assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
+
+    os.unlink(d.sock)  # a cleanup script, a tmpfiles rule, a mistaken rm
+    took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
+    assert took < 5, f"noticed only after {took:.1f} s"
+    assert "[ERROR]" in next(line for line in d.log_text().splitlines() if "is gone" in line)
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
+
+    d.proc.send_signal(signal.SIGHUP)
+    d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
+
+    # Replaced by another socket file (nobody listening on it: stale).
+    os.unlink(d.sock)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(d.sock)
+    stale.close()
+    _wait_log(d, f"unix:{d.sock}: the socket file was replaced", timeout=15)
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
+    d.proc.send_signal(signal.SIGHUP)
+    d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    # Once per episode, not once per check.
+    assert d.log_text().count("the socket file is gone") == 1
+
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+    assert not os.path.exists(d.sock), "the rebound socket file is ours to remove"
+
+
+def test_deleted_socket_is_reported_by_a_single_process(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
+    assert callable(start)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"127.0.0.1:{metrics[1]}", workers=1)
+    assert scgi_get(d.sock)[0] == 200
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 0
+    os.unlink(d.sock)
+    took = _wait_log(d, f"unix:{d.sock}: the socket file is gone", timeout=15)
+    assert took < 5, f"noticed only after {took:.1f} s"
+    assert "restart the service" in d.log_text()
+    assert value(scrape(metrics)[1], "trioscgi_listener_path_missing") == 1
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_hung_worker_is_killed_and_replaced_within_worker_timeout(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start("--worker-timeout", "3", workers=2)
+    victim = min(d.wait_workers(lambda w: len(w) == 2))
+    load = Load(d.sock)
+    try:
+        load.wait_served(20)
+        os.kill(victim, signal.SIGSTOP)  # as hung as a worker gets
+        stopped = time.monotonic()
+        took = _wait_log(d, f"worker {victim} sent no heartbeat", timeout=20)
+        assert took < 3 + 2, f"killed only after {took:.1f} s"
+        d.wait_workers(lambda w: victim not in w and len(w) == 2)
+        load.wait_served(20)
+    finally:
+        load.finish()
+    # Requests begun after the stop went to the other worker, at its speed.
+    later = [t for began, t in load.took if began > stopped]
+    assert later, "nothing was served meanwhile"
+    assert max(later) < 2, f"a request took {max(later):.1f} s"
+    assert not [b for b in load.failed_at if b > stopped], load.failures
+    assert "[ERROR]" in next(line for line in d.log_text().splitlines() if "heartbeat" in line)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_a_silent_worker_stops_counting_as_ready(start: object) -> None:
+    from frontends import free_port
+    from test_metrics import scrape, value  # here: test_metrics imports this module
+
+    assert callable(start)
+    metrics = ("127.0.0.1", free_port())
+    d: Daemon = start("--metrics-bind", f"127.0.0.1:{metrics[1]}", "--worker-timeout", "0")
+    victim = min(d.wait_workers(lambda w: len(w) == 2))
+
+    def wait_ready(n: int) -> None:
+        deadline = time.monotonic() + 15
+        while value(scrape(metrics)[1], "trioscgi_workers_ready") != n:
+            assert time.monotonic() < deadline, f"workers_ready never {n}"
+            time.sleep(0.05)  # polling the endpoint, bounded
+
+    wait_ready(2)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_ready(1)  # three heartbeats missed: about 3 s
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    wait_ready(2)
+    assert victim in d.workers(), "worker_timeout = 0 kills nobody"
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_watchdog_pings_stop_while_every_worker_is_silent(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start("--worker-timeout", "0", workers=2, env_extra={"WATCHDOG_USEC": "200000"})
+    workers = d.wait_workers(lambda w: len(w) == 2)
+    d.expect("WATCHDOG=1")
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait_log(d, "every worker is silent", timeout=15)
+        # Pings every 0.1 s until then (drop those still queued); none for 1 s
+        # after (ten intervals).
+        d.notify.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                d.notify.recv(4096)
+        with pytest.raises(AssertionError, match="no 'WATCHDOG=1' within"):
+            d.expect("WATCHDOG=1", timeout=1)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    d.expect("WATCHDOG=1")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def test_deleted_socket_and_a_broken_deployment_say_what_is_left(start: object) -> None:
+    assert callable(start)
+    d: Daemon = start(workers=2)
+    os.unlink(d.sock)
+    _wait_log(d, "the socket file is gone", timeout=15)
+    (d.appdir / "broken-import").touch()
+    d.proc.send_signal(signal.SIGHUP)
+    assert "reload failed" in d.expect("READY=1")
+    assert "the old workers still listen on the socket whose file was gone" in d.log_text()
+    (d.appdir / "broken-import").unlink()
+    d.proc.send_signal(signal.SIGHUP)
+    assert "workers serving" in d.expect("READY=1")
+    assert scgi_get(d.sock)[0] == 200
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0

@@ -98,6 +98,8 @@ _HELP = {
     "that restarts them and reloads them on SIGHUP",
     "max_requests": "replace a worker after this many requests; 0 = never",
     "max_requests_jitter": "add 0 to N requests at random to max_requests for each worker",
+    "worker_timeout": "with workers >= 2: kill and replace a worker whose event loop sent "
+    "no heartbeat for this many seconds (blocked, or stopped); 0 = never",
     "reload_dirs": "with --reload: a directory to watch; repeat the flag for several",
     "reload_include": "with --reload: a glob a changed file's name or path must match to "
     "restart the app; repeat the flag for several (they replace the default *.py)",

@@ -273,6 +273,7 @@ class Config:
     workers: AtLeastOne = 1
     max_requests: NonNegative = 0
     max_requests_jitter: NonNegative = 0
+    worker_timeout: Seconds = 30.0
     pid_file: NonEmptyStr | None = None
     cpu_affinity: Annotated[str, _cpu_list] = ""
 

@@ -24,6 +24,7 @@ from ._addresses import UNIX_PATH_MAX, BindSpec, PeerFilter, parse_bind, parse_t
 from ._config import Config
 
 __all__ = [
+    "PATH_CHECK_INTERVAL",
     "BindError",
     "BindSpec",
     "Listener",
@@ -32,6 +33,8 @@ __all__ = [
     "check_binds",
     "parse_bind",
     "parse_trusted_peers",
+    "path_problem_message",
+    "rebind",
 ]
 
 # sd_listen_fds(3): passed sockets start at fd 3.
@@ -77,6 +80,26 @@ class Listener:
         # socket given a filter by hand; the file permissions decide there.
         return True
 
+    def path_problem(self) -> str | None:
+        """Whether the socket file we created is still there: ``None`` when it is
+        (or when there is no file to watch), else ``"gone"`` or ``"replaced"``.
+
+        A deleted socket file is a silent outage: the socket still listens, the
+        workers still run, and no front-end can reach them any more.
+        """
+        path = self.unix_path
+        if path is None or self._inode is None:
+            return None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "gone"
+        except OSError:
+            return None  # can't tell (EACCES on the directory): don't cry wolf
+        if (st.st_dev, st.st_ino) != self._inode:
+            return "replaced"
+        return None
+
     def close(self) -> None:
         """Close the socket and remove our socket file if it is still ours."""
         self.sock.close()
@@ -94,6 +117,32 @@ class Listener:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+# Seconds between two checks that our socket files are still there.
+PATH_CHECK_INTERVAL = 2.0
+
+_PATH_PROBLEMS = {
+    "gone": "the socket file is gone (deleted?): the front-end can't connect any more,"
+    " although trioscgi still runs",
+    "replaced": "the socket file was replaced by another file: the front-end no longer"
+    " reaches trioscgi",
+}
+
+
+def path_problem_message(listener: Listener, problem: str, remedy: str) -> str:
+    """The ERROR line for a socket file found gone or replaced."""
+    return f"{listener.description}: {_PATH_PROBLEMS[problem]}; {remedy}"
+
+
+def rebind(listener: Listener, config: Config) -> Listener:
+    """A new listening socket at the path of ``listener``, whose file is gone or replaced.
+
+    Raises:
+        BindError: as at the start (another server listens there, the path is
+            not a socket, the directory is gone).
+    """
+    return _bind_unix(parse_bind(listener.description), config)
 
 
 # --------------------------------------------------------------------------- unix

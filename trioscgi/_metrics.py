@@ -24,6 +24,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._addresses import parse_bind
+from ._logging import log_write_errors
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -160,6 +161,7 @@ class WorkerMetrics:
             "app_exceptions": self.app_exceptions,
             "connections_open": connections_open,
             "kept_alive": kept_alive,
+            "log_write_errors": log_write_errors(),
         }
 
 
@@ -307,6 +309,16 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
         "trioscgi_app_exceptions",
         "Exceptions raised by the application",
         value=total["app_exceptions"],
+    )
+    yield GaugeMetricFamily(
+        "trioscgi_listener_path_missing",
+        "Unix socket files of ours deleted or replaced (SIGHUP creates them again)",
+        value=total.get("listener_path_missing", 0),
+    )
+    yield CounterMetricFamily(
+        "trioscgi_log_write_errors",
+        "Log lines (or reopens) that failed to write: a full disk, a lost mount",
+        value=total["log_write_errors"],
     )
     if totals is not None:
         yield CounterMetricFamily(

@@ -14,11 +14,23 @@ import trio
 
 from ._config import Config
 from ._lifespan import LifespanFailure
-from ._listeners import BindError, Listener
+from ._listeners import PATH_CHECK_INTERVAL, BindError, Listener, path_problem_message
 from ._server import CallOnStarted, Server
 from ._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
 
 log = logging.getLogger("trioscgi")
+
+# Seconds between two heartbeats of a worker's event loop (worker_timeout).
+HEARTBEAT_INTERVAL = 1.0
+# A worker silent for this many intervals no longer counts as ready.
+HEARTBEATS_MISSED = 3
+
+
+def heartbeat_interval(worker_timeout: float) -> float:
+    """A heartbeat a second, or four per ``worker_timeout`` when that is shorter."""
+    if worker_timeout > 0:
+        return min(HEARTBEAT_INTERVAL, worker_timeout / 4)
+    return HEARTBEAT_INTERVAL
 
 
 def pin_to_cpu(cpu: int | None) -> None:
@@ -43,6 +55,7 @@ def run(
     on_reopen_logs: Callable[[], None] | None = None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
+    heartbeat: int | None = None,
 ) -> int:
     """Serve ``app`` in this process until SIGINT or SIGTERM; return the exit code.
 
@@ -50,6 +63,9 @@ def run(
     it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate). With
     ``metrics_bind`` set, ``metrics_listener`` (bound) serves GET /metrics,
     or ``metrics_report`` (a worker's datagram socket) gets a snapshot a second.
+    ``heartbeat`` (a worker's end of the supervisor's pipe, non-blocking) gets
+    this process's pid as a line from the event loop, every
+    :func:`heartbeat_interval`.
 
     Returns:
         0 after a clean stop, 3 when the lifespan startup failed.
@@ -69,6 +85,7 @@ def run(
                 on_reopen_logs=on_reopen_logs,
                 metrics_listener=metrics_listener,
                 metrics_report=metrics_report,
+                heartbeat=heartbeat,
             )
         )
     except LifespanFailure as exc:
@@ -87,6 +104,7 @@ async def _main(
     on_reopen_logs: Callable[[], None] | None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
+    heartbeat: int | None = None,
 ) -> None:
     server = Server(app, config, listeners)
     failure: Exception | None = None
@@ -118,6 +136,10 @@ async def _main(
                         server.force_shutdown()
 
             nursery.start_soon(watch_signals)
+            if listeners is None:  # ours to bind; a supervisor watches its own
+                nursery.start_soon(_watch_paths, server)
+            if heartbeat is not None:
+                nursery.start_soon(_beat, heartbeat, heartbeat_interval(config.worker_timeout))
             if server.metrics is not None:
                 _start_metrics(nursery, server, metrics_listener, metrics_report)
             # Run in this task, not through nursery.start: a SIGTERM during a
@@ -152,11 +174,47 @@ def _start_metrics(
     elif listener is not None:
 
         def source() -> Any:
-            return _metrics.families(metrics.snapshot(*gauges()), None)
+            total = metrics.snapshot(*gauges())
+            total["listener_path_missing"] = sum(
+                1 for lst in server._listeners or () if lst.path_problem() is not None
+            )
+            return _metrics.families(total, None)
 
         nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
         if os.environ.get("NOTIFY_SOCKET"):
             nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
+
+
+async def _beat(fd: int, interval: float) -> None:
+    """Tell the supervisor that this event loop runs (``worker_timeout``).
+
+    A task of the loop itself, not a thread: a thread would go on beating
+    while the loop is blocked.
+    """
+    line = b"%d\n" % os.getpid()  # < PIPE_BUF: one atomic write among the workers'
+    while True:
+        try:
+            os.write(fd, line)
+        except OSError:
+            pass  # the pipe full (the supervisor is busy) or gone: the next one
+        await trio.sleep(interval)
+
+
+async def _watch_paths(server: Server) -> None:
+    """Say once, loudly, when a socket file this process created is deleted or replaced.
+
+    (With workers, the supervisor owns the files and watches them.)
+    """
+    reported: dict[str, str] = {}
+    while True:
+        await trio.sleep(PATH_CHECK_INTERVAL)
+        for lst in server._listeners or ():
+            problem = lst.path_problem()
+            if problem is None or reported.get(lst.description) == problem:
+                continue
+            reported[lst.description] = problem
+            remedy = "restart the service to create it again (with workers >= 2, SIGHUP does)"
+            log.error("%s", path_problem_message(lst, problem, remedy))
 
 
 def _ignore(bound: list[str]) -> None:

@@ -19,11 +19,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, parse_cpu_list
-from ._listeners import BindError, Listener, bind_all
-from ._logging import counted, reopen_logs, reopen_on_sigusr1
+from ._listeners import (
+    PATH_CHECK_INTERVAL,
+    BindError,
+    Listener,
+    bind_all,
+    path_problem_message,
+    rebind,
+)
+from ._logging import counted, log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
-from ._run import pin_to_cpu, run
+from ._run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
 from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["run_supervisor"]
@@ -72,6 +79,7 @@ class _Worker:
     stopping: bool = False
     kill_at: float | None = None  # SIGKILL if still running then
     cpu: int | None = None  # the CPU it is pinned to (cpu_affinity)
+    last_beat: float | None = None  # its last heartbeat (or when it became ready)
 
 
 class _Supervisor:
@@ -96,17 +104,29 @@ class _Supervisor:
         self.crashes: list[float] = []
         self.pending_spawns: list[float] = []  # times at which to start a replacement
         self.exit_code = EXIT_OK
+        # Socket files found gone or replaced (description -> "gone"/"replaced"),
+        # each reported once; SIGHUP binds them again.
+        self.path_problems: dict[str, str] = {}
+        self.rebound = False  # the reload in progress bound a socket file again
+        self.watch_paths = any(lst.unix_path is not None for lst in listeners)
+        self.next_path_check = 0.0
         self.watchdog = watchdog_interval()
         self.next_ping = 0.0
+        self.withholding = False  # WATCHDOG=1 withheld: every worker is silent
         # Signals arrive as bytes on this pipe (signal.set_wakeup_fd).
         self.wake_r, self.wake_w = os.pipe()
         # Workers write "<pid>\n" here once listening (lines < PIPE_BUF: atomic).
         self.ready_r, self.ready_w = os.pipe()
         # Workers watch the read end: EOF means the supervisor is gone.
         self.alive_r, self.alive_w = os.pipe()
-        for fd in (self.wake_r, self.wake_w, self.ready_r):
+        # Each worker's event loop writes "<pid>\n" here every heartbeat
+        # interval (worker_timeout); non-blocking at both ends: a worker
+        # never waits for us.
+        self.beat_r, self.beat_w = os.pipe()
+        for fd in (self.wake_r, self.wake_w, self.ready_r, self.beat_r, self.beat_w):
             os.set_blocking(fd, False)
         self.ready_buf = b""
+        self.beat_buf = b""
         # --reload: the watcher process and the pipe it writes changed paths to.
         self.watcher: int | None = None
         self.changes_r: int | None = None
@@ -164,6 +184,8 @@ class _Supervisor:
                 signal.signal(s, h)
             for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w):
                 os.close(fd)
+            os.close(self.beat_r)
+            os.close(self.beat_w)
             os.close(self.alive_r)
             os.close(self.alive_w)
 
@@ -173,7 +195,12 @@ class _Supervisor:
         deadlines += [w.kill_at for w in self.workers.values() if w.kill_at is not None]
         if self.watchdog is not None:
             deadlines.append(self.next_ping)
-        fds: list[Any] = [self.wake_r, self.ready_r]
+        if self.watch_paths and not self.stopping:
+            deadlines.append(self.next_path_check)
+        timeout_s = self.config.worker_timeout
+        if timeout_s > 0:
+            deadlines += [w.last_beat + timeout_s for w in self._watched() if w.last_beat]
+        fds: list[Any] = [self.wake_r, self.ready_r, self.beat_r]
         if self.changes_r is not None:
             fds.append(self.changes_r)
         if self.metrics_listener is not None:
@@ -189,13 +216,20 @@ class _Supervisor:
             self._on_signals()
         if self.ready_r in readable:
             self._on_ready_lines()
+        if self.beat_r in readable:
+            self._on_beats()
         if self.changes_r is not None and self.changes_r in readable:
             self._on_changes()
         self._reap()
         now = time.monotonic()
+        if self.watch_paths and not self.stopping and now >= self.next_path_check:
+            self.next_path_check = now + PATH_CHECK_INTERVAL
+            self._check_paths()
         if self.watchdog is not None and now >= self.next_ping:
-            notify("WATCHDOG=1")
             self.next_ping = now + self.watchdog
+            self._ping_watchdog(now)
+        if timeout_s > 0:
+            self._kill_silent(now, timeout_s)
         for w in self.workers.values():
             if w.kill_at is not None and now >= w.kill_at:
                 log.warning("worker %d did not stop in time: killing it", w.pid)
@@ -220,7 +254,9 @@ class _Supervisor:
             elif signum == signal.SIGHUP:
                 self._reload()
             elif signum == signal.SIGUSR1:
-                reopen_logs()
+                # At once, not at our next line: a log deleted to free its
+                # space is freed only when we close it too.
+                reopen_now()
                 self._signal_all(signal.SIGUSR1)
             # SIGCHLD: _reap() runs after every wake-up anyway.
 
@@ -262,7 +298,9 @@ class _Supervisor:
                 new = self.reload_config()
             except Exception as exc:
                 log.error("%s: can't reload the configuration, keeping the old one: %s", why, exc)
-                return
+                if not any(lst.path_problem() for lst in self.listeners):
+                    return
+                new = self.config  # still bind the lost socket files again
             if list(new.bind) != list(self.config.bind):
                 log.warning(
                     "%s: 'bind' changed; listening sockets are kept as they are "
@@ -281,12 +319,122 @@ class _Supervisor:
             "STATUS=reloading: starting new workers",
         )
         self.pending_spawns.clear()
+        self.rebound = self._rebind_lost_paths(new)
         self.previous, self.config = self.config, new
         self.generation += 1
         self.reloading = self.generation
         if self.totals is not None:
             self.totals.reloads += 1
         self._spawn_generation(new)
+
+    def _check_paths(self) -> None:
+        """Say once, loudly, when a socket file of ours is deleted or replaced."""
+        for lst in self.listeners:
+            problem = lst.path_problem()
+            if problem is None or self.path_problems.get(lst.description) == problem:
+                continue
+            self.path_problems[lst.description] = problem
+            remedy = (
+                "send SIGHUP (systemctl reload) to create it again; the new workers serve on it"
+            )
+            log.error("%s", path_problem_message(lst, problem, remedy))
+            notify(f"STATUS={lst.description}: socket file {problem}; SIGHUP creates it again")
+
+    def _rebind_lost_paths(self, config: Config) -> bool:
+        """Before a new generation starts: a new socket for each file gone or replaced.
+
+        The old workers keep the old socket until they stop (nothing new can
+        reach it); the new ones get only the new one. Returns whether any was bound.
+        """
+        rebound = False
+        for i, lst in enumerate(self.listeners):
+            if lst.path_problem() is None:
+                continue
+            try:
+                new = rebind(lst, config)
+            except BindError as exc:
+                log.error("%s; the workers keep serving the old socket", exc)
+                continue
+            lst.unix_path = None  # the file at the path is the new socket's now
+            lst.close()
+            # In place: run_supervisor() closes this same list at exit.
+            self.listeners[i] = new
+            self.path_problems.pop(lst.description, None)
+            log.info("%s: socket file created again", new.description)
+            rebound = True
+        return rebound
+
+    def _lost_paths(self) -> int:
+        """Listeners whose socket file is gone or replaced (the metric)."""
+        return sum(1 for lst in self.listeners if lst.path_problem() is not None)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def _watched(self) -> list[_Worker]:
+        """Workers whose silence counts: ready and serving (not yet stopping).
+
+        Importing the app and the lifespan startup come before ready; a
+        stopping worker has its own deadline (kill_at).
+        """
+        return [
+            w
+            for w in self.workers.values()
+            if w.last_beat is not None and w.ready and not w.stopping
+        ]
+
+    def _on_beats(self) -> None:
+        try:
+            self.beat_buf += os.read(self.beat_r, 65536)
+        except BlockingIOError:
+            return
+        *lines, self.beat_buf = self.beat_buf.split(b"\n")
+        now = time.monotonic()
+        for line in set(lines):
+            w = self.workers.get(int(line)) if line.isdigit() else None
+            if w is not None and w.last_beat is not None:
+                w.last_beat = now
+
+    def _kill_silent(self, now: float, timeout: float) -> None:
+        for w in self._watched():
+            assert w.last_beat is not None
+            silent = now - w.last_beat
+            if silent < timeout:
+                continue
+            log.error(
+                "worker %d sent no heartbeat for %.1f s (worker_timeout %g s): its event"
+                " loop is blocked or the process is stopped; killing it (SIGKILL) and"
+                " starting a replacement",
+                w.pid,
+                silent,
+                timeout,
+            )
+            w.last_beat = None  # once
+            _kill(w.pid, signal.SIGKILL)
+
+    def _ping_watchdog(self, now: float) -> None:
+        """WATCHDOG=1, unless every ready worker is silent: then nothing serves,
+        and systemd's WatchdogSec is the last resort (worker_timeout = 0, or
+        longer than WatchdogSec). Not while workers start or are replaced:
+        only workers that were ready and fell silent count."""
+        watched = self._watched()
+        hung = bool(watched) and not any(self._serving(w, now) for w in watched)
+        if hung and not self.withholding:
+            log.error(
+                "every worker is silent (%s): not pinging the systemd watchdog until one recovers",
+                ", ".join(str(w.pid) for w in watched),
+            )
+        elif self.withholding and not hung:
+            log.info("a worker is heard from again: pinging the systemd watchdog")
+        self.withholding = hung
+        if not hung:
+            notify("WATCHDOG=1")
+
+    def _serving(self, w: _Worker, now: float) -> bool:
+        """Ready, not stopping, and its event loop heard from lately."""
+        if not w.ready or w.stopping or w.last_beat is None:
+            return False
+        stale = HEARTBEATS_MISSED * heartbeat_interval(self.config.worker_timeout)
+        return now - w.last_beat <= stale
 
     # ------------------------------------------------------------------ --reload
 
@@ -312,6 +460,8 @@ class _Supervisor:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, changes_r):
                     os.close(fd)
+                os.close(self.beat_r)
+                os.close(self.beat_w)
                 watch_forever(self.config, changes_w)
                 code = EXIT_OK
             except BaseException:
@@ -432,14 +582,18 @@ class _Supervisor:
         from ._metrics import families  # noqa: PLC0415
 
         totals = self.totals
-        totals.workers_ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
-        return families(totals.total(), totals)
+        now = time.monotonic()
+        totals.workers_ready = sum(1 for w in self.workers.values() if self._serving(w, now))
+        total = totals.total()
+        total["log_write_errors"] += log_write_errors()  # the supervisor's own
+        total["listener_path_missing"] = self._lost_paths()
+        return families(total, totals)
 
     def _live_status(self, now: float) -> None:
         from ._metrics import status_line  # noqa: PLC0415
 
         total = self.totals.total()
-        ready = sum(1 for w in self.workers.values() if w.ready and not w.stopping)
+        ready = sum(1 for w in self.workers.values() if self._serving(w, now))
         status = status_line(total, self.last_requests, now)
         notify(f"STATUS={counted(ready, 'worker')} ready, {status}")
         self.last_requests = (now, sum(total["requests"]))
@@ -506,7 +660,7 @@ class _Supervisor:
             reopen_on_sigusr1()
             # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w):
+            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w, self.beat_r):
                 os.close(fd)
             for sock in (self.metrics_listener, self.report_r):
                 if sock is not None:
@@ -544,6 +698,7 @@ class _Supervisor:
                 on_ready=on_ready,
                 on_reopen_logs=reopen_logs,
                 metrics_report=self.report_w,
+                heartbeat=self.beat_w,
             )
         except BaseException:
             # run() itself returns 3 for a lifespan failure; anything else
@@ -569,6 +724,7 @@ class _Supervisor:
             w = self.workers.get(int(line)) if line.isdigit() else None
             if w is not None:
                 w.ready = True
+                w.last_beat = time.monotonic()
         self._check_generation_ready()
 
     def _check_generation_ready(self) -> None:
@@ -659,6 +815,11 @@ class _Supervisor:
             for other in self.workers.values():
                 if other.generation == w.generation:
                     self._stop_worker(other)
+            if self.rebound:
+                log.error(
+                    "the old workers still listen on the socket whose file was gone: the"
+                    " front-end can't reach them until a SIGHUP whose new workers start"
+                )
             self.reloading = None
             assert self.previous is not None
             self.config, self.previous = self.previous, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -453,9 +454,18 @@ def test_one_worker_is_one_worker_in_the_log(start: object) -> None:
     assert callable(start)
     d: Daemon = start("--reload", workers=1)
     assert "STATUS=1 worker serving on unix:" in d.messages[-1]
+    first = re.search(r"\[(\d+)\] \[INFO\] listening on", d.log_text())
+    assert first is not None
     d.proc.send_signal(signal.SIGHUP)
     d.expect("RELOADING=1")
     d.expect("READY=1")
+    # The old worker stops on its own time: wait until it is gone, so that
+    # the supervisor stops one worker, not the old one too.
+    old_worker = Path(f"/proc/{first.group(1)}")
+    deadline = time.monotonic() + 10
+    while old_worker.exists():
+        assert time.monotonic() < deadline, d.log_text()
+        time.sleep(0.02)  # polling for the exit, bounded
     d.proc.send_signal(signal.SIGTERM)
     d.expect("STOPPING=1")
     assert d.wait() == 0
@@ -463,7 +473,7 @@ def test_one_worker_is_one_worker_in_the_log(start: object) -> None:
     assert "1 worker ready" in log
     assert "SIGHUP received: starting 1 new worker\n" in log
     assert "stopping 1 old worker\n" in log
-    assert "stopping 1 worker gracefully" in log
+    assert "stopping 1 worker gracefully" in log, log
     assert "1 workers" not in log and "1 new workers" not in log and "1 old workers" not in log
 
 

@@ -379,9 +379,13 @@ async def test_header_timeout_does_not_cut_what_follows_the_head(
         assert (await reader.until_ended(1)).body == b"GET /b ''"
 
 
-async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
+async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_request(
     bind: str, autojump_clock: Any
 ) -> None:
+    """A kept connection idle at shutdown may already carry nginx's next request: it stays
+    open, serves that request and closes right after its END_REQUEST (an empty
+    GET_VALUES_RESULT behind it tells nginx not to cache it); one never used again closes
+    at graceful_timeout; a busy one finishes its request, then closes the same way."""
     release = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -394,23 +398,37 @@ async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
 
     async with serving(app, bind, protocol="fastcgi", graceful_timeout=100) as srv:
         idle = await connect(srv.address)
+        unused = await connect(srv.address)
         busy = await connect(srv.address)
-        async with idle, busy:
-            await idle.send_all(fc.request(1, keep=True))
-            idle_reader = fc.Reader(idle)
-            await idle_reader.until_ended(1)
+        async with idle, unused, busy:
+            idle_reader, unused_reader = fc.Reader(idle), fc.Reader(unused)
+            for s, reader in ((idle, idle_reader), (unused, unused_reader)):
+                await s.send_all(fc.request(1, keep=True))
+                await reader.until_ended(1)
             await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
             await trio.sleep(1)
             start = trio.current_time()
             srv.stop()
-            await idle_reader.until_eof()
-            assert trio.current_time() - start < 1  # closed at once, not at graceful_timeout
             await trio.sleep(5)
+            # The request nginx sent on its cached connection meanwhile is served.
+            del idle_reader.responses[1]
+            await idle.send_all(fc.request(1, keep=True))
+            late = await idle_reader.until_ended(1)
+            assert late.protocol_status == 0
+            assert b"200" in late.stdout
+            await idle_reader.until_eof()
+            assert idle_reader.management == [(fc.GET_VALUES_RESULT, b"")]
+            assert trio.current_time() - start < 10
             release.set()
             busy_reader = fc.Reader(busy)
             response = await busy_reader.until_ended(1)
             await busy_reader.until_eof()
             assert response.body == b"done"
+            assert busy_reader.management == [(fc.GET_VALUES_RESULT, b"")]
+            # Never used again: closed at graceful_timeout, not before.
+            await unused_reader.until_eof()
+            assert 99 < trio.current_time() - start < 101
+            assert unused_reader.management == []
             await srv.stopped.wait()
 
 
@@ -548,22 +566,35 @@ async def test_a_refusal_storm_is_warned_about_once_a_while(
     assert len(refusal_warnings(caplog)) == 1
 
 
-async def test_response_cut_short_resets_the_connection_over_tcp() -> None:
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+async def test_response_cut_short_ends_with_a_bad_record_then_a_reset(
+    where: str, tmp_path: Path
+) -> None:
+    """No END_REQUEST, and a record of version 0 before the close: nginx without keep-conn
+    would take a bare EOF for the end of the response. Over TCP, a reset follows."""
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise RuntimeError("boom")
 
+    address = "127.0.0.1:0" if where == "tcp" else f"unix:{tmp_path}/c.sock"
     async with (
-        serving(app, "127.0.0.1:0", protocol="fastcgi") as srv,
+        serving(app, address, protocol="fastcgi") as srv,
         await connect(srv.address) as s,
     ):
-        await s.send_all(fc.request(1, keep=True))
-        reader = fc.Reader(s)
-        with pytest.raises(trio.BrokenResourceError):
-            await reader.until_ended(1)
-    assert reader.responses[1].body == b"partial"
-    assert not reader.responses[1].ended
+        await s.send_all(fc.request(1))
+        data = b""
+        reset = False
+        try:
+            while chunk := await s.receive_some():
+                data += chunk
+        except trio.BrokenResourceError:
+            reset = True
+    assert reset == (where == "tcp")
+    assert data.endswith(bytes(8))
+    assert b"partial" in data
+    assert fc.record(fc.END_REQUEST, 1, bytes(8))[:2] not in data[-24:-8]
 
 
 async def test_file_response_goes_out_in_records(bind: str, tmp_path: Path) -> None:

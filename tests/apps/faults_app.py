@@ -4,7 +4,8 @@
   ``FAULTS_APP_LOG`` (one line per request the app ran), then answers ``ran <id>``.
 - ``GET /pid`` answers the worker's pid.
 - ``GET /cut`` streams 1 MiB in 64 KiB chunks without a Content-Length, and raises after
-  512 KiB (``?kill`` instead SIGKILLs its own worker there).
+  512 KiB (``?kill`` instead SIGKILLs its own worker there; ``?unbuffered`` adds
+  ``X-Accel-Buffering: no``, nginx's unbuffered path).
 """
 
 from __future__ import annotations
@@ -40,16 +41,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "pid":
         await _answer(send, str(os.getpid()).encode())
     elif path == "cut":
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream")],
-            }
-        )
+        headers = [(b"content-type", b"application/octet-stream")]
+        options = scope["query_string"].split(b"&")
+        if b"unbuffered" in options:
+            headers.append((b"x-accel-buffering", b"no"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         for _ in range(8):
             await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
-        if scope["query_string"] == b"kill":
+        if b"kill" in options:
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError("cut on purpose, after 512 KiB of 1 MiB")
     else:

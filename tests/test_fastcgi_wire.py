@@ -432,6 +432,37 @@ async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_reque
             await srv.stopped.wait()
 
 
+async def test_graceful_shutdown_of_a_multiplexed_connection_marks_only_its_last_end(
+    bind: str, autojump_clock: Any
+) -> None:
+    """HAProxy ``mpxs-conns``: while another request runs on the connection, an
+    END_REQUEST goes out alone; the last one is followed by GET_VALUES_RESULT, then EOF."""
+    gates = {"/a": trio.Event(), "/b": trio.Event()}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gates[scope["path"]].wait()
+        await hello(scope, receive, send)
+
+    async with (
+        serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,
+        await connect(srv.address) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(
+            fc.request(1, "GET", "/a", keep=True) + fc.request(2, "GET", "/b", keep=True)
+        )
+        await trio.sleep(1)
+        srv.stop()
+        gates["/a"].set()
+        await reader.until_ended(1)
+        await trio.sleep(1)
+        assert reader.management == []
+        gates["/b"].set()
+        await reader.until_ended(2)
+        await reader.until_eof()
+        assert reader.management == [(fc.GET_VALUES_RESULT, b"")]
+
+
 async def test_a_stalled_request_cannot_make_the_server_buffer_without_bound(
     bind: str, autojump_clock: Any
 ) -> None:

@@ -341,12 +341,12 @@ class FastCGIConnection(SocketIO):
     async def _tell_cut(self) -> None:
         """Before closing on a cut response: a record no front-end accepts.
 
-        nginx without ``fastcgi_keep_conn`` (its default) takes the EOF as the end of
-        the response, and ends a cut one cleanly (its last chunk sent: it looks whole),
-        over TCP too, as a reset after the EOF comes too late. A record it cannot parse
-        (version 0) is an upstream error: it closes its client's connection without the
-        last chunk ("upstream sent unsupported FastCGI protocol version: 0"). With
-        keep-conn the missing END_REQUEST says it already; the record says it again.
+        nginx takes an EOF for the end of the response without fastcgi_keep_conn (its
+        default), and on its unbuffered path (``X-Accel-Buffering: no``) even with it:
+        over a Unix socket, where a close cannot be a reset, a cut response then ends
+        cleanly (its last chunk sent: it looks whole). A record it cannot parse (version
+        0) is an upstream error: it closes its client's connection without the last chunk
+        ("upstream sent unsupported FastCGI protocol version: 0"), whatever the socket.
         """
         with trio.move_on_after(_CUT_PATIENCE) as scope:
             scope.shield = True  # a final write, bounded
@@ -430,6 +430,12 @@ class FastCGIConnection(SocketIO):
         ``keepalive_timeout`` below it).
         """
         self._stopping = True
+
+    def _after_last_end(self) -> bytes:
+        """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last
+        request of a kept connection (which then closes), nothing while others run on it
+        (a multiplexing front-end still reads their records)."""
+        return _LAST_RECORD if self._keep_conn and len(self._requests) <= 1 else b""
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
@@ -734,7 +740,7 @@ class _Request:
             if not more:
                 parts.append(fc.end_request(rid))
                 if self._conn._stopping:
-                    parts.append(_LAST_RECORD)
+                    parts.append(self._conn._after_last_end())
                 self._ended = True
             await self._conn._write_many(parts)
             return
@@ -746,7 +752,7 @@ class _Request:
         if not more:
             out += fc.end_request(rid)
             if self._conn._stopping:
-                out += _LAST_RECORD
+                out += self._conn._after_last_end()
             self._ended = True
         if out:
             await self._conn._write(out)
@@ -812,4 +818,4 @@ class _Request:
         self._ended = True
         conn = self._conn
         out = conn._conn.end_request(self.request_id)
-        await conn._write(out + _LAST_RECORD if conn._stopping else out)
+        await conn._write(out + conn._after_last_end() if conn._stopping else out)

@@ -6,9 +6,11 @@ record encoder in ``fcgi_client``; timeouts run under ``autojump_clock``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import trio
 import trio.testing
 from scgi_client import connect, encode_request, environ, parse_response, read_all, serving
 
+import trioscgi
+from trioscgi._server import Server
 from trioscgi._wire_fastcgi import INLINE_LOOK
 
 
@@ -379,13 +383,23 @@ async def test_header_timeout_does_not_cut_what_follows_the_head(
         assert (await reader.until_ended(1)).body == b"GET /b ''"
 
 
-async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_request(
+@contextlib.asynccontextmanager
+async def bare_server(app: Any, bind: str, **config: Any) -> AsyncIterator[tuple[Server, str]]:
+    """A Server run directly: for shutdown(retire=True), which serve() does not offer."""
+    server = Server(app, trioscgi.Config(bind=[bind], lifespan="off", **config))
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.run)
+        yield server, addresses[0]
+
+
+async def test_retiring_closes_kept_connections_only_after_an_end_request(
     bind: str, autojump_clock: Any
 ) -> None:
-    """A kept connection idle at shutdown may already carry nginx's next request: it stays
-    open, serves that request and closes right after its END_REQUEST (an empty
-    GET_VALUES_RESULT behind it tells nginx not to cache it); one never used again closes
-    at graceful_timeout; a busy one finishes its request, then closes the same way."""
+    """A reload (retire): a kept connection idle at shutdown may already carry nginx's
+    next request: it stays open, serves that request and closes right after its
+    END_REQUEST (an empty GET_VALUES_RESULT behind it tells nginx not to cache it); one
+    never used again closes at graceful_timeout; a busy one finishes its request, then
+    closes the same way."""
     release = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -396,10 +410,10 @@ async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_reque
             return
         await hello(scope, receive, send)
 
-    async with serving(app, bind, protocol="fastcgi", graceful_timeout=100) as srv:
-        idle = await connect(srv.address)
-        unused = await connect(srv.address)
-        busy = await connect(srv.address)
+    async with bare_server(app, bind, protocol="fastcgi", graceful_timeout=100) as (srv, addr):
+        idle = await connect(addr)
+        unused = await connect(addr)
+        busy = await connect(addr)
         async with idle, unused, busy:
             idle_reader, unused_reader = fc.Reader(idle), fc.Reader(unused)
             for s, reader in ((idle, idle_reader), (unused, unused_reader)):
@@ -408,7 +422,7 @@ async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_reque
             await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
             await trio.sleep(1)
             start = trio.current_time()
-            srv.stop()
+            srv.shutdown(retire=True)
             await trio.sleep(5)
             # The request nginx sent on its cached connection meanwhile is served.
             del idle_reader.responses[1]
@@ -429,7 +443,49 @@ async def test_graceful_shutdown_closes_kept_connections_only_after_an_end_reque
             await unused_reader.until_eof()
             assert 99 < trio.current_time() - start < 101
             assert unused_reader.management == []
-            await srv.stopped.wait()
+
+
+async def test_full_stop_closes_idle_kept_connections_at_once_but_answers_what_came(
+    bind: str, autojump_clock: Any
+) -> None:
+    """A full stop (nothing serves after us): idle kept connections close at once; a
+    request that reached one just before the stop is answered first (it used to run in
+    the app with its answer refused, or be dropped unread); a busy one finishes."""
+    ran = []
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        if scope["path"] == "/busy":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"done"})
+            return
+        await hello(scope, receive, send)
+
+    async with bare_server(app, bind, protocol="fastcgi", graceful_timeout=100) as (srv, addr):
+        idle, late, busy = await connect(addr), await connect(addr), await connect(addr)
+        async with idle, late, busy:
+            readers = [fc.Reader(s) for s in (idle, late)]
+            for s, reader in zip((idle, late), readers, strict=True):
+                await s.send_all(fc.request(1, keep=True))
+                await reader.until_ended(1)
+                del reader.responses[1]
+            await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
+            await trio.sleep(1)
+            start = trio.current_time()
+            await late.send_all(fc.request(1, "GET", "/late", keep=True))
+            srv.shutdown()  # in the same scheduler pass as the request's arrival
+            await readers[0].until_eof()
+            answer = await readers[1].until_ended(1)
+            await readers[1].until_eof()
+            assert trio.current_time() - start < 1
+            assert b"200" in answer.stdout
+            assert ran.count("/late") == 1
+            release.set()
+            busy_reader = fc.Reader(busy)
+            assert (await busy_reader.until_ended(1)).body == b"done"
+            await busy_reader.until_eof()
 
 
 async def test_graceful_shutdown_of_a_multiplexed_connection_marks_only_its_last_end(
@@ -444,15 +500,15 @@ async def test_graceful_shutdown_of_a_multiplexed_connection_marks_only_its_last
         await hello(scope, receive, send)
 
     async with (
-        serving(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as srv,
-        await connect(srv.address) as s,
+        bare_server(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as (srv, addr),
+        await connect(addr) as s,
     ):
         reader = fc.Reader(s)
         await s.send_all(
             fc.request(1, "GET", "/a", keep=True) + fc.request(2, "GET", "/b", keep=True)
         )
         await trio.sleep(1)
-        srv.stop()
+        srv.shutdown(retire=True)
         gates["/a"].set()
         await reader.until_ended(1)
         await trio.sleep(1)

@@ -413,23 +413,33 @@ class FastCGIConnection(SocketIO):
         else:
             await self._pump()
 
-    def stop_when_idle(self) -> None:
-        """Graceful shutdown: close after the next response, never while idle.
+    def stop_when_idle(self, *, hold: bool) -> None:
+        """Graceful shutdown: take the requests that come, close after the last response.
 
         A kept connection idle on our side may already carry the front-end's next
         request: nginx takes a connection from its keepalive cache and writes to it
         before it could see our close, and then answers a POST with a 502 (it never
-        retries a request it has sent, and a request read and then dropped here has
-        run with nobody told). FastCGI gives the application no way to say "no more
-        requests" on a FCGI_KEEP_CONN connection; the one moment at which no request
-        can be in flight on it is right after an END_REQUEST. So a request that
-        arrives is served, and the connection closes just after its END_REQUEST
-        (nginx then sees the EOF before it caches the connection again); one the
-        front-end never uses again waits for the front-end's own close, or for the end
-        of graceful_timeout (docs/operations.md: keep nginx's upstream
-        ``keepalive_timeout`` below it).
+        retries a request it has sent). FastCGI gives the application no way to say "no
+        more requests" on a FCGI_KEEP_CONN connection; the one moment at which no request
+        can be in flight on it is right after an END_REQUEST (and _LAST_RECORD then tells
+        nginx not to cache it).
+
+        ``hold``: a new worker serves the socket (a reload): an idle connection stays
+        open until a request comes, which is served and then closes it, or until the
+        front-end closes it, or until graceful_timeout (docs/operations.md: keep nginx's
+        upstream ``keepalive_timeout`` below it). Otherwise (a full stop: nothing will
+        answer once we are gone) an idle connection closes now, unless a request has
+        already arrived on it, which is served first.
         """
         self._stopping = True
+        if not hold and not self._requests and self._served:
+            # Wake the reader: _serve then takes what has arrived (_late_request) or
+            # closes. Not _cancel_all: a request read in this very scheduler pass
+            # would then run with its answer refused.
+            if self._reading:
+                trio.lowlevel.notify_closing(self.sock)
+            if self._activity:
+                self._activity.unpark_all()
 
     def _after_last_end(self) -> bytes:
         """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last

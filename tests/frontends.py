@@ -833,6 +833,85 @@ def run_nginx_fastcgi(
             yield fe
 
 
+def nginx_mixed_config(
+    workdir: Path, port: int, backend: str, *, keepalive_timeout: str = "60s"
+) -> str:
+    """nginx.conf with both wires to one ``protocol = "auto"`` backend: ``/scgi/``
+    (``scgi_pass``), ``/fcgi/`` (``fastcgi_pass``, a connection per request: nginx's
+    default) and ``/fcgi-keep/`` (``fastcgi_keep_conn on`` through an upstream
+    ``keepalive 8`` with ``keepalive_timeout``)."""
+    d = workdir
+    scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if scgi_params is None:
+        missing("nginx's scgi_params file")
+    fastcgi_params = _nginx_fastcgi_params()
+    target = _nginx_pass(backend)
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    scgi_read_timeout 30s;
+    fastcgi_read_timeout 30s;
+    upstream kept {{
+        server {target};
+        keepalive 8;
+        keepalive_timeout {keepalive_timeout};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        location /scgi/ {{
+            include {scgi_params};
+            scgi_pass {target};
+        }}
+        location /fcgi/ {{
+            include {fastcgi_params};
+            fastcgi_pass {target};
+        }}
+        location /fcgi-keep/ {{
+            include {fastcgi_params};
+            fastcgi_keep_conn on;
+            fastcgi_pass kept;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def run_nginx_mixed(
+    backend: str, *, workdir: Path | None = None, keepalive_timeout: str = "60s"
+) -> Iterator[FrontEnd]:
+    """Run nginx with :func:`nginx_mixed_config` in front of ``backend``."""
+    binary = find_binary("nginx")
+    with _workdir(workdir, "nginx-mixed") as d:
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(nginx_mixed_config(d, port, backend, keepalive_timeout=keepalive_timeout))
+        error_log = d / "error.log"
+        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
+        with _running(
+            "nginx",
+            argv=argv,
+            workdir=d,
+            port=port,
+            error_log=error_log,
+            variants={"scgi": "/scgi", "fastcgi": "/fcgi", "fastcgi-keep": "/fcgi-keep"},
+            stop_signal=signal.SIGQUIT,
+        ) as fe:
+            yield fe
+
+
 @contextlib.contextmanager
 def run_apache_fastcgi(
     backend: str, *, workdir: Path | None = None, reuse: bool = False

@@ -6,9 +6,11 @@ record encoder in ``fcgi_client``; timeouts run under ``autojump_clock``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import trio
 import trio.testing
 from scgi_client import connect, encode_request, environ, parse_response, read_all, serving
 
+import trioscgi
+from trioscgi._server import Server
 from trioscgi._wire_fastcgi import INLINE_LOOK
 
 
@@ -379,9 +383,23 @@ async def test_header_timeout_does_not_cut_what_follows_the_head(
         assert (await reader.until_ended(1)).body == b"GET /b ''"
 
 
-async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
+@contextlib.asynccontextmanager
+async def bare_server(app: Any, bind: str, **config: Any) -> AsyncIterator[tuple[Server, str]]:
+    """A Server run directly: for shutdown(retire=True), which serve() does not offer."""
+    server = Server(app, trioscgi.Config(bind=[bind], lifespan="off", **config))
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.run)
+        yield server, addresses[0]
+
+
+async def test_retiring_closes_kept_connections_only_after_an_end_request(
     bind: str, autojump_clock: Any
 ) -> None:
+    """A reload (retire): a kept connection idle at shutdown may already carry nginx's
+    next request: it stays open, serves that request and closes right after its
+    END_REQUEST (an empty GET_VALUES_RESULT behind it tells nginx not to cache it); one
+    never used again closes at graceful_timeout; a busy one finishes its request, then
+    closes the same way."""
     release = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -392,26 +410,113 @@ async def test_graceful_shutdown_closes_idle_connections_and_finishes_busy_ones(
             return
         await hello(scope, receive, send)
 
-    async with serving(app, bind, protocol="fastcgi", graceful_timeout=100) as srv:
-        idle = await connect(srv.address)
-        busy = await connect(srv.address)
-        async with idle, busy:
-            await idle.send_all(fc.request(1, keep=True))
-            idle_reader = fc.Reader(idle)
-            await idle_reader.until_ended(1)
+    async with bare_server(app, bind, protocol="fastcgi", graceful_timeout=100) as (srv, addr):
+        idle = await connect(addr)
+        unused = await connect(addr)
+        busy = await connect(addr)
+        async with idle, unused, busy:
+            idle_reader, unused_reader = fc.Reader(idle), fc.Reader(unused)
+            for s, reader in ((idle, idle_reader), (unused, unused_reader)):
+                await s.send_all(fc.request(1, keep=True))
+                await reader.until_ended(1)
             await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
             await trio.sleep(1)
             start = trio.current_time()
-            srv.stop()
-            await idle_reader.until_eof()
-            assert trio.current_time() - start < 1  # closed at once, not at graceful_timeout
+            srv.shutdown(retire=True)
             await trio.sleep(5)
+            # The request nginx sent on its cached connection meanwhile is served.
+            del idle_reader.responses[1]
+            await idle.send_all(fc.request(1, keep=True))
+            late = await idle_reader.until_ended(1)
+            assert late.protocol_status == 0
+            assert b"200" in late.stdout
+            await idle_reader.until_eof()
+            assert idle_reader.management == [(fc.GET_VALUES_RESULT, b"")]
+            assert trio.current_time() - start < 10
             release.set()
             busy_reader = fc.Reader(busy)
             response = await busy_reader.until_ended(1)
             await busy_reader.until_eof()
             assert response.body == b"done"
-            await srv.stopped.wait()
+            assert busy_reader.management == [(fc.GET_VALUES_RESULT, b"")]
+            # Never used again: closed at graceful_timeout, not before.
+            await unused_reader.until_eof()
+            assert 99 < trio.current_time() - start < 101
+            assert unused_reader.management == []
+
+
+async def test_full_stop_closes_idle_kept_connections_at_once_but_answers_what_came(
+    bind: str, autojump_clock: Any
+) -> None:
+    """A full stop (nothing serves after us): idle kept connections close at once; a
+    request that reached one just before the stop is answered first (it used to run in
+    the app with its answer refused, or be dropped unread); a busy one finishes."""
+    ran = []
+    release = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        if scope["path"] == "/busy":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"done"})
+            return
+        await hello(scope, receive, send)
+
+    async with bare_server(app, bind, protocol="fastcgi", graceful_timeout=100) as (srv, addr):
+        idle, late, busy = await connect(addr), await connect(addr), await connect(addr)
+        async with idle, late, busy:
+            readers = [fc.Reader(s) for s in (idle, late)]
+            for s, reader in zip((idle, late), readers, strict=True):
+                await s.send_all(fc.request(1, keep=True))
+                await reader.until_ended(1)
+                del reader.responses[1]
+            await busy.send_all(fc.request(1, "GET", "/busy", keep=True))
+            await trio.sleep(1)
+            start = trio.current_time()
+            await late.send_all(fc.request(1, "GET", "/late", keep=True))
+            srv.shutdown()  # in the same scheduler pass as the request's arrival
+            await readers[0].until_eof()
+            answer = await readers[1].until_ended(1)
+            await readers[1].until_eof()
+            assert trio.current_time() - start < 1
+            assert b"200" in answer.stdout
+            assert ran.count("/late") == 1
+            release.set()
+            busy_reader = fc.Reader(busy)
+            assert (await busy_reader.until_ended(1)).body == b"done"
+            await busy_reader.until_eof()
+
+
+async def test_graceful_shutdown_of_a_multiplexed_connection_marks_only_its_last_end(
+    bind: str, autojump_clock: Any
+) -> None:
+    """HAProxy ``mpxs-conns``: while another request runs on the connection, an
+    END_REQUEST goes out alone; the last one is followed by GET_VALUES_RESULT, then EOF."""
+    gates = {"/a": trio.Event(), "/b": trio.Event()}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gates[scope["path"]].wait()
+        await hello(scope, receive, send)
+
+    async with (
+        bare_server(app, bind, protocol="fastcgi", fastcgi_max_requests=2) as (srv, addr),
+        await connect(addr) as s,
+    ):
+        reader = fc.Reader(s)
+        await s.send_all(
+            fc.request(1, "GET", "/a", keep=True) + fc.request(2, "GET", "/b", keep=True)
+        )
+        await trio.sleep(1)
+        srv.shutdown(retire=True)
+        gates["/a"].set()
+        await reader.until_ended(1)
+        await trio.sleep(1)
+        assert reader.management == []
+        gates["/b"].set()
+        await reader.until_ended(2)
+        await reader.until_eof()
+        assert reader.management == [(fc.GET_VALUES_RESULT, b"")]
 
 
 async def test_a_stalled_request_cannot_make_the_server_buffer_without_bound(
@@ -548,22 +653,35 @@ async def test_a_refusal_storm_is_warned_about_once_a_while(
     assert len(refusal_warnings(caplog)) == 1
 
 
-async def test_response_cut_short_resets_the_connection_over_tcp() -> None:
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+async def test_response_cut_short_ends_with_a_bad_record_then_a_reset(
+    where: str, tmp_path: Path
+) -> None:
+    """No END_REQUEST, and a record of version 0 before the close: nginx without keep-conn
+    would take a bare EOF for the end of the response. Over TCP, a reset follows."""
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise RuntimeError("boom")
 
+    address = "127.0.0.1:0" if where == "tcp" else f"unix:{tmp_path}/c.sock"
     async with (
-        serving(app, "127.0.0.1:0", protocol="fastcgi") as srv,
+        serving(app, address, protocol="fastcgi") as srv,
         await connect(srv.address) as s,
     ):
-        await s.send_all(fc.request(1, keep=True))
-        reader = fc.Reader(s)
-        with pytest.raises(trio.BrokenResourceError):
-            await reader.until_ended(1)
-    assert reader.responses[1].body == b"partial"
-    assert not reader.responses[1].ended
+        await s.send_all(fc.request(1))
+        data = b""
+        reset = False
+        try:
+            while chunk := await s.receive_some():
+                data += chunk
+        except trio.BrokenResourceError:
+            reset = True
+    assert reset == (where == "tcp")
+    assert data.endswith(bytes(8))
+    assert b"partial" in data
+    assert fc.record(fc.END_REQUEST, 1, bytes(8))[:2] not in data[-24:-8]
 
 
 async def test_file_response_goes_out_in_records(bind: str, tmp_path: Path) -> None:

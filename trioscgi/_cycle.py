@@ -242,7 +242,23 @@ class HTTPCycle:
                 # Started and not finished, however we got here (the app raised
                 # or returned early, a file ended short, a deadline cancelled
                 # us): the front-end must not take it for a whole response.
-                self._wire.abort()
+                self._cut(scope, fastcgi)
+
+    def _cut(self, scope: dict[str, Any], fastcgi: bool) -> None:
+        # Only the wire can make the cut visible; what a client sees then depends
+        # on the wire and the socket (docs/operations.md, "Reloads and faults").
+        self._wire.abort()
+        wire = "fastcgi" if fastcgi else "scgi"
+        log.warning(
+            "response cut short: %s %s, %d body bytes sent (%s, status %d)",
+            scope["method"],
+            scope["path"],
+            self.response_bytes,
+            wire,
+            self.status,
+        )
+        if self._host.metrics is not None:
+            self._host.metrics.responses_cut[wire] += 1
 
     async def _run_app(self, scope: dict[str, Any]) -> None:
         try:

@@ -60,6 +60,8 @@ REFUSAL_KINDS = (
 )
 # Timeouts by kind: header_timeout, read_timeout, write_timeout, drain_timeout.
 TIMEOUT_KINDS = ("header", "read", "write", "drain")
+# Wires whose cut responses are counted (trioscgi_responses_cut_total{wire}).
+CUT_WIRES = ("scgi", "fastcgi")
 # Seconds between snapshots a worker sends to the supervisor.
 REPORT_INTERVAL = 1.0
 # Seconds between two live STATUS= lines (metrics_bind set, under systemd):
@@ -93,6 +95,7 @@ class WorkerMetrics:
         "in_flight",
         "refused",
         "requests",
+        "responses_cut",
         "timeouts",
         "websocket_closes",
         "websocket_open",
@@ -108,6 +111,8 @@ class WorkerMetrics:
         self.refused = dict.fromkeys(REFUSAL_KINDS, 0)
         self.timeouts = dict.fromkeys(TIMEOUT_KINDS, 0)
         self.app_exceptions = 0
+        # Responses begun and not completed (the app raised or returned early), by wire.
+        self.responses_cut = dict.fromkeys(CUT_WIRES, 0)
         self.websocket_open = 0
         self.websocket_closes: dict[str, int] = {}  # close code (as text) -> sessions
 
@@ -159,6 +164,7 @@ class WorkerMetrics:
             "websocket_open": self.websocket_open,
             "websocket_closes": self.websocket_closes,
             "app_exceptions": self.app_exceptions,
+            "responses_cut": self.responses_cut,
             "connections_open": connections_open,
             "kept_alive": kept_alive,
             "log_write_errors": log_write_errors(),
@@ -320,6 +326,14 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
         "Log lines (or reopens) that failed to write: a full disk, a lost mount",
         value=total["log_write_errors"],
     )
+    cut = CounterMetricFamily(
+        "trioscgi_responses_cut",
+        "Responses begun and cut short (the application raised or returned early), by wire",
+        labels=["wire"],
+    )
+    for wire in CUT_WIRES:
+        cut.add_metric([wire], total.get("responses_cut", {}).get(wire, 0))
+    yield cut
     if totals is not None:
         yield CounterMetricFamily(
             "trioscgi_worker_starts", "Worker processes started", value=totals.worker_starts

@@ -110,7 +110,10 @@ async def _main(
     failure: Exception | None = None
     # SIGHUP is caught so that it can't kill a single-process server (its
     # default action): the graceful restart it asks for needs the supervisor.
-    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP]
+    # SIGUSR2: the supervisor retires this worker on a reload (a graceful shutdown while
+    # new workers serve the same sockets: kept FastCGI connections are held, see
+    # FastCGIConnection.stop_when_idle).
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2]
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
 
@@ -127,10 +130,14 @@ async def _main(
                         )
                         continue
                     if not server.shutting_down:
-                        log.info("%s received: graceful shutdown", signal.Signals(signum).name)
+                        log.info(
+                            "%s received: graceful shutdown%s",
+                            signal.Signals(signum).name,
+                            " (retired by a reload)" if signum == signal.SIGUSR2 else "",
+                        )
                         if on_stopping is not None:
                             on_stopping()
-                        server.shutdown()
+                        server.shutdown(retire=signum == signal.SIGUSR2)
                     else:
                         log.warning("%s received again: stopping now", signal.Signals(signum).name)
                         server.force_shutdown()

@@ -199,17 +199,23 @@ class Server:
                 )
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
 
-    def shutdown(self) -> None:
-        """Begin a graceful shutdown: stop accepting, let requests finish."""
+    def shutdown(self, *, retire: bool = False) -> None:
+        """Begin a graceful shutdown: stop accepting, let requests finish.
+
+        Args:
+            retire: other processes go on serving the listeners (a reload, or
+                ``max_requests`` in a worker): kept FastCGI connections stay open
+                until the front-end has sent its last request on them.
+        """
         if not self.shutting_down:
             self.shutting_down = True
             log.info("shutting down")
         self._starting.cancel()
         self._accepting.cancel()
-        # Kept-alive FastCGI connections: idle ones close now, busy ones once
-        # their requests are done.
+        # Kept-alive FastCGI connections close right after a response, never while a
+        # request may be on its way; idle ones at once on a full stop.
         for connection in list(self.fastcgi_connections):
-            connection.stop_when_idle()
+            connection.stop_when_idle(hold=retire)
         # Open WebSockets get close 1001 (going away), then graceful_timeout as any request.
         for session in list(self.websocket_sessions):
             session.going_away()
@@ -411,7 +417,7 @@ class Server:
                     " so the supervisor can start a fresh one",
                     self._served,
                 )
-                self.shutdown()
+                self.shutdown(retire=not self._owns_listeners)
 
 
 class CallOnStarted:

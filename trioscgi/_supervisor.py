@@ -277,14 +277,15 @@ class _Supervisor:
                 soon = now + IMMEDIATE_GRACE
                 w.kill_at = soon if w.kill_at is None else min(w.kill_at, soon)
 
-    def _stop_worker(self, w: _Worker) -> None:
-        """SIGTERM (graceful), and SIGKILL once its timeouts have certainly passed."""
+    def _stop_worker(self, w: _Worker, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM (graceful; SIGUSR2: retired by a reload), and SIGKILL once its
+        timeouts have certainly passed."""
         if w.stopping:
             return
         w.stopping = True
         c = self.config
         w.kill_at = time.monotonic() + c.graceful_timeout + c.shutdown_timeout + KILL_SLACK
-        _kill(w.pid, signal.SIGTERM)
+        _kill(w.pid, signum)
 
     def _reload(self, why: str = "SIGHUP") -> None:
         if self.stopping:
@@ -750,7 +751,9 @@ class _Supervisor:
             old = [w for w in self.workers.values() if w.generation != gen and not w.stopping]
             log.info("reload: new workers ready; stopping %s", counted(len(old), "old worker"))
             for w in old:
-                self._stop_worker(w)
+                # SIGUSR2, not SIGTERM: the new workers serve the sockets, so the old
+                # ones keep their FastCGI kept connections until nginx is done with them.
+                self._stop_worker(w, signal.SIGUSR2)
             self.previous = None
             notify("READY=1", status)
             self._reload_if_changed_meanwhile()

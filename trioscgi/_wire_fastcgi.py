@@ -44,7 +44,7 @@ from trio.lowlevel import ParkingLot
 from . import fastcgi as f
 from . import protocol as p
 from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sockio import Bytes, ClientDisconnected, SocketIO, Timeout
+from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
@@ -62,6 +62,18 @@ _COALESCE_LIMIT = 16384
 # task: one that has not read since the last look gets a reader beside it, so within one
 # to two looks a busy application's ABORT_REQUEST, close or multiplexed neighbour is read.
 INLINE_LOOK = 0.5
+# Written right behind the END_REQUEST of a kept connection's last response, when we are
+# about to close it (graceful shutdown): an empty GET_VALUES_RESULT, a well-formed record
+# that needs no answer. nginx keeps a connection for its next request only when the
+# END_REQUEST ends what it read; anything behind it makes nginx close the connection
+# instead of caching it (ngx_http_fastcgi_input_filter), so it never sends a request on
+# a connection we are closing.
+_LAST_RECORD = b"\x01\x0a\x00\x00\x00\x00\x00\x00"
+# Written before closing on a cut response (_tell_cut): a record header of version 0,
+# which FastCGI 1.0 front-ends refuse as an error.
+_CUT_RECORD = bytes(8)
+# Seconds the front-end has to take it (it was reading the response until now).
+_CUT_PATIENCE = 1.0
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
 
@@ -97,6 +109,7 @@ class FastCGIConnection(SocketIO):
         "_buffered",
         "_closing",
         "_conn",
+        "_cut",
         "_eof",
         "_head_deadline",
         "_head_timed_out",
@@ -112,6 +125,7 @@ class FastCGIConnection(SocketIO):
         "_reading",
         "_refused",
         "_requests",
+        "_reset_idle",
         "_served",
         "_stopping",
         "_tasks",
@@ -155,6 +169,8 @@ class FastCGIConnection(SocketIO):
         self._writing = False
         self._write_lot = ParkingLot()
         self._closing = False  # _cancel_all: end the connection now
+        self._cut = False  # a response was cut short: the front-end must see it (abort)
+        self._reset_idle = False  # closed while idle and kept: with a reset (run)
         # The cancel scopes of the tasks started for this connection (_start).
         self._tasks: set[trio.CancelScope] = set()
         self._tasks_done: ParkingLot | None = None
@@ -175,6 +191,9 @@ class FastCGIConnection(SocketIO):
                     await self._process(False)
                 await self._serve()
             except BaseException:
+                if not self._requests and self._served:
+                    # Idle and cancelled (graceful_timeout ran out): see close_idle.
+                    self._reset_idle = True
                 self._cancel_all()  # as a nursery would: our tasks end with us
                 raise
             finally:
@@ -185,7 +204,14 @@ class FastCGIConnection(SocketIO):
                     await self._join_tasks()
         finally:
             host.fastcgi_connections.discard(self)
-            self.close(reset=self._broken)
+            if self._cut and not self._eof:
+                await self._tell_cut()
+            # An idle kept connection closes with a reset over TCP: a front-end that
+            # takes it from its keepalive cache before it sees the close then finds
+            # the error (SO_ERROR) before it sends the request, and sends it on a
+            # new connection (nginx retries so even a POST: nothing was sent). A
+            # clean FIN would be noticed only after its request went out.
+            self.close(reset=self._broken or self._reset_idle)
         if self._head_timed_out:
             if host.metrics is not None:
                 host.metrics.timeouts["header"] += 1
@@ -216,6 +242,10 @@ class FastCGIConnection(SocketIO):
             if self._eof or self._broken or self._closing:
                 return
             if (self._stopping or not self._keep_conn) and self._served and not self._requests:
+                if self._keep_conn and self._late_request():
+                    # The front-end had already sent its next request: serve it too.
+                    await self._process(False)
+                    continue
                 return
             if self._reading or self._buffered > _MAX_BUFFERED:
                 # A request reads for now, or applications have not taken what we
@@ -223,6 +253,23 @@ class FastCGIConnection(SocketIO):
                 await self._activity.park()
             else:
                 await self._pump()
+
+    def _late_request(self) -> bool:
+        """Closing a kept connection: whether bytes of a next request are already here.
+
+        Checked with no schedule point before the close, so that only a request
+        written in the microseconds between this read and the close can meet a closed
+        socket (and nginx, told by _LAST_RECORD, sends none).
+        """
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError:  # BlockingIOError: nothing there (the usual case)
+            return False
+        if not data:
+            self._eof = True
+            return False
+        self._conn.receive_data(data)
+        return True
 
     async def _pump(self) -> None:
         """Read once from the socket, hand each record to its request, answer what the core
@@ -291,6 +338,21 @@ class FastCGIConnection(SocketIO):
                 log.info("FastCGI connection lost: %s", exc)
                 self._all_gone()
 
+    async def _tell_cut(self) -> None:
+        """Before closing on a cut response: a record no front-end accepts.
+
+        nginx takes an EOF for the end of the response without fastcgi_keep_conn (its
+        default), and on its unbuffered path (``X-Accel-Buffering: no``) even with it:
+        over a Unix socket, where a close cannot be a reset, a cut response then ends
+        cleanly (its last chunk sent: it looks whole). A record it cannot parse (version
+        0) is an upstream error: it closes its client's connection without the last chunk
+        ("upstream sent unsupported FastCGI protocol version: 0"), whatever the socket.
+        """
+        with trio.move_on_after(_CUT_PATIENCE) as scope:
+            scope.shield = True  # a final write, bounded
+            with contextlib.suppress(OSError):
+                await self.sendall(_CUT_RECORD)
+
     def look_at_inline(self) -> None:
         """The server's sweep, every ``INLINE_LOOK`` s: a request that has run in the
         connection's own task since the last look without reading gets a reader beside it.
@@ -351,11 +413,39 @@ class FastCGIConnection(SocketIO):
         else:
             await self._pump()
 
-    def stop_when_idle(self) -> None:
-        """Graceful shutdown: serve what is in flight, take no new request, close."""
+    def stop_when_idle(self, *, hold: bool) -> None:
+        """Graceful shutdown: take the requests that come, close after the last response.
+
+        A kept connection idle on our side may already carry the front-end's next
+        request: nginx takes a connection from its keepalive cache and writes to it
+        before it could see our close, and then answers a POST with a 502 (it never
+        retries a request it has sent). FastCGI gives the application no way to say "no
+        more requests" on a FCGI_KEEP_CONN connection; the one moment at which no request
+        can be in flight on it is right after an END_REQUEST (and _LAST_RECORD then tells
+        nginx not to cache it).
+
+        ``hold``: a new worker serves the socket (a reload): an idle connection stays
+        open until a request comes, which is served and then closes it, or until the
+        front-end closes it, or until graceful_timeout (docs/operations.md: keep nginx's
+        upstream ``keepalive_timeout`` below it). Otherwise (a full stop: nothing will
+        answer once we are gone) an idle connection closes now, unless a request has
+        already arrived on it, which is served first.
+        """
         self._stopping = True
-        if not self._requests:
-            self._cancel_all()
+        if not hold and not self._requests and self._served:
+            # Wake the reader: _serve then takes what has arrived (_late_request) or
+            # closes. Not _cancel_all: a request read in this very scheduler pass
+            # would then run with its answer refused.
+            if self._reading:
+                trio.lowlevel.notify_closing(self.sock)
+            if self._activity:
+                self._activity.unpark_all()
+
+    def _after_last_end(self) -> bytes:
+        """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last
+        request of a kept connection (which then closes), nothing while others run on it
+        (a multiplexing front-end still reads their records)."""
+        return _LAST_RECORD if self._keep_conn and len(self._requests) <= 1 else b""
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
@@ -367,6 +457,7 @@ class FastCGIConnection(SocketIO):
         """Close a kept-alive connection that has waited too long for its next request."""
         if not self._requests:
             self._stopping = True
+            self._reset_idle = True
             self._cancel_all()
 
     def _dispatch(self, event: f.Event) -> None:
@@ -658,6 +749,8 @@ class _Request:
             parts += fc.send_stdout_parts(rid, body)
             if not more:
                 parts.append(fc.end_request(rid))
+                if self._conn._stopping:
+                    parts.append(self._conn._after_last_end())
                 self._ended = True
             await self._conn._write_many(parts)
             return
@@ -668,6 +761,8 @@ class _Request:
             out = fc.send_stdout(rid, body) if body else b""
         if not more:
             out += fc.end_request(rid)
+            if self._conn._stopping:
+                out += self._conn._after_last_end()
             self._ended = True
         if out:
             await self._conn._write(out)
@@ -721,11 +816,16 @@ class _Request:
     def abort(self) -> None:
         # Started and not complete: an END_REQUEST would make it look whole. Only
         # a cut connection tells the front-end (it takes the other requests on
-        # this connection with it: FastCGI has no other way).
+        # this connection with it: FastCGI has no other way), and the bare close
+        # is not enough: see _tell_cut.
         conn = self._conn
+        if not conn._broken:
+            conn._cut = True  # the stream is whole up to here: a record can follow
         conn._broken = True
         conn._cancel_all()
 
     async def _end(self) -> None:
         self._ended = True
-        await self._conn._write(self._conn._conn.end_request(self.request_id))
+        conn = self._conn
+        out = conn._conn.end_request(self.request_id)
+        await conn._write(out + conn._after_last_end() if conn._stopping else out)

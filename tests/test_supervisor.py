@@ -375,8 +375,60 @@ def test_max_requests_recycles_workers(start: object) -> None:
         pids.add(int(body))
     # 20 requests, at most 3 per worker: at least 7 different workers.
     assert len(pids) >= 7
-    assert "exited cleanly; starting a replacement" in d.log_text()
+    assert "retiring (max_requests); starting a replacement" in d.log_text()
     assert len(d.workers()) == 2
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
+def _fastcgi_get_kept(conn: socket.socket) -> bytes:
+    """One GET on a kept FastCGI connection; the records up to its END_REQUEST."""
+    import fcgi_client
+
+    conn.sendall(fcgi_client.request(1, keep=True))
+    data = b""
+    while True:
+        # Records up to END_REQUEST (type 3); this app's answers are small.
+        offset = 0
+        while offset + 8 <= len(data):
+            kind = data[offset + 1]
+            length = int.from_bytes(data[offset + 4 : offset + 6], "big")
+            offset += 8 + length + data[offset + 6]
+            if kind == fcgi_client.END_REQUEST and offset <= len(data):
+                return data
+        chunk = conn.recv(65536)
+        assert chunk, f"EOF before END_REQUEST: {data!r}"
+        data += chunk
+
+
+def test_max_requests_replacement_starts_while_the_old_worker_holds_kept_connections(
+    start: object,
+) -> None:
+    # A worker retired by max_requests keeps its idle kept FastCGI connections
+    # until the front-end is done with them (graceful_timeout at most); its
+    # replacement must start at once, or once every worker has retired, new
+    # connections wait in the backlog. Each request here comes on a new kept
+    # connection that stays open, as in a front-end's keepalive cache.
+    assert callable(start)
+    d: Daemon = start("--max-requests", "3", "--graceful-timeout", "30", workers=2)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(12):
+            conn = socket.socket(socket.AF_UNIX)
+            held.append(conn)
+            conn.settimeout(10)
+            conn.connect(d.sock)
+            began = time.monotonic()
+            try:
+                _fastcgi_get_kept(conn)
+            except OSError as exc:
+                raise AssertionError(d.log_text()) from exc
+            assert time.monotonic() - began < 5, d.log_text()
+    finally:
+        for conn in held:
+            conn.close()
+    # 12 requests, 3 per worker: at least four workers served them.
+    assert d.log_text().count("retiring (max_requests); starting a replacement") >= 3
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait() == 0
 

@@ -52,6 +52,7 @@ def run(
     listeners: Sequence[Listener] | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
+    on_retiring: Callable[[], None] | None = None,
     on_reopen_logs: Callable[[], None] | None = None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
@@ -63,9 +64,10 @@ def run(
     it short. SIGUSR1 calls ``on_reopen_logs`` (logrotate). With
     ``metrics_bind`` set, ``metrics_listener`` (bound) serves GET /metrics,
     or ``metrics_report`` (a worker's datagram socket) gets a snapshot a second.
-    ``heartbeat`` (a worker's end of the supervisor's pipe, non-blocking) gets
-    this process's pid as a line from the event loop, every
-    :func:`heartbeat_interval`.
+    ``on_retiring`` is called when ``max_requests`` retires this worker (it
+    stops accepting; its replacement may start at once). ``heartbeat`` (a
+    worker's end of the supervisor's pipe, non-blocking) gets this process's
+    pid as a line from the event loop, every :func:`heartbeat_interval`.
 
     Returns:
         0 after a clean stop, 3 when the lifespan startup failed.
@@ -82,6 +84,7 @@ def run(
                 listeners=listeners,
                 on_ready=on_ready,
                 on_stopping=on_stopping,
+                on_retiring=on_retiring,
                 on_reopen_logs=on_reopen_logs,
                 metrics_listener=metrics_listener,
                 metrics_report=metrics_report,
@@ -102,11 +105,13 @@ async def _main(
     on_ready: Callable[[list[str]], None] | None,
     on_stopping: Callable[[], None] | None,
     on_reopen_logs: Callable[[], None] | None,
+    on_retiring: Callable[[], None] | None = None,
     metrics_listener: socket.socket | None = None,
     metrics_report: socket.socket | None = None,
     heartbeat: int | None = None,
 ) -> None:
     server = Server(app, config, listeners)
+    server.on_retiring = on_retiring
     failure: Exception | None = None
     # SIGHUP is caught so that it can't kill a single-process server (its
     # default action): the graceful restart it asks for needs the supervisor.

@@ -116,6 +116,8 @@ class Server:
                 0, max(0, config.max_requests_jitter)
             )
         self.shutting_down = False
+        # Called once when max_requests retires a worker (set by its runner).
+        self.on_retiring: Callable[[], None] | None = None
         self.fastcgi_connections: set[FastCGIConnection] = set()
         self.websocket_sessions: set[WebSocketCycle] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
@@ -417,7 +419,12 @@ class Server:
                     " so the supervisor can start a fresh one",
                     self._served,
                 )
-                self.shutdown(retire=not self._owns_listeners)
+                retire = not self._owns_listeners
+                self.shutdown(retire=retire)
+                if retire and self.on_retiring is not None:
+                    # The supervisor starts our replacement now, not at our exit:
+                    # held FastCGI connections may keep this process for a while.
+                    self.on_retiring()
 
 
 class CallOnStarted:

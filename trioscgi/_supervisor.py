@@ -690,6 +690,9 @@ class _Supervisor:
             def on_ready(bound: list[str]) -> None:
                 os.write(ready_w, b"%d\n" % os.getpid())
 
+            def on_retiring() -> None:
+                os.write(ready_w, b"retiring %d\n" % os.getpid())
+
             # The supervisor owns the socket files: a worker must never unlink them.
             mine = [dataclasses.replace(lst, unix_path=None) for lst in self.listeners]
             code = run(
@@ -697,6 +700,7 @@ class _Supervisor:
                 config,
                 listeners=mine,
                 on_ready=on_ready,
+                on_retiring=on_retiring,
                 on_reopen_logs=reopen_logs,
                 metrics_report=self.report_w,
                 heartbeat=self.beat_w,
@@ -722,11 +726,31 @@ class _Supervisor:
             return
         *lines, self.ready_buf = self.ready_buf.split(b"\n")
         for line in lines:
-            w = self.workers.get(int(line)) if line.isdigit() else None
-            if w is not None:
+            retiring = line.startswith(b"retiring ")
+            pid = line[len(b"retiring ") :] if retiring else line
+            w = self.workers.get(int(pid)) if pid.isdigit() else None
+            if w is None:
+                continue
+            if retiring:
+                self._on_retiring(w)
+            else:
                 w.ready = True
                 w.last_beat = time.monotonic()
         self._check_generation_ready()
+
+    def _on_retiring(self, w: _Worker) -> None:
+        """max_requests: the worker stopped accepting; replace it now, not at its exit.
+
+        It may hold kept FastCGI connections until the front-end is done with
+        them (up to graceful_timeout), and nothing else may accept meanwhile.
+        """
+        if w.stopping or self.stopping or w.generation != self.generation:
+            return
+        w.stopping = True
+        c = self.config
+        w.kill_at = time.monotonic() + c.graceful_timeout + c.shutdown_timeout + KILL_SLACK
+        log.info("worker %d retiring (max_requests); starting a replacement", w.pid)
+        self._spawn(self.config, self.generation)
 
     def _check_generation_ready(self) -> None:
         gen = self.generation

@@ -1,0 +1,279 @@
+"""The scenarios of the conformance suite, each written once against a :class:`Driver`.
+
+Each scenario sends one request (twice at once, or twice in a row, on the
+multiplexed and keep-conn paths: the driver checks that both agree), then checks
+what the client got and what the app received (``app.normalize``: the body as
+one entry however the wire split it) against what the ASGI spec says
+(asgiref ``specs/www.rst``). Every path is held to the same expected record,
+so every path gives the app the same messages.
+
+A scenario that a path can't express says so (``@needs``, with why); the tests
+skip it there. Scenarios are plain async functions so that
+bench/conformance_peers.py runs the same ones over HTTP against other servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .app import AFTER_PATIENCE, PATHSEND_BODY, STATE_TOKEN, echo_body, expected_stream
+from .drivers import Driver, Pause, Request, new_key
+
+Scenario = Callable[[Driver], Awaitable[None]]
+
+
+# What a scenario may need of a path, and why a path without it can't run it.
+NEEDS = {
+    "asgi": "WSGI has no receive() after the body, no disconnect, no lifespan, no pathsend",
+    "unknown_length": (
+        "SCGI's head must start with CONTENT_LENGTH: front-ends buffer a chunked upload "
+        "whole (nginx) or refuse it (Apache: 411) before passing it on"
+    ),
+}
+
+
+def needs(*features: str) -> Callable[[Scenario], Scenario]:
+    """Declare what the scenario needs of a path (keys of ``NEEDS``)."""
+    assert all(f in NEEDS for f in features), features
+
+    def mark(scenario: Scenario) -> Scenario:
+        scenario.needs = features  # type: ignore[attr-defined]
+        return scenario
+
+    return mark
+
+
+def missing(scenario: Scenario, features: frozenset[str]) -> str | None:
+    """Why a path with ``features`` can't run ``scenario``, or None when it can."""
+    for need in getattr(scenario, "needs", ()):
+        if need not in features:
+            return NEEDS[need]
+    return None
+
+
+def sha16(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def body_entry(data: bytes, ended: bool = True) -> list[Any]:
+    return ["body", len(data), sha16(data), ended]
+
+
+async def _echo(driver: Driver, request: Request, label: str) -> None:
+    """Send ``request`` to /echo: the client gets the body's digest, the app the whole body."""
+    key = new_key(label)
+    answer = await driver.exchange(request, key)
+    assert answer is not None
+    body = request.body
+    assert (answer.status, answer.body, answer.complete) == (200, echo_body(body), True), answer
+    record = await driver.record(key)
+    assert record["splits"] == "", record
+    assert record["events"] == [body_entry(body)], record
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 256 for i in range(n))
+
+
+# --- the body, as the network delivers it ---------------------------------------------
+
+
+async def body_in_one_piece(driver: Driver) -> None:
+    await _echo(driver, Request(plan=[payload(1000)]), "one-piece")
+
+
+async def body_in_many_pieces(driver: Driver) -> None:
+    data = payload(2000)
+    plan: list[Any] = []
+    for i in range(0, len(data), 97):
+        plan += [data[i : i + 97], Pause(0.001)]
+    await _echo(driver, Request(plan=plan), "many-pieces")
+
+
+async def body_byte_by_byte(driver: Driver) -> None:
+    plan: list[Any] = []
+    for b in payload(40):
+        plan += [bytes([b]), Pause(0.001)]
+    await _echo(driver, Request(plan=plan), "byte-by-byte")
+
+
+async def body_after_pause(driver: Driver) -> None:
+    # The head alone, then the body once the app waits in receive(): the app
+    # must wait for it (the asyncio host gave http.disconnect here, issue 19).
+    await _echo(driver, Request(plan=[b"", Pause(0.05), payload(3)]), "after-pause")
+
+
+async def empty_body(driver: Driver) -> None:
+    await _echo(driver, Request(method="POST", plan=[]), "empty-post")
+    await _echo(driver, Request(method="GET", plan=[]), "empty-get")
+
+
+@needs("unknown_length")
+async def chunked_upload(driver: Driver) -> None:
+    plan: list[Any] = [b"", Pause(0.02), payload(300), Pause(0.02), payload(500, 1), Pause(0.02)]
+    plan.append(payload(7, 2))
+    await _echo(driver, Request(plan=plan, length_known=False), "chunked")
+
+
+async def large_body(driver: Driver) -> None:
+    # Larger than every buffer on the way (socket buffers, FastCGI records of
+    # 64 KiB, the server's reads): the app gets every byte in order.
+    data = payload(3 << 20)
+    plan: list[Any] = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    await _echo(driver, Request(plan=plan), "large")
+
+
+# --- receive() after the body, and http.disconnect ---------------------------------------
+
+
+@needs("asgi")
+async def receive_after_body(driver: Driver) -> None:
+    """ASGI: ``http.disconnect`` is "sent to the application if receive is called after
+    a response has been sent or after the HTTP connection has been closed". A receive()
+    pending while the response is half sent waits; it ends once the response is sent."""
+    key = new_key("after")
+    data = payload(100)
+    answer = await driver.exchange(Request(path="/after", plan=[data]), key)
+    assert answer is not None
+    assert (answer.status, answer.body, answer.complete) == (
+        200,
+        b"first half, second half",
+        True,
+    ), answer
+    events = (await driver.record(key))["events"]
+    waiting = ["mark", f"receive() still waiting {AFTER_PATIENCE} s after the response"]
+    assert waiting not in events, f"receive() never returned once the response was sent: {events}"
+    # The disconnect may come just before or just after the app's mark that
+    # its last send() returned; never before the response was sent.
+    assert events[:2] == [body_entry(data), ["mark", "response half sent"]], events
+    assert sorted(map(tuple, events[2:])) == [("http.disconnect",), ("mark", "response sent")], (
+        events
+    )
+
+
+@needs("asgi")
+async def client_gone_before_body(driver: Driver) -> None:
+    key = new_key("gone-before")
+    request = Request(plan=[b"", Pause(0.03)], declared_length=100, end_body=False, vanish=True)
+    assert await driver.exchange(request, key) is None
+    record = await driver.record(key)
+    assert record["events"] == [["http.disconnect"]], record
+
+
+@needs("asgi")
+async def client_gone_during_body(driver: Driver) -> None:
+    key = new_key("gone-during")
+    half = payload(50)
+    request = Request(plan=[half, Pause(0.03)], declared_length=100, end_body=False, vanish=True)
+    assert await driver.exchange(request, key) is None
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(half, ended=False), ["http.disconnect"]], record
+
+
+@needs("asgi")
+async def client_gone_after_body(driver: Driver) -> None:
+    """The app waits in receive() after the whole body: it gets http.disconnect when the
+    client goes, and a send() after that raises an OSError (ASGI 2.4)."""
+    key = new_key("gone-after")
+    data = payload(100)
+    request = Request(path="/wait", plan=[data, Pause(0.03)], vanish=True)
+    assert await driver.exchange(request, key) is None
+    record = await driver.record(key)
+    assert record["events"] == [
+        body_entry(data),
+        ["http.disconnect"],
+        ["send raised OSError", True],
+    ], record
+
+
+# --- the response ----------------------------------------------------------------------
+
+
+async def streamed_response_slow_reader(driver: Driver) -> None:
+    key = new_key("stream")
+    n, size = 24, 65536
+    request = Request(
+        path="/stream", query=f"n={n}&size={size}", plan=[], read_size=8192, read_pause=0.0005
+    )
+    answer = await driver.exchange(request, key)
+    assert answer is not None
+    assert answer.status == 200 and answer.complete, answer.status
+    assert answer.body == expected_stream(n, size), len(answer.body)
+    events = (await driver.record(key))["events"]
+    assert events == (
+        [body_entry(b""), ["mark", "sent"]] if "asgi" in driver.features else [body_entry(b"")]
+    )
+
+
+async def app_error_before_start(driver: Driver) -> None:
+    key = new_key("error-before")
+    data = payload(10)
+    answer = await driver.exchange(Request(path="/error-before", plan=[data]), key)
+    assert answer is not None
+    assert (answer.status, answer.complete) == (500, True), answer
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(data), ["raised", "AppError"]], record
+
+
+async def app_error_after_start(driver: Driver) -> None:
+    """The app raises after its response began: the front-end must be able to tell the
+    response was cut (else it passes a truncated body on as a whole one)."""
+    key = new_key("error-after")
+    data = payload(10)
+    answer = await driver.exchange(Request(path="/error-after", plan=[data]), key)
+    assert answer is not None
+    assert answer.status == 200 and answer.body.startswith(b"partial"), answer
+    record = await driver.record(key)
+    # WSGI: the error comes from the response iterable, after the app returned.
+    expected = (
+        [body_entry(data), ["raised", "AppError"]]
+        if "asgi" in driver.features
+        else [body_entry(data)]
+    )
+    assert record["events"] == expected, record
+    assert not answer.complete, f"a cut response looks complete on {driver.name}: {answer}"
+
+
+# --- lifespan and extensions -----------------------------------------------------------
+
+
+@needs("asgi")
+async def lifespan_state(driver: Driver) -> None:
+    answer = await driver.exchange(Request(path="/state", method="GET"), new_key("state"))
+    assert answer is not None
+    assert (answer.status, answer.body) == (200, STATE_TOKEN.encode()), answer
+
+
+@needs("asgi")
+async def pathsend(driver: Driver) -> None:
+    key = new_key("pathsend")
+    answer = await driver.exchange(Request(path="/pathsend", method="GET"), key)
+    assert answer is not None
+    assert (answer.status, answer.body, answer.complete) == (200, PATHSEND_BODY, True), answer
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(b""), ["mark", "pathsend offered"]], record
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (
+        body_in_one_piece,
+        body_in_many_pieces,
+        body_byte_by_byte,
+        body_after_pause,
+        empty_body,
+        chunked_upload,
+        large_body,
+        receive_after_body,
+        client_gone_before_body,
+        client_gone_during_body,
+        client_gone_after_body,
+        streamed_response_slow_reader,
+        app_error_before_start,
+        app_error_after_start,
+        lifespan_state,
+        pathsend,
+    )
+}

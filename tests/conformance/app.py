@@ -10,11 +10,13 @@ later request, for servers in another process.
 Routes (the same in both apps where WSGI can say it):
 
 - ``/echo``: read the body; answer ``len=<n> sha=<hex>``.
+- ``/peek``: call receive() in a cancelled scope three times, then as /echo.
 - ``/after``: read the body, then call ``receive()`` again while the response is
   streamed in two parts: ASGI says it returns ``http.disconnect`` once the response
   is sent (or the client is gone), not before.
 - ``/wait``: read the body, then wait in ``receive()`` for the client to go.
 - ``/stream?n=N&size=S``: read the body, then send N chunks of S bytes.
+- ``/stream-until-gone``: read the body, then stream until ``send()`` raises.
 - ``/error-before``, ``/error-after``: read the body, raise before / after the start.
 - ``/state``: answer the lifespan state's ``token``.
 - ``/pathsend``: answer ``PATHSEND_BODY`` with ``http.response.pathsend`` when offered.
@@ -46,6 +48,8 @@ with open(PATHSEND_FILE, "wb") as _f:
 # and how long it waits for it once the response is done.
 AFTER_HALFWAY = 0.05
 AFTER_PATIENCE = 3.0
+# /stream-until-gone: chunks of 16 KiB, 2 ms apart, until send() raises.
+STREAM_UNTIL_GONE_CHUNKS = 500
 
 
 class AppError(Exception):
@@ -195,7 +199,22 @@ async def _read_body(receive: Any, rec: Recorder) -> bytes | None:
             return b"".join(parts)
 
 
+async def _peek(receive: Any, rec: Recorder) -> None:
+    """Starlette's ``is_disconnected()``: receive() in a scope cancelled before the call,
+    several times, with time for the body to come between. A message handed to a
+    cancelled receive() is what such an app drops: the body would lose it."""
+    for _ in range(3):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            message = await receive()
+            rec.add("handed to a cancelled receive()", message["type"])
+        await anyio.sleep(0.03)
+
+
 async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, path: str) -> None:
+    if path == "/peek":
+        await _peek(receive, rec)
+        path = "/echo"
     body = await _read_body(receive, rec)
     if body is None:
         return
@@ -222,6 +241,8 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
             )
         await send({"type": "http.response.body", "body": b""})
         rec.add("mark", "sent")
+    elif path == "/stream-until-gone":
+        await _stream_until_gone(send, rec)
     elif path == "/error-before":
         raise AppError("before the start, on purpose")
     elif path == "/error-after":
@@ -247,6 +268,23 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
             await _answer(send, 200, PATHSEND_BODY)
     else:
         await _answer(send, 404, b"no such route")
+
+
+async def _stream_until_gone(send: Any, rec: Recorder) -> None:
+    """Stream for at most about a second; ASGI 2.4: once the client is gone, send()
+    raises an OSError."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    try:
+        for i in range(STREAM_UNTIL_GONE_CHUNKS):
+            await send(
+                {"type": "http.response.body", "body": stream_chunk(i, 16384), "more_body": True}
+            )
+            await anyio.sleep(0.002)
+    except OSError as exc:
+        rec.add("send raised OSError", isinstance(exc, OSError))
+        return
+    rec.add("mark", "sent every chunk: the client's going was never seen")
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _after(receive: Any, send: Any, rec: Recorder) -> None:

@@ -117,6 +117,16 @@ async def chunked_upload(driver: Driver) -> None:
     await _echo(driver, Request(plan=plan, length_known=False), "chunked")
 
 
+@needs("asgi")
+async def receive_cancelled_at_call(driver: Driver) -> None:
+    """A receive() cancelled before it could wait (Starlette's ``is_disconnected()``)
+    returns nothing: what it would have returned comes from the next receive()."""
+    data = payload(500)
+    # The app peeks at 0, 30 and 60 ms: the first piece comes between the first two.
+    plan: list[Any] = [b"", Pause(0.015), data[:200], Pause(0.06), data[200:]]
+    await _echo(driver, Request(path="/peek", plan=plan), "peek")
+
+
 async def large_body(driver: Driver) -> None:
     # Larger than every buffer on the way (socket buffers, FastCGI records of
     # 64 KiB, the server's reads): the app gets every byte in order.
@@ -186,6 +196,18 @@ async def client_gone_after_body(driver: Driver) -> None:
         ["http.disconnect"],
         ["send raised OSError", True],
     ], record
+
+
+@needs("asgi")
+async def client_gone_during_response(driver: Driver) -> None:
+    """The client goes while the app streams its answer: the app's send() raises an
+    OSError (ASGI 2.4), on every path and both loops."""
+    key = new_key("gone-response")
+    data = payload(10)
+    request = Request(path="/stream-until-gone", plan=[data, Pause(0.05)], vanish=True)
+    assert await driver.exchange(request, key) is None
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(data), ["send raised OSError", True]], record
 
 
 # --- the response ----------------------------------------------------------------------
@@ -266,10 +288,12 @@ SCENARIOS = {
         empty_body,
         chunked_upload,
         large_body,
+        receive_cancelled_at_call,
         receive_after_body,
         client_gone_before_body,
         client_gone_during_body,
         client_gone_after_body,
+        client_gone_during_response,
         streamed_response_slow_reader,
         app_error_before_start,
         app_error_after_start,

@@ -61,6 +61,11 @@ async def test_large_body(http_path: Driver) -> None:
     await scenarios.large_body(http_path)
 
 
+@over_paths(scenarios.receive_cancelled_at_call)
+async def test_receive_cancelled_at_call(http_path: Driver) -> None:
+    await scenarios.receive_cancelled_at_call(http_path)
+
+
 @over_paths(scenarios.receive_after_body)
 async def test_receive_after_body(http_path: Driver) -> None:
     await scenarios.receive_after_body(http_path)
@@ -79,6 +84,11 @@ async def test_client_gone_during_body(http_path: Driver) -> None:
 @over_paths(scenarios.client_gone_after_body)
 async def test_client_gone_after_body(http_path: Driver) -> None:
     await scenarios.client_gone_after_body(http_path)
+
+
+@over_paths(scenarios.client_gone_during_response)
+async def test_client_gone_during_response(http_path: Driver) -> None:
+    await scenarios.client_gone_during_response(http_path)
 
 
 @over_paths(scenarios.streamed_response_slow_reader)

@@ -251,7 +251,9 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
         raise AppError("after the start, on purpose")
     elif path == "/state":
         token = scope.get("state", {}).get("token", "no state")
-        await _answer(send, 200, token.encode())
+        # The ASGI spec version the server says it follows, for the peers' report.
+        spec = str(scope.get("asgi", {}).get("spec_version", "2.0")).encode()
+        await _answer(send, 200, token.encode(), [(b"x-asgi-spec-version", spec)])
     elif path == "/pathsend":
         offered = "http.response.pathsend" in (scope.get("extensions") or {})
         rec.add("mark", "pathsend offered" if offered else "pathsend not offered")

@@ -51,11 +51,12 @@ ALL_PATHS = ASGI_PATHS + WSGI_PATHS
 
 
 def features(path: str) -> frozenset[str]:
-    """What a path can carry (scenarios.NEEDS): the ASGI app or the WSGI one, and a
-    body of unknown length (FastCGI streams STDIN; SCGI needs CONTENT_LENGTH)."""
-    out = set()
+    """What a path can carry (scenarios.NEEDS): the ASGI app (with pathsend) or the
+    WSGI one, a body of unknown length (FastCGI streams STDIN; SCGI needs
+    CONTENT_LENGTH), and a body as it comes (every in-process path)."""
+    out = {"streams_body"}
     if not path.startswith("wsgi-"):
-        out.add("asgi")
+        out |= {"asgi", "pathsend"}
     if "fastcgi" in path:
         out.add("unknown_length")
     return frozenset(out)
@@ -309,8 +310,8 @@ class Driver:
     """Sends one :class:`Request` over one path; reads the app's record of it."""
 
     name = ""
-    # features(name): "asgi" (the WSGI paths run the WSGI app), "unknown_length".
-    features: frozenset[str] = frozenset({"asgi", "unknown_length"})
+    # features(name): what the path can carry (scenarios.NEEDS).
+    features: frozenset[str] = frozenset()
     # The app runs in this process: its records are read directly.
     in_process = True
 

@@ -27,6 +27,11 @@ Scenario = Callable[[Driver], Awaitable[None]]
 # What a scenario may need of a path, and why a path without it can't run it.
 NEEDS = {
     "asgi": "WSGI has no receive() after the body, no disconnect, no lifespan, no pathsend",
+    "streams_body": (
+        "the front-end buffers the whole body before it connects (nginx scgi_pass): a "
+        "client gone before the body's end never reaches the server"
+    ),
+    "pathsend": "the server does not offer http.response.pathsend (an optional extension)",
     "unknown_length": (
         "SCGI's head must start with CONTENT_LENGTH: front-ends buffer a chunked upload "
         "whole (nginx) or refuse it (Apache: 411) before passing it on"
@@ -163,7 +168,7 @@ async def receive_after_body(driver: Driver) -> None:
     )
 
 
-@needs("asgi")
+@needs("asgi", "streams_body")
 async def client_gone_before_body(driver: Driver) -> None:
     key = new_key("gone-before")
     request = Request(plan=[b"", Pause(0.03)], declared_length=100, end_body=False, vanish=True)
@@ -172,7 +177,7 @@ async def client_gone_before_body(driver: Driver) -> None:
     assert record["events"] == [["http.disconnect"]], record
 
 
-@needs("asgi")
+@needs("asgi", "streams_body")
 async def client_gone_during_body(driver: Driver) -> None:
     key = new_key("gone-during")
     half = payload(50)
@@ -246,7 +251,10 @@ async def app_error_after_start(driver: Driver) -> None:
     data = payload(10)
     answer = await driver.exchange(Request(path="/error-after", plan=[data]), key)
     assert answer is not None
-    assert answer.status == 200 and answer.body.startswith(b"partial"), answer
+    # A front-end that buffers the response may drop the part it holds (nginx
+    # scgi_buffering): the status and no more.
+    assert answer.status == 200, answer
+    assert answer.body == b"partial" or (not driver.in_process and answer.body == b""), answer
     record = await driver.record(key)
     # WSGI: the error comes from the response iterable, after the app returned.
     expected = (
@@ -268,7 +276,7 @@ async def lifespan_state(driver: Driver) -> None:
     assert (answer.status, answer.body) == (200, STATE_TOKEN.encode()), answer
 
 
-@needs("asgi")
+@needs("asgi", "pathsend")
 async def pathsend(driver: Driver) -> None:
     key = new_key("pathsend")
     answer = await driver.exchange(Request(path="/pathsend", method="GET"), key)

@@ -11,6 +11,7 @@ Routes (the same in both apps where WSGI can say it):
 
 - ``/echo``: read the body; answer ``len=<n> sha=<hex>``.
 - ``/peek``: call receive() in a cancelled scope three times, then as /echo.
+- ``/slow-read``: leave the body unread for ``SLOW_READ_DELAY``, then as /echo.
 - ``/after``: read the body, then call ``receive()`` again while the response is
   streamed in two parts: ASGI says it returns ``http.disconnect`` once the response
   is sent (or the client is gone), not before.
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -36,6 +38,10 @@ import anyio
 
 # key -> {"events": [...], "done": bool}
 RECORDS: dict[str, dict[str, Any]] = {}
+# key -> time.monotonic() when /slow-read began to read its body (in-process only).
+READ_STARTED: dict[str, float] = {}
+# How long /slow-read leaves its body unread.
+SLOW_READ_DELAY = 0.3
 
 STATE_TOKEN = "from-the-lifespan"
 PATHSEND_BODY = b"pathsend body, " * 100
@@ -215,6 +221,10 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
     if path == "/peek":
         await _peek(receive, rec)
         path = "/echo"
+    elif path == "/slow-read":
+        await anyio.sleep(SLOW_READ_DELAY)
+        READ_STARTED[rec.key] = time.monotonic()
+        path = "/echo"
     body = await _read_body(receive, rec)
     if body is None:
         return
@@ -329,6 +339,10 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes] | 
         return [_record_answer(path[len("/_record/") :])]
     rec = Recorder(environ.get("HTTP_X_RECORD", ""))
     try:
+        if path == "/slow-read":
+            time.sleep(SLOW_READ_DELAY)  # a worker thread: WSGI blocks
+            READ_STARTED[rec.key] = time.monotonic()
+            path = "/echo"
         stream = environ["wsgi.input"]
         parts = []
         while True:

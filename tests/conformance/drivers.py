@@ -6,7 +6,8 @@ after the plan, how slowly to read); a driver sends it over its path and returns
 an :class:`Answer` (status, headers, body, and whether the response was complete
 or cut, as a front-end can tell). Paths:
 
-- ``scgi``: one TCP connection per request (TCP: a reset must be seen to tell a cut).
+- ``scgi``: one connection per request, Unix, or TCP when the scenario looks at a cut
+  (a reset must be seen to tell one).
 - ``fastcgi``: one Unix connection per request, no FCGI_KEEP_CONN (nginx's default).
 - ``fastcgi-keep``: FCGI_KEEP_CONN, the request sent twice on one connection (nginx
   ``fastcgi_keep_conn on``); both answers and both records must agree.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import itertools
 import struct
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,8 +55,9 @@ ALL_PATHS = ASGI_PATHS + WSGI_PATHS
 def features(path: str) -> frozenset[str]:
     """What a path can carry (scenarios.NEEDS): the ASGI app (with pathsend) or the
     WSGI one, a body of unknown length (FastCGI streams STDIN; SCGI needs
-    CONTENT_LENGTH), and a body as it comes (every in-process path)."""
-    out = {"streams_body"}
+    CONTENT_LENGTH), a body as it comes, and the app in this process (every path
+    here)."""
+    out = {"streams_body", "in_process"}
     if not path.startswith("wsgi-"):
         out |= {"asgi", "pathsend"}
     if "fastcgi" in path:
@@ -100,6 +103,9 @@ class Request:
     vanish: bool = False
     read_size: int = 65536
     read_pause: float = 0.0
+    # The scenario looks at whether the answer was cut: SCGI then goes over TCP,
+    # where a reset shows (on AF_UNIX a reset and a clean close look the same).
+    cut_must_show: bool = False
 
     @property
     def body(self) -> bytes:
@@ -315,8 +321,12 @@ class Driver:
     # The app runs in this process: its records are read directly.
     in_process = True
 
+    # (plan bytes sent, time.monotonic()) after each piece of the last exchange.
+    progress: list[tuple[int, float]]
+
     async def exchange(self, request: Request, key: str = "") -> Answer | None:
         """Send ``request``; return the answer, or None if the client vanished."""
+        self.progress = []
         with trio.fail_after(PATIENCE):
             return await self._exchange(request, key)
 
@@ -338,7 +348,13 @@ async def _wait_record(key: str) -> dict[str, Any]:
 
 
 async def _send_plan(
-    stream: trio.SocketStream, head: bytes, request: Request, encode: Any, end: bytes = b""
+    stream: trio.SocketStream,
+    head: bytes,
+    request: Request,
+    encode: Any,
+    end: bytes = b"",
+    *,
+    progress: list[tuple[int, float]] | None = None,
 ) -> bool:
     """Send the head and the plan, and ``end`` with the last piece if the body ends.
 
@@ -362,6 +378,9 @@ async def _send_plan(
                     data += end
                 await stream.send_all(data)
                 pending = b""
+                if progress is not None:
+                    done = progress[-1][0] if progress else 0
+                    progress.append((done + len(step), time.monotonic()))
         if pending:
             await stream.send_all(pending)
     except trio.BrokenResourceError:
@@ -370,10 +389,13 @@ async def _send_plan(
 
 
 class ScgiDriver(Driver):
+    """A connection per request: Unix, or TCP when a cut must show."""
+
     name = "scgi"
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    def __init__(self, unix: str, tcp: str) -> None:
+        self.unix = unix
+        self.tcp = tcp
 
     async def _exchange(self, request: Request, key: str) -> Answer | None:
         request = _with_key(request, key)
@@ -381,9 +403,9 @@ class ScgiDriver(Driver):
         head = scgi_client.encode_raw(
             b"".join(k + b"\0" + v + b"\0" for k, v in _encoded(scgi_vars(request)))
         )
-        stream = await scgi_client.connect(self.address)
+        stream = await scgi_client.connect(self.tcp if request.cut_must_show else self.unix)
         async with stream:
-            await _send_plan(stream, head, request, lambda b: b)
+            await _send_plan(stream, head, request, lambda b: b, progress=self.progress)
             if request.vanish:
                 return None
             reader = _Reader(stream, request)
@@ -414,7 +436,9 @@ class FastcgiDriver(Driver):
     async def _one(self, stream: trio.SocketStream, request: Request) -> Answer | None:
         head = _fcgi_head(request, 1, self.keep)
         end = fc.record(fc.STDIN, 1)
-        sent = await _send_plan(stream, head, request, lambda b: _stdin(1, b), end)
+        sent = await _send_plan(
+            stream, head, request, lambda b: _stdin(1, b), end, progress=self.progress
+        )
         if request.vanish and sent:
             return None
         results = await _read_records(_Reader(stream, request), (1,))
@@ -475,6 +499,7 @@ class MultiplexDriver(Driver):
                 request,
                 lambda b: b"".join(_stdin(rid, b) for rid in ids),
                 b"".join(fc.record(fc.STDIN, rid) for rid in ids),
+                progress=self.progress,
             )
             if sent and request.vanish:
                 try:
@@ -543,7 +568,7 @@ async def running_path(path: str) -> AsyncIterator[Driver]:
             tcp = next(a for a in server.addresses if not a.startswith("unix:"))
             driver: Driver
             if wire == "scgi":
-                driver = ScgiDriver(tcp)
+                driver = ScgiDriver(unix, tcp)
             elif wire == "fastcgi":
                 driver = FastcgiDriver(unix)
             elif wire == "fastcgi-keep":

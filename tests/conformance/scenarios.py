@@ -18,7 +18,14 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .app import AFTER_PATIENCE, PATHSEND_BODY, STATE_TOKEN, echo_body, expected_stream
+from .app import (
+    AFTER_PATIENCE,
+    PATHSEND_BODY,
+    READ_STARTED,
+    STATE_TOKEN,
+    echo_body,
+    expected_stream,
+)
 from .drivers import Driver, Pause, Request, new_key
 
 Scenario = Callable[[Driver], Awaitable[None]]
@@ -31,6 +38,7 @@ NEEDS = {
         "the front-end buffers the whole body before it connects (nginx scgi_pass): a "
         "client gone before the body's end never reaches the server"
     ),
+    "in_process": "compares the app's clock with the client's: the app must run in-process",
     "pathsend": "the server does not offer http.response.pathsend (an optional extension)",
     "unknown_length": (
         "SCGI's head must start with CONTENT_LENGTH: front-ends buffer a chunked upload "
@@ -79,7 +87,8 @@ async def _echo(driver: Driver, request: Request, label: str) -> None:
 
 
 def payload(n: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) % 256 for i in range(n))
+    period = bytes((i * 7 + seed) % 256 for i in range(256))
+    return (period * (n // 256 + 1))[:n]
 
 
 # --- the body, as the network delivers it ---------------------------------------------
@@ -120,6 +129,30 @@ async def chunked_upload(driver: Driver) -> None:
     plan: list[Any] = [b"", Pause(0.02), payload(300), Pause(0.02), payload(500, 1), Pause(0.02)]
     plan.append(payload(7, 2))
     await _echo(driver, Request(plan=plan, length_known=False), "chunked")
+
+
+# How much of a body the app has not asked for yet may be taken off the wire: the
+# FastCGI connection's buffer (1 MiB), socket buffers (Unix: a few hundred KiB) and
+# one read. A server that read on regardless would take the whole 12 MiB.
+HELD_BACK_BOUND = 4 << 20
+
+
+@needs("in_process")
+async def large_body_held_back(driver: Driver) -> None:
+    """Back-pressure: while the app leaves its body unread, the client can't send much of
+    it; then the app gets every byte."""
+    key = new_key("held-back")
+    data = payload(12 << 20)
+    plan: list[Any] = [data[i : i + (256 << 10)] for i in range(0, len(data), 256 << 10)]
+    request = Request(path="/slow-read", plan=plan)
+    answer = await driver.exchange(request, key)
+    assert answer is not None
+    assert (answer.status, answer.body, answer.complete) == (200, echo_body(data), True), answer
+    started = min(t for k, t in READ_STARTED.items() if k.partition("#")[0] == key)
+    sent = max((n for n, t in driver.progress if t <= started), default=0)
+    assert sent <= HELD_BACK_BOUND, f"{sent} bytes taken before the app read any"
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(data)], record
 
 
 @needs("asgi")
@@ -249,7 +282,8 @@ async def app_error_after_start(driver: Driver) -> None:
     response was cut (else it passes a truncated body on as a whole one)."""
     key = new_key("error-after")
     data = payload(10)
-    answer = await driver.exchange(Request(path="/error-after", plan=[data]), key)
+    request = Request(path="/error-after", plan=[data], cut_must_show=True)
+    answer = await driver.exchange(request, key)
     assert answer is not None
     # A front-end that buffers the response may drop the part it holds (nginx
     # scgi_buffering): the status and no more.
@@ -296,6 +330,7 @@ SCENARIOS = {
         empty_body,
         chunked_upload,
         large_body,
+        large_body_held_back,
         receive_cancelled_at_call,
         receive_after_body,
         client_gone_before_body,

@@ -61,6 +61,11 @@ async def test_large_body(http_path: Driver) -> None:
     await scenarios.large_body(http_path)
 
 
+@over_paths(scenarios.large_body_held_back)
+async def test_large_body_held_back(http_path: Driver) -> None:
+    await scenarios.large_body_held_back(http_path)
+
+
 @over_paths(scenarios.receive_cancelled_at_call)
 async def test_receive_cancelled_at_call(http_path: Driver) -> None:
     await scenarios.receive_cancelled_at_call(http_path)

@@ -174,7 +174,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     try:
         await _route(scope, receive, send, rec, path)
     except BaseException as exc:
-        rec.add("raised", type(exc).__name__)
+        name = type(exc).__name__
+        # trio's Cancelled and asyncio's CancelledError: the same event, by loop.
+        rec.add("raised", "cancelled" if name in ("Cancelled", "CancelledError") else name)
         raise
     finally:
         rec.done()

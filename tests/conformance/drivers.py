@@ -67,6 +67,8 @@ def features(path: str) -> frozenset[str]:
 
 # Every exchange and every wait for a record ends by itself within this.
 PATIENCE = 15.0
+# The server's graceful_timeout: how long a shutdown waits for requests in flight.
+GRACEFUL_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,12 @@ class Pause:
     seconds: float = 0.03
 
 
-Step = bytes | Pause
+@dataclass(frozen=True)
+class Shutdown:
+    """Ask the server to shut down gracefully now (in-process servers only)."""
+
+
+Step = bytes | Pause | Shutdown
 
 
 @dataclass
@@ -323,6 +330,8 @@ class Driver:
 
     # (plan bytes sent, time.monotonic()) after each piece of the last exchange.
     progress: list[tuple[int, float]]
+    # Begins the server's graceful shutdown (a Shutdown step); set by running_path.
+    shutdown: Any = None
 
     async def exchange(self, request: Request, key: str = "") -> Answer | None:
         """Send ``request``; return the answer, or None if the client vanished."""
@@ -355,6 +364,7 @@ async def _send_plan(
     end: bytes = b"",
     *,
     progress: list[tuple[int, float]] | None = None,
+    shutdown: Any = None,
 ) -> bool:
     """Send the head and the plan, and ``end`` with the last piece if the body ends.
 
@@ -367,7 +377,13 @@ async def _send_plan(
         pending += end
     try:
         for i, step in enumerate(steps):
-            if isinstance(step, Pause):
+            if isinstance(step, Shutdown):
+                if pending:
+                    await stream.send_all(pending)
+                    pending = b""
+                assert shutdown is not None, "this path can't shut its server down"
+                shutdown()
+            elif isinstance(step, Pause):
                 if pending:
                     await stream.send_all(pending)
                     pending = b""
@@ -405,7 +421,14 @@ class ScgiDriver(Driver):
         )
         stream = await scgi_client.connect(self.tcp if request.cut_must_show else self.unix)
         async with stream:
-            await _send_plan(stream, head, request, lambda b: b, progress=self.progress)
+            await _send_plan(
+                stream,
+                head,
+                request,
+                lambda b: b,
+                progress=self.progress,
+                shutdown=self.shutdown,
+            )
             if request.vanish:
                 return None
             reader = _Reader(stream, request)
@@ -437,7 +460,13 @@ class FastcgiDriver(Driver):
         head = _fcgi_head(request, 1, self.keep)
         end = fc.record(fc.STDIN, 1)
         sent = await _send_plan(
-            stream, head, request, lambda b: _stdin(1, b), end, progress=self.progress
+            stream,
+            head,
+            request,
+            lambda b: _stdin(1, b),
+            end,
+            progress=self.progress,
+            shutdown=self.shutdown,
         )
         if request.vanish and sent:
             return None
@@ -500,6 +529,7 @@ class MultiplexDriver(Driver):
                 lambda b: b"".join(_stdin(rid, b) for rid in ids),
                 b"".join(fc.record(fc.STDIN, rid) for rid in ids),
                 progress=self.progress,
+                shutdown=self.shutdown,
             )
             if sent and request.vanish:
                 try:
@@ -562,7 +592,7 @@ async def running_path(path: str) -> AsyncIterator[Driver]:
             app_loop=loop,
             read_timeout=PATIENCE,
             drain_timeout=2.0,
-            graceful_timeout=2.0,
+            graceful_timeout=GRACEFUL_TIMEOUT,
         ) as server:
             unix = next(a for a in server.addresses if a.startswith("unix:"))
             tcp = next(a for a in server.addresses if not a.startswith("unix:"))
@@ -579,6 +609,7 @@ async def running_path(path: str) -> AsyncIterator[Driver]:
                 raise ValueError(path)
             driver.name = path
             driver.features = features(path)
+            driver.shutdown = server.stop
             yield driver
     finally:
         for p in d.iterdir():

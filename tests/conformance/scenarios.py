@@ -26,7 +26,7 @@ from .app import (
     echo_body,
     expected_stream,
 )
-from .drivers import Driver, Pause, Request, new_key
+from .drivers import Driver, Pause, Request, Shutdown, new_key
 
 Scenario = Callable[[Driver], Awaitable[None]]
 
@@ -248,6 +248,22 @@ async def client_gone_during_response(driver: Driver) -> None:
     assert record["events"] == [body_entry(data), ["send raised OSError", True]], record
 
 
+@needs("asgi", "in_process")
+async def shutdown_while_waiting(driver: Driver) -> None:
+    """A graceful shutdown while the app waits in receive() after its body: past
+    graceful_timeout the app is cancelled where it waits, on both loops alike, and the
+    front-end gets no response that looks whole."""
+    key = new_key("shutdown")
+    data = payload(10)
+    plan: list[Any] = [data, Pause(0.03), Shutdown()]
+    answer = await driver.exchange(Request(path="/wait", plan=plan, cut_must_show=True), key)
+    assert answer is not None
+    # Today nothing is sent (nginx answers 502); a whole 503 would do as well.
+    assert not answer.complete or answer.status == 503, answer
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(data), ["raised", "cancelled"]], record
+
+
 # --- the response ----------------------------------------------------------------------
 
 
@@ -337,6 +353,7 @@ SCENARIOS = {
         client_gone_during_body,
         client_gone_after_body,
         client_gone_during_response,
+        shutdown_while_waiting,
         streamed_response_slow_reader,
         app_error_before_start,
         app_error_after_start,

@@ -96,6 +96,11 @@ async def test_client_gone_during_response(http_path: Driver) -> None:
     await scenarios.client_gone_during_response(http_path)
 
 
+@over_paths(scenarios.shutdown_while_waiting)
+async def test_shutdown_while_waiting(http_path: Driver) -> None:
+    await scenarios.shutdown_while_waiting(http_path)
+
+
 @over_paths(scenarios.streamed_response_slow_reader)
 async def test_streamed_response_slow_reader(http_path: Driver) -> None:
     await scenarios.streamed_response_slow_reader(http_path)

@@ -15,7 +15,8 @@ Routes (the same in both apps where WSGI can say it):
 - ``/after``: read the body, then call ``receive()`` again while the response is
   streamed in two parts: ASGI says it returns ``http.disconnect`` once the response
   is sent (or the client is gone), not before.
-- ``/wait``: read the body, then wait in ``receive()`` for the client to go.
+- ``/wait``: read the body, then wait in ``receive()`` for the client to go
+  (``?busy``: after 0.1 s busy elsewhere).
 - ``/stream?n=N&size=S``: read the body, then send N chunks of S bytes.
 - ``/stream-until-gone``: read the body, then stream until ``send()`` raises.
 - ``/error-before``, ``/error-after``: read the body, raise before / after the start.
@@ -235,6 +236,8 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
     elif path == "/after":
         await _after(receive, send, rec)
     elif path == "/wait":
+        if scope["query_string"] == b"busy":
+            await anyio.sleep(0.1)  # not in receive() when the client goes
         message = await receive()
         rec.add(message["type"])
         try:

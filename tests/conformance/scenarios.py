@@ -237,6 +237,21 @@ async def client_gone_after_body(driver: Driver) -> None:
 
 
 @needs("asgi")
+async def client_gone_while_app_busy(driver: Driver) -> None:
+    """The client goes while the app is busy elsewhere; its next receive() says so."""
+    key = new_key("gone-busy")
+    data = payload(100)
+    request = Request(path="/wait", query="busy", plan=[data, Pause(0.03)], vanish=True)
+    assert await driver.exchange(request, key) is None
+    record = await driver.record(key)
+    assert record["events"] == [
+        body_entry(data),
+        ["http.disconnect"],
+        ["send raised OSError", True],
+    ], record
+
+
+@needs("asgi")
 async def client_gone_during_response(driver: Driver) -> None:
     """The client goes while the app streams its answer: the app's send() raises an
     OSError (ASGI 2.4), on every path and both loops."""
@@ -352,6 +367,7 @@ SCENARIOS = {
         client_gone_before_body,
         client_gone_during_body,
         client_gone_after_body,
+        client_gone_while_app_busy,
         client_gone_during_response,
         shutdown_while_waiting,
         streamed_response_slow_reader,

@@ -91,6 +91,11 @@ async def test_client_gone_after_body(http_path: Driver) -> None:
     await scenarios.client_gone_after_body(http_path)
 
 
+@over_paths(scenarios.client_gone_while_app_busy)
+async def test_client_gone_while_app_busy(http_path: Driver) -> None:
+    await scenarios.client_gone_while_app_busy(http_path)
+
+
 @over_paths(scenarios.client_gone_during_response)
 async def test_client_gone_during_response(http_path: Driver) -> None:
     await scenarios.client_gone_during_response(http_path)

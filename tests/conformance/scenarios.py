@@ -38,7 +38,7 @@ NEEDS = {
         "the front-end buffers the whole body before it connects (nginx scgi_pass): a "
         "client gone before the body's end never reaches the server"
     ),
-    "in_process": "compares the app's clock with the client's: the app must run in-process",
+    "in_process": "needs the server in this process (the app's clock, a shutdown on cue)",
     "pathsend": "the server does not offer http.response.pathsend (an optional extension)",
     "unknown_length": (
         "SCGI's head must start with CONTENT_LENGTH: front-ends buffer a chunked upload "

@@ -84,21 +84,20 @@ def normalize(events: list[Any]) -> list[Any]:
     message before the last has more_body True (``check_splits``).
     """
     out: list[Any] = []
-    hasher = None
+    in_body = False
     for event in events:
         if event[0] == "http.request":
-            _, data, more = event
-            if hasher is None:
-                hasher = hashlib.sha256()
+            # ["http.request", length, more_body, sha16 of the body so far]
+            _, length, more, digest = event
+            if not in_body:
                 out.append(["body", 0, "", False])
-            hasher.update(data)
-            out[-1][1] += len(data)
-            out[-1][2] = hasher.hexdigest()[:16]
+                in_body = True
+            out[-1][1] += length
+            out[-1][2] = digest
             out[-1][3] = not more
-            if not more:
-                hasher = None
+            in_body = more
         else:
-            hasher = None
+            in_body = False
             out.append(list(event))
     return out
 
@@ -128,14 +127,26 @@ def record_view(key: str) -> dict[str, Any] | None:
 
 
 class Recorder:
+    """One request's record. Bodies are kept as lengths and a running digest, not
+    bytes: the records of a whole test session stay small."""
+
     def __init__(self, key: str) -> None:
         self.key = key
         self.events: list[Any] = []
+        self._hasher: Any = None
         if key:
             RECORDS[key] = {"events": self.events, "done": False}
 
     def add(self, *event: Any) -> None:
         self.events.append(list(event))
+
+    def add_body(self, data: bytes, more: bool) -> None:
+        if self._hasher is None:
+            self._hasher = hashlib.sha256()
+        self._hasher.update(data)
+        self.add("http.request", len(data), more, self._hasher.hexdigest()[:16])
+        if not more:
+            self._hasher = None
 
     def done(self) -> None:
         if self.key:
@@ -202,7 +213,7 @@ async def _read_body(receive: Any, rec: Recorder) -> bytes | None:
         if message["type"] == "http.disconnect":
             rec.add("http.disconnect")
             return None
-        rec.add("http.request", bytes(message.get("body", b"")), message.get("more_body", False))
+        rec.add_body(message.get("body", b""), message.get("more_body", False))
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
@@ -357,7 +368,7 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes] | 
                 break
             parts.append(data)
         body = b"".join(parts)
-        rec.add("http.request", body, False)
+        rec.add_body(body, False)
         if path == "/echo":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [echo_body(body)]

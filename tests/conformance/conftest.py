@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from .app import READ_STARTED, RECORDS
 from .drivers import ALL_PATHS, Driver, running_path
 
 
@@ -17,5 +18,9 @@ from .drivers import ALL_PATHS, Driver, running_path
 async def http_path(request: pytest.FixtureRequest) -> AsyncIterator[Driver]:
     """A driver for one path (test-id part: ``scgi-trio``, ``fastcgi-mpx-asyncio``,
     ``wsgi-fastcgi``…), with trioscgi serving the suite's app on it."""
-    async with running_path(request.param) as driver:
-        yield driver
+    try:
+        async with running_path(request.param) as driver:
+            yield driver
+    finally:
+        RECORDS.clear()
+        READ_STARTED.clear()

@@ -17,6 +17,7 @@ Routes (the same in both apps where WSGI can say it):
   is sent (or the client is gone), not before.
 - ``/wait``: read the body, then wait in ``receive()`` for the client to go
   (``?busy``: after 0.1 s busy elsewhere).
+- ``/linger``: read the body, wait 0.1 s in ``receive()`` (the client stays), answer.
 - ``/stream?n=N&size=S``: read the body, then send N chunks of S bytes.
 - ``/stream-until-gone``: read the body, then stream until ``send()`` raises.
 - ``/error-before``, ``/error-after``: read the body, raise before / after the start.
@@ -256,6 +257,13 @@ async def _route(scope: dict[str, Any], receive: Any, send: Any, rec: Recorder, 
         except OSError as exc:
             # ASGI 2.4: send() after the client went raises an OSError subclass.
             rec.add("send raised OSError", isinstance(exc, OSError))
+    elif path == "/linger":
+        # The client stays: receive() must not say it went.
+        with anyio.move_on_after(0.1):
+            message = await receive()
+            rec.add(message["type"])
+        rec.add("mark", "0.1 s in receive()")
+        await _answer(send, 200, b"lingered")
     elif path == "/stream":
         query = parse_qs(scope["query_string"].decode())
         n = int(query.get("n", ["16"])[0])

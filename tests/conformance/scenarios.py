@@ -201,6 +201,19 @@ async def receive_after_body(driver: Driver) -> None:
     )
 
 
+@needs("asgi")
+async def no_disconnect_while_client_stays(driver: Driver) -> None:
+    """After the body, with the client still there and no response sent, receive()
+    waits: ``http.disconnect`` only once the response is sent or the client is gone."""
+    key = new_key("linger")
+    data = payload(100)
+    answer = await driver.exchange(Request(path="/linger", plan=[data]), key)
+    assert answer is not None
+    assert (answer.status, answer.body, answer.complete) == (200, b"lingered", True), answer
+    record = await driver.record(key)
+    assert record["events"] == [body_entry(data), ["mark", "0.1 s in receive()"]], record
+
+
 @needs("asgi", "streams_body")
 async def client_gone_before_body(driver: Driver) -> None:
     key = new_key("gone-before")
@@ -364,6 +377,7 @@ SCENARIOS = {
         large_body_held_back,
         receive_cancelled_at_call,
         receive_after_body,
+        no_disconnect_while_client_stays,
         client_gone_before_body,
         client_gone_during_body,
         client_gone_after_body,

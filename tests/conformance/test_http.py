@@ -76,6 +76,11 @@ async def test_receive_after_body(http_path: Driver) -> None:
     await scenarios.receive_after_body(http_path)
 
 
+@over_paths(scenarios.no_disconnect_while_client_stays)
+async def test_no_disconnect_while_client_stays(http_path: Driver) -> None:
+    await scenarios.no_disconnect_while_client_stays(http_path)
+
+
 @over_paths(scenarios.client_gone_before_body)
 async def test_client_gone_before_body(http_path: Driver) -> None:
     await scenarios.client_gone_before_body(http_path)

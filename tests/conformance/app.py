@@ -27,9 +27,11 @@ Routes (the same in both apps where WSGI can say it):
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,6 +50,7 @@ SLOW_READ_DELAY = 0.3
 STATE_TOKEN = "from-the-lifespan"
 PATHSEND_BODY = b"pathsend body, " * 100
 _pathsend_dir = tempfile.mkdtemp(prefix="conformance-")
+atexit.register(shutil.rmtree, _pathsend_dir, ignore_errors=True)
 PATHSEND_FILE = os.path.join(_pathsend_dir, "body.txt")
 with open(PATHSEND_FILE, "wb") as _f:
     _f.write(PATHSEND_BODY)

@@ -317,10 +317,17 @@ class _Bridge:
 
     async def asyncio_receive(self) -> Message:
         if self._stash:
-            message = self._stash.popleft()
-            if isinstance(message, BaseException):
-                raise message
-            return message
+            # What an earlier, cancelled receive() asked for. Hand it over only
+            # after a point where this call too can be cancelled, as trio's
+            # receive() checks first: an app that calls receive() in a scope
+            # cancelled beforehand (Starlette's is_disconnected()) drops what
+            # it gets, and the body would lose it.
+            await asyncio.sleep(0)
+            if self._stash:  # (not taken meanwhile by a concurrent receive())
+                message = self._stash.popleft()
+                if isinstance(message, BaseException):
+                    raise message
+                return message
         future: asyncio.Future[Message] = self._loop.create_future()
         self._pending.append(future)
         self._post((_RECEIVE,))

@@ -143,6 +143,7 @@ class HTTPCycle:
         "_host",
         "_request_done",
         "_response_done",
+        "_waiting",
         "_wire",
         "disconnected",
         "response_bytes",
@@ -156,6 +157,9 @@ class HTTPCycle:
         self._request_done = False
         self._app_has_body = False
         self._response_done = False
+        # A receive() waiting for the disconnect after the body: the response's
+        # end cancels it (ASGI: http.disconnect once the response is sent).
+        self._waiting: trio.CancelScope | None = None
         self.disconnected = False
         self.status = 0
         self.response_bytes = 0
@@ -340,8 +344,10 @@ class HTTPCycle:
             # ASGI: once the connection is gone, receive() says so, even if
             # the app never read the (empty) body.
             if not (self.disconnected or self._response_done):
-                await self._wire.wait_disconnect()
-                self.disconnected = True
+                with trio.CancelScope() as self._waiting:
+                    await self._wire.wait_disconnect()
+                    self.disconnected = True
+                self._waiting = None
             return {"type": "http.disconnect"}
         if self._request_done:
             # An empty body (known at the head), or one the server drained.
@@ -398,6 +404,8 @@ class HTTPCycle:
             self.response_bytes += len(body)
             if not more:
                 self._response_done = True
+                if self._waiting is not None:
+                    self._waiting.cancel()
             return
         if kind == "http.response.start":
             if self._head is not None:
@@ -494,6 +502,8 @@ class HTTPCycle:
             raise RuntimeError(f"file ended after {sent} of {count} bytes")
         if not more:
             self._response_done = True
+            if self._waiting is not None:
+                self._waiting.cancel()
         return sent
 
 

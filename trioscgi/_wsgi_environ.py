@@ -225,6 +225,13 @@ def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool
                 environ[name] = value
         for name in _DROP:
             environ.pop(name, None)
+        # nginx's stock params send the Content-Type header twice: as CONTENT_TYPE and as
+        # HTTP_CONTENT_TYPE. PEP 3333 gives the header only the CGI name (wsgiref.validate
+        # refuses the other); a front-end that sent only the HTTP_ one (nginx without
+        # scgi_params) gets it under the CGI name.
+        header_type = environ.pop("HTTP_CONTENT_TYPE", None)
+        if header_type is not None and not environ.get("CONTENT_TYPE"):
+            environ["CONTENT_TYPE"] = header_type
     else:
         # A scope that did not come from SCGI (an embedding program, a test): the
         # headers are all there is.

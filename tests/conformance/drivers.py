@@ -289,7 +289,11 @@ async def _read_records(reader: _Reader, ids: tuple[int, ...]) -> dict[int, _Fcg
     buffer = bytearray()
     while not all(r.ended for r in results.values()):
         while len(buffer) >= 8:
-            _, kind, rid, length, padding = struct.unpack(">BBHHBx", buffer[:8])
+            version, kind, rid, length, padding = struct.unpack(">BBHHBx", buffer[:8])
+            if version != 1:  # FastCGI 1.0
+                # What a front-end takes for an upstream error (trioscgi writes one
+                # before closing on a cut response): the stream ends here, not ended.
+                return results
             if len(buffer) < 8 + length + padding:
                 break
             content = bytes(buffer[8 : 8 + length])

@@ -762,8 +762,9 @@ def test_response_bytes() -> None:
         [
             Response(status=200, headers=[(b"Content-Type", b"text/plain"), (b"X-A", b"")]),
             Data(data=b"hello "),
-            Data(data=bytearray(b"world")),  # type: ignore[arg-type]  # deliberately: sent Data passes bytes-likes through
-            Data(data=memoryview(b"!")),  # type: ignore[arg-type]  # deliberately: sent Data passes bytes-likes through
+            # Deliberately bytes-likes: sent Data passes them through (docs/protocol.md).
+            Data(data=bytearray(b"world")),  # type: ignore[arg-type]
+            Data(data=memoryview(b"!")),  # type: ignore[arg-type]
             EndOfMessage(),
         ]
     )
@@ -774,8 +775,9 @@ def test_response_bytes() -> None:
 def test_data_passes_through_as_bytes() -> None:
     conn = Connection()
     conn.send(Response(status=204, headers=[]))
-    assert type(conn.send(Data(data=bytearray(b"x")))) is bytes  # type: ignore[arg-type]  # deliberately: sent Data passes bytes-likes through
-    assert type(conn.send(Data(data=memoryview(b"x")))) is bytes  # type: ignore[arg-type]  # deliberately: sent Data passes bytes-likes through
+    # Deliberately bytes-likes: sent Data passes them through (docs/protocol.md).
+    assert type(conn.send(Data(data=bytearray(b"x")))) is bytes  # type: ignore[arg-type]
+    assert type(conn.send(Data(data=memoryview(b"x")))) is bytes  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("status", [100, 101, 200, 202, 204, 301, 404, 418, 431, 500, 503])

@@ -594,7 +594,8 @@ def test_response_bytes() -> None:
     headers = [(b"content-type", b"text/plain"), ("x-a", "é")]
     head = conn.send(Response(status=200, headers=headers))  # type: ignore[arg-type]
     assert head == b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-a: \xe9\r\n\r\n"
-    assert conn.send(Data(data=bytearray(b"body"))) == b"body"  # type: ignore[arg-type]  # deliberately: sent Data passes bytes-likes through
+    # Deliberately a bytearray: sent Data passes bytes-likes through.
+    assert conn.send(Data(data=bytearray(b"body"))) == b"body"  # type: ignore[arg-type]
     assert conn.send(EndOfMessage()) == b""
 
 

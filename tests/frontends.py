@@ -262,7 +262,7 @@ def raw_http(port: int, request: bytes, *, timeout: float = HTTP_TIMEOUT) -> byt
     """Send raw bytes (for targets http.client refuses), read the reply until close."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = s.recv(65536)
             if not data:

@@ -578,7 +578,7 @@ async def fcgi_exchange(
             except OSError as exc:
                 if exc.errno not in PEER_GONE:
                     raise
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 try:
                     chunk = await sock.recv(65536)

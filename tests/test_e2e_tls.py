@@ -46,7 +46,7 @@ def nginx(
         yield fe
 
 
-def fetch(fe: FrontEnd, target: str, ctx: ssl.SSLContext) -> tuple[Any, str, tuple[str, ...]]:
+def fetch(fe: FrontEnd, target: str, ctx: ssl.SSLContext) -> tuple[Any, str, tuple[str, str, int]]:
     """GET over TLS: the JSON body, and the TLS version and cipher the client negotiated."""
     conn = http.client.HTTPSConnection("localhost", fe.port, context=ctx, timeout=HTTP_TIMEOUT)
     try:

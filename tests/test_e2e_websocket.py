@@ -18,7 +18,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from frontends import (
 )
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 pytestmark = pytest.mark.e2e
 
@@ -48,13 +49,20 @@ def nginx(request: pytest.FixtureRequest, starlette_server: TrioscgiProcess) -> 
         yield fe
 
 
-def ws(fe: FrontEnd, target: str, **kwargs: object) -> ClientConnection:
+def ws(
+    fe: FrontEnd,
+    target: str,
+    *,
+    compression: str | None = "deflate",  # websockets' own default
+    subprotocols: Sequence[str] | None = None,
+) -> ClientConnection:
     return connect(
         f"ws://127.0.0.1:{fe.port}{target}",
         open_timeout=TIMEOUT,
         close_timeout=TIMEOUT,
         max_size=4 << 20,
-        **kwargs,  # type: ignore[arg-type]
+        compression=compression,
+        subprotocols=None if subprotocols is None else [Subprotocol(p) for p in subprotocols],
     )
 
 
@@ -96,6 +104,7 @@ def test_echo_text_binary_big_fragmented_ping(nginx: FrontEnd) -> None:
 
 def test_compression_negotiated_and_works(nginx: FrontEnd) -> None:
     with ws(nginx, "/ws/echo", compression="deflate") as c:
+        assert c.response is not None  # set by the handshake
         extensions = c.response.headers.get("Sec-WebSocket-Extensions", "")
         assert "permessage-deflate" in extensions
         text = "compress me " * 5000
@@ -106,6 +115,7 @@ def test_compression_negotiated_and_works(nginx: FrontEnd) -> None:
 def test_subprotocol_negotiation(nginx: FrontEnd) -> None:
     with ws(nginx, "/ws/echo", subprotocols=["other", "chat"]) as c:
         assert c.subprotocol == "chat"
+        assert c.response is not None  # set by the handshake
         assert c.response.headers["Sec-WebSocket-Protocol"] == "chat"
         c.send("scope")
         assert json.loads(c.recv(TIMEOUT))["subprotocols"] == ["other", "chat"]

@@ -12,6 +12,7 @@ import itertools
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1128,7 +1129,7 @@ def test_sending_for_an_id_the_server_was_not_told_about() -> None:
         {"max_pending_output": 0},
     ],
 )
-def test_constructor_checks_its_limits(kwargs: dict[str, int]) -> None:
+def test_constructor_checks_its_limits(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must"):
         Connection(**kwargs)
 

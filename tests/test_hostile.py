@@ -163,7 +163,7 @@ def fixed_corpus() -> list[tuple[str, bytes, bool]]:
     add("body of 10**18", _net(_head((b"CONTENT_LENGTH", b"1" + b"0" * 18), *GOOD_ENV)))
     add("head over max_header_size", _net(_head((b"CONTENT_LENGTH", b"0"), (b"X", b"a" * 70000))))
     # NUL / CR / LF / odd bytes where the scope is built.
-    for name, value in (
+    for key, value in (
         (b"REQUEST_URI", b"/a\rb"),
         (b"REQUEST_URI", b"/a\r\nX-Injected: 1"),
         (b"REQUEST_URI", b"no-slash"),
@@ -184,8 +184,8 @@ def fixed_corpus() -> list[tuple[str, bytes, bool]]:
         (b"SCRIPT_NAME", b"relative"),
     ):
         env = [(b"CONTENT_LENGTH", b"0"), (b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/")]
-        env = [(k, v) for k, v in env if k != name] + [(name, value)]
-        add(f"{name!r}={value[:20]!r}", _net(_head(*env)))
+        env = [(k, v) for k, v in env if k != key] + [(key, value)]
+        add(f"{key!r}={value[:20]!r}", _net(_head(*env)))
     # Truncated at every stage: every prefix of a POST, half-closed.
     for i in range(len(good)):
         add(f"truncated at {i}", good[:i])

@@ -112,7 +112,7 @@ def wait_lines(server: HostileServer, start: int, needles: tuple[str, ...], n: i
 
 def post_params(uri: str, content_length: str, **extra: str) -> list[tuple[bytes, bytes]]:
     """nginx's params for a POST; CONTENT_LENGTH as given ("" for a streamed body)."""
-    items = fc.nginx_params("POST", uri, **extra)
+    items = fc.nginx_params("POST", uri, b"", **extra)
     return [(k, content_length.encode()) if k == b"CONTENT_LENGTH" else (k, v) for k, v in items]
 
 

@@ -266,7 +266,7 @@ class Inotify:
     def events(self) -> list[tuple[str, str]]:
         import struct
 
-        out = []
+        out: list[tuple[str, str]] = []
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:

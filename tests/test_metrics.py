@@ -179,7 +179,7 @@ def test_counters_add_up_across_two_workers(service: object) -> None:
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0
     # At least 60 requests, and on until both workers have served some (the
     # kernel picks the worker): the sum must count every one of them.
-    pids = set()
+    pids: set[int] = set()
     n = 0
     while n < 60 or len(pids) < 2:
         assert n < 5000, "the requests never reached both workers"

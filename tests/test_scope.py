@@ -13,7 +13,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from trioscgi._scope import ScopeError, http_scope, request_target
-from trioscgi._wsgi import build_environ
+from trioscgi._wsgi_environ import build_environ
 from trioscgi.protocol import Connection, Request
 
 Environ = list[tuple[bytes, bytes]]

@@ -532,9 +532,11 @@ def test_a_compressed_message_is_inflated_only_up_to_the_limit(size: int) -> Non
         tracemalloc.stop()
     if size <= 1 << 20:
         assert [type(e) for e in events] == [BytesMessage]
+        assert isinstance(events[0], BytesMessage)  # (for mypy: the line above says it)
         assert events[0].data == bytes(size)
     else:
         assert [type(e) for e in events] == [CloseConnection]
+        assert isinstance(events[0], CloseConnection)  # (for mypy: the line above says it)
         assert events[0].code == 1009
         assert peak < 4 << 20, peak
 
@@ -546,6 +548,7 @@ def test_a_compressed_text_message_is_bounded_in_characters() -> None:
     server.receive_data(deflate_client().send(TextMessage(data="€" * 1000)))
     events = list(server.events())
     assert [type(e) for e in events] == [TextMessage]
+    assert isinstance(events[0], TextMessage)  # (for mypy: the line above says it)
     assert events[0].data == "€" * 1000
     server = bounded_server(1000)
     server.receive_data(deflate_client().send(TextMessage(data="x" * 5000)))

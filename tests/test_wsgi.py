@@ -10,7 +10,7 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 from wsgiref.validate import validator
@@ -73,7 +73,7 @@ class FakeConnection:
 
     def __init__(self, body: Iterable[bytes] = (), *, fail_on_send: int | None = None) -> None:
         self.chunks = list(body)
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[MutableMapping[str, Any]] = []
         self.receive_calls = 0
         self.fail_on_send = fail_on_send
 
@@ -85,7 +85,7 @@ class FakeConnection:
             return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         await trio.lowlevel.checkpoint()
         if self.fail_on_send is not None and len(self.sent) >= self.fail_on_send:
             # What the server raises once the front-end closed (ASGI spec 2.4).
@@ -485,7 +485,7 @@ async def test_write_callable_then_iterable() -> None:
 
 async def test_write_before_start_response_and_bad_types() -> None:
     def early(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        start_response.__self__.write(b"x")  # type: ignore[attr-defined]
+        start_response.__self__.write(b"x")
         return []
 
     with pytest.raises(RuntimeError, match="before start_response"):
@@ -870,7 +870,7 @@ async def test_lifespan_answers_complete() -> None:
     async def receive() -> dict[str, Any]:
         return next(incoming)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message["type"])
 
     await asgi({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)

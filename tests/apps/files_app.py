@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from starlette.responses import FileResponse, PlainTextResponse
+from starlette.types import Message
 
 FILE_PATH = os.path.join(
     os.environ.get("E2E_FILE_DIR", "/tmp"), f"starlette-file-{os.getpid()}.bin"
@@ -35,7 +36,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/file":
         last_kinds.clear()
 
-        async def recording_send(message: dict[str, Any]) -> None:
+        async def recording_send(message: Message) -> None:
             last_kinds.append(message["type"])
             await send(message)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from sanic import Request, Sanic
+from sanic import DefaultSanic, Request, Sanic
 from sanic.response import HTTPResponse, json, text
 
 app = Sanic("trioscgi_e2e")
 
 
 @app.before_server_start
-async def started(app: Sanic) -> None:
+async def started(app: DefaultSanic) -> None:
     await asyncio.sleep(0)
     app.ctx.started = "before_server_start ran"
 

@@ -261,7 +261,7 @@ class _Reader:
         self.reset = False
         self.eof = False
 
-    async def some(self) -> bytes:
+    async def some(self) -> bytes | bytearray:
         if self.eof:
             return b""
         if self.pause:

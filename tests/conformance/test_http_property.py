@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .app import echo_body
-from .drivers import Driver, Pause, Request, new_key
+from .drivers import Driver, Pause, Request, Step, new_key
 from .scenarios import body_entry
 
 
@@ -22,7 +22,7 @@ def split_requests(draw: st.DrawFn, unknown_length: bool) -> Request:
     body = draw(st.binary(max_size=3000))
     cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=8))))
     pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
-    plan: list[bytes | Pause] = []
+    plan: list[Step] = []
     if draw(st.booleans()):
         plan.append(b"")  # the head alone first
         plan.append(Pause(0.003))

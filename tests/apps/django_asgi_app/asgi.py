@@ -158,7 +158,7 @@ async def slow(request: HttpRequest) -> HttpResponse:
     return HttpResponse("never released\n", status=504, content_type="text/plain")
 
 
-@csrf_exempt
+@csrf_exempt  # type: ignore[untyped-decorator]  # Django ships no type hints
 async def upload(request: HttpRequest) -> JsonResponse:
     """The sha256 and size of each uploaded file, by field name (multipart/form-data)."""
     files = {}

@@ -20,8 +20,9 @@ from asgiref.sync import sync_to_async
 from scgi_client import connect, encode_request, environ, exchange, parse_response, request, serving
 
 import trioscgi
-from trioscgi._apploop import RequestCancelled, detect_app_loop, other_framework_hint
+from trioscgi._apploop import detect_app_loop, other_framework_hint
 from trioscgi._config import ConfigError
+from trioscgi._errors import RequestCancelled
 
 # --- choosing the loop ------------------------------------------------------------------
 

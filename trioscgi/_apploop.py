@@ -24,7 +24,6 @@ import trio
 from ._types import ASGIApp
 
 __all__ = [
-    "RequestCancelled",
     "detect_app_loop",
     "open_app_loop",
     "other_framework_hint",
@@ -56,15 +55,6 @@ ASYNCIO_MODULES = (
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
-
-
-class RequestCancelled(OSError):
-    """What ``send()`` raises in an asyncio task the server has cancelled.
-
-    An ``OSError``, as ASGI 2.4 asks of a ``send()`` that can't reach the
-    client any more: the task was cancelled (``graceful_timeout``, or the
-    connection ended) and can't answer.
-    """
 
 
 # --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from ._apploop import RequestCancelled
+from ._errors import RequestCancelled
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AsyncioApp", "DrivenHost"]

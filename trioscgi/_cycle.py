@@ -20,9 +20,9 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 from . import protocol as p
+from ._errors import ClientDisconnected, WriteTimeout
 from ._scope import ScopeError, http_scope
-from ._sockio import Bytes, ClientDisconnected, WriteTimeout
-from ._types import ASGIApp, Message
+from ._types import ASGIApp, Bytes, Message
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger

@@ -31,11 +31,6 @@ _LEVELS = {
 _generation = 0
 
 
-def counted(n: int, noun: str) -> str:
-    """``"1 worker"``, ``"2 workers"``: a count with its noun in the right number."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def reopen_logs() -> None:
     """Ask every log file trioscgi opened to reopen before its next line (logrotate).
 

@@ -17,9 +17,8 @@ from ._apploop import detect_app_loop, open_app_loop
 from ._config import Config
 from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
-from ._logging import counted
 from ._sockio import SocketIO, Timeout
-from ._types import ASGIApp
+from ._types import ASGIApp, counted
 from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
 from ._wire_scgi import SCGIConnection
 

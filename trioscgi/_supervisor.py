@@ -27,11 +27,11 @@ from ._listeners import (
     path_problem_message,
     rebind,
 )
-from ._logging import counted, log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
+from ._logging import log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
 from ._run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
-from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, counted
 
 __all__ = ["run_supervisor"]
 

@@ -43,7 +43,8 @@ from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError
 
 from . import protocol as p
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected
+from ._errors import ClientDisconnected
+from ._types import RECV_SIZE, Bytes
 from ._types import Message as ASGIMessage
 
 if TYPE_CHECKING:

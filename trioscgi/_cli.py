@@ -492,7 +492,7 @@ def _run_single(app: Any, config: Config) -> int:
     metrics_listener = None
     try:
         if config.metrics_bind is not None:
-            from ._metrics import bind_metrics  # noqa: PLC0415
+            from ._metrics_http import bind_metrics  # noqa: PLC0415
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
@@ -513,7 +513,7 @@ def _run_single(app: Any, config: Config) -> int:
         return EXIT_OK
     finally:
         if metrics_listener is not None:
-            from ._metrics import close_metrics  # noqa: PLC0415
+            from ._metrics_http import close_metrics  # noqa: PLC0415
 
             close_metrics(metrics_listener)
 

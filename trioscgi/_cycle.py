@@ -27,7 +27,7 @@ from ._types import ASGIApp, Bytes, Message
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
     from ._config import Config
-    from ._metrics import WorkerMetrics
+    from ._counters import WorkerMetrics
     from ._websocket import Tunnel, WebSocketCycle
 
 __all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]

@@ -173,7 +173,7 @@ def _start_metrics(
     listener: socket.socket | None,
     report: socket.socket | None,
 ) -> None:
-    from . import _metrics  # noqa: PLC0415
+    from . import _metrics, _metrics_http  # noqa: PLC0415
 
     metrics = server.metrics
     assert metrics is not None
@@ -192,7 +192,7 @@ def _start_metrics(
             )
             return _metrics.families(total, None)
 
-        nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
+        nursery.start_soon(_metrics_http.serve_http, listener, _metrics_http.MetricsHTTP(source))
         if os.environ.get("NOTIFY_SOCKET"):
             nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
 

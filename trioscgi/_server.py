@@ -24,7 +24,7 @@ from ._wire_scgi import SCGIConnection
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
-    from ._metrics import WorkerMetrics
+    from ._counters import WorkerMetrics
     from ._websocket import WebSocketCycle
 
 __all__ = ["LifespanFailure", "serve"]
@@ -96,7 +96,7 @@ class Server:
         # metrics_bind: counted here, served by _run (or the supervisor).
         self.metrics: WorkerMetrics | None = None
         if config.metrics_bind is not None:
-            from ._metrics import WorkerMetrics  # noqa: PLC0415 - only when enabled
+            from ._counters import WorkerMetrics  # noqa: PLC0415 - only when enabled
 
             self.metrics = WorkerMetrics()
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None

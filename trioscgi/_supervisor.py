@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._config import Config, parse_cpu_list
+from ._counters import log_write_errors
 from ._listeners import (
     PATH_CHECK_INTERVAL,
     BindError,
@@ -27,7 +28,7 @@ from ._listeners import (
     path_problem_message,
     rebind,
 )
-from ._logging import log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
+from ._logging import reopen_logs, reopen_now, reopen_on_sigusr1
 from ._metrics import STATUS_INTERVAL
 from ._notify import notify, watchdog_interval
 from ._run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
@@ -142,7 +143,8 @@ class _Supervisor:
         self.next_status = 0.0
         self.last_requests: tuple[float, int] | None = None
         if metrics_listener is not None:
-            from ._metrics import MetricsHTTP, Totals  # noqa: PLC0415
+            from ._metrics import Totals  # noqa: PLC0415
+            from ._metrics_http import MetricsHTTP  # noqa: PLC0415
 
             self.totals = Totals()
             self.metrics_http = MetricsHTTP(self._metric_families)
@@ -937,7 +939,7 @@ def run_supervisor(
     metrics_listener = None
     try:
         if config.metrics_bind is not None:
-            from ._metrics import bind_metrics  # noqa: PLC0415
+            from ._metrics_http import bind_metrics  # noqa: PLC0415
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
@@ -948,7 +950,7 @@ def run_supervisor(
         return supervisor.run()
     finally:
         if metrics_listener is not None:
-            from ._metrics import close_metrics  # noqa: PLC0415
+            from ._metrics_http import close_metrics  # noqa: PLC0415
 
             close_metrics(metrics_listener)
         for listener in listeners:

@@ -562,9 +562,9 @@ def test_the_core_does_no_io() -> None:
         "_errors",
         "_events",
         "_state",
-        "protocol",
-        "protocol._connection",
-        "protocol._events",
+        "scgi",
+        "scgi._connection",
+        "scgi._events",
     }
     package = Path(trioscgi.uwsgi.__file__).parent
     for path in sorted(package.glob("*.py")):

@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from ._apploop import detect_app_loop, open_app_loop
+from ._apps.apploop import detect_app_loop, open_app_loop
+from ._asgi.lifespan import Lifespan, LifespanFailure
 from ._config import Config
-from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
-from ._sockio import SocketIO, Timeout
 from ._types import ASGIApp, counted
-from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
-from ._wire_scgi import SCGIConnection
+from ._wire.fastcgi import INLINE_LOOK, FastCGIConnection
+from ._wire.scgi import SCGIConnection
+from ._wire.sockio import SocketIO, Timeout
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
+    from ._asgi.websocket import WebSocketCycle
     from ._counters import WorkerMetrics
-    from ._websocket import WebSocketCycle
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -93,7 +93,7 @@ class Server:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
             self.access_logger = AccessLogger(config.access_log_format)
-        # metrics_bind: counted here, served by _run (or the supervisor).
+        # metrics_bind: counted here, served by _daemon.run (or the supervisor).
         self.metrics: WorkerMetrics | None = None
         if config.metrics_bind is not None:
             from ._counters import WorkerMetrics  # noqa: PLC0415 - only when enabled
@@ -447,7 +447,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     listeners: Sequence[Listener] | None = None,
 ) -> None:
-    """Serve an ASGI application over SCGI until cancelled.
+    """Serve an ASGI application over SCGI or FastCGI (per ``protocol``) until cancelled.
 
     Use it inside any trio program::
 

@@ -13,8 +13,8 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._addresses import parse_bind
-from ._metrics import exposition
+from .._addresses import parse_bind
+from .metrics import exposition
 
 __all__ = ["MetricsHTTP", "bind_metrics", "close_metrics", "serve_http"]
 

@@ -1,6 +1,6 @@
 """One HTTP request's ASGI cycle: scope, receive/send, response checks, 500s, access log.
 
-It knows no wire format. A wire layer (``_wire_scgi``, ``_wire_fastcgi``) parses the request head,
+It knows no wire format. A wire layer (``_wire.scgi``, ``_wire.fastcgi``) parses the request head,
 hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes for it through the small
 :class:`Wire` interface; the cycle builds the scope, runs the application and decides what
 the front-end gets. So SCGI and FastCGI share every ASGI rule and none of the framing.
@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from . import protocol as p
-from ._errors import ClientDisconnected, WriteTimeout
-from ._scope import ScopeError, http_scope
-from ._types import ASGIApp, Bytes, Message
+from .. import scgi as p
+from .._errors import ClientDisconnected, WriteTimeout
+from .._types import ASGIApp, Bytes, Message
+from .scope import ScopeError, http_scope
 
 if TYPE_CHECKING:
-    from ._accesslog import AccessLogger
-    from ._config import Config
-    from ._counters import WorkerMetrics
-    from ._websocket import Tunnel, WebSocketCycle
+    from .._accesslog import AccessLogger
+    from .._config import Config
+    from .._counters import WorkerMetrics
+    from .websocket import Tunnel, WebSocketCycle
 
 __all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]
 
@@ -203,7 +203,7 @@ class HTTPCycle:
         for note in notes:
             host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
         if scope["type"] != "http":
-            from ._websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
+            from .websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
 
             assert tunnel is not None
             session = WebSocketCycle(self._wire, tunnel, host)
@@ -509,7 +509,7 @@ class HTTPCycle:
 
 def _wrong_loop_hint(exc: BaseException) -> str:
     """``": <hint>"`` when the app failed for running on the wrong event loop, else ``""``."""
-    from ._apploop import other_framework_hint  # noqa: PLC0415 - only on the error path
+    from .._apps.apploop import other_framework_hint  # noqa: PLC0415 - only on the error path
 
     hint = other_framework_hint(exc)
     return f": {hint}" if hint else ""

@@ -1,7 +1,7 @@
 """The SCGI wire layer: one request per connection, socket ⇄ SCGI core ⇄ ASGI cycle.
 
-It reads the netstring head with :mod:`trioscgi.protocol`, answers what is wrong with it
-(400, 408, 413, 431) itself, and hands the request to :class:`~trioscgi._cycle.HTTPCycle`,
+It reads the netstring head with :mod:`trioscgi.scgi`, answers what is wrong with it
+(400, 408, 413, 431) itself, and hands the request to :class:`~trioscgi._asgi.http.HTTPCycle`,
 for which it moves the body and the CGI-style response. The response ends when the
 connection closes: cleanly when it is complete, with a reset when it was cut short.
 """
@@ -15,10 +15,10 @@ import socket
 
 import trio
 
-from . import protocol as p
-from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sendfile import sendfile
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+from .. import scgi as p
+from .._asgi.http import CycleHost, HTTPCycle, error_response
+from .sendfile import sendfile
+from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
 
 __all__ = ["SCGIConnection"]
 
@@ -45,7 +45,7 @@ _ERROR_RESPONSES = {status: _error_bytes(status) for status in (400, 408, 413, 4
 class SCGIConnection(SocketIO):
     """Serve one SCGI request on an accepted socket; the task that runs it owns the socket.
 
-    It is also the :class:`~trioscgi._cycle.Wire` of that request.
+    It is also the :class:`~trioscgi._asgi.http.Wire` of that request.
     """
 
     __slots__ = ("_aborted", "_conn", "_host")

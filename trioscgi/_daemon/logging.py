@@ -15,8 +15,8 @@ import time
 import weakref
 from typing import Any, TextIO
 
-from ._config import Config, ConfigError
-from ._counters import log_write_error
+from .._config import Config, ConfigError
+from .._counters import log_write_error
 
 _LEVELS = {
     "critical": logging.CRITICAL,

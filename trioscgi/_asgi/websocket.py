@@ -42,13 +42,13 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError
 
-from . import protocol as p
-from ._errors import ClientDisconnected
-from ._types import RECV_SIZE, Bytes
-from ._types import Message as ASGIMessage
+from .. import scgi as p
+from .._errors import ClientDisconnected
+from .._types import RECV_SIZE, Bytes
+from .._types import Message as ASGIMessage
 
 if TYPE_CHECKING:
-    from ._cycle import CycleHost, Wire
+    from .http import CycleHost, Wire
 
 __all__ = ["Tunnel", "WebSocketCycle"]
 
@@ -513,7 +513,7 @@ class WebSocketCycle:
     # --- the handshake answer ---------------------------------------------------
 
     async def _deny(self, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        from ._cycle import error_response  # noqa: PLC0415 - _cycle imports this module
+        from .http import error_response  # noqa: PLC0415 - _cycle imports this module
 
         if self._handshake_done:
             return

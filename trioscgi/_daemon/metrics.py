@@ -3,7 +3,7 @@
 Each worker counts in plain integers (``_counters``, the leaf the hot path imports: an
 increment per request, no lock, no mmap) and sends a snapshot to the supervisor once a
 second as one datagram; the supervisor adds the workers up and serves ``GET /metrics``
-(``_metrics_http``) through prometheus_client's own registry and encoders. A single-process server
+(``metrics_http``) through prometheus_client's own registry and encoders. A single-process server
 serves its own counters. prometheus_client's multiprocess mode was not used:
 it writes each increment to an mmap'd file under a lock, several
 microseconds per metric per request, and leaves files to clean up after
@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._counters import (
+from .._counters import (
     BUCKETS,
     CLASSES,
     CUT_WIRES,
@@ -32,7 +32,7 @@ from ._counters import (
 )
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._config import Config
 
 __all__ = [
     "STATUS_INTERVAL",
@@ -59,7 +59,7 @@ def check_metrics(config: Config) -> None:
     """Raise ConfigError when ``metrics_bind`` is set and prometheus_client is missing."""
     if config.metrics_bind is None:
         return
-    from ._config import ConfigError  # noqa: PLC0415
+    from .._config import ConfigError  # noqa: PLC0415
 
     try:
         import prometheus_client  # noqa: F401, PLC0415
@@ -287,7 +287,7 @@ async def status_loop(metrics: WorkerMetrics, interval: float) -> None:
     """A single-process server under systemd: a live STATUS= line every ``interval``."""
     import trio  # noqa: PLC0415
 
-    from ._notify import notify  # noqa: PLC0415
+    from .notify import notify  # noqa: PLC0415
 
     before: tuple[float, int] | None = None
     while True:

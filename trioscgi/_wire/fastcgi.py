@@ -1,6 +1,6 @@
 """The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
 
-Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
+Each request runs its :class:`~trioscgi._asgi.http.HTTPCycle`: in the connection's own task when
 it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
 request), in a task of its own once request ids are multiplexed (HAProxy ``option
 mpxs-conns``). Whoever waits for input reads it for all; a request busy in the connection's
@@ -41,10 +41,10 @@ from typing import Protocol, cast
 import trio
 from trio.lowlevel import ParkingLot
 
-from . import fastcgi as f
-from . import protocol as p
-from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
+from .. import fastcgi as f
+from .. import scgi as p
+from .._asgi.http import CycleHost, HTTPCycle, error_response
+from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
@@ -634,7 +634,7 @@ class FastCGIConnection(SocketIO):
 
 
 class _Request:
-    """One request of a FastCGI connection; the :class:`~trioscgi._cycle.Wire` of its cycle."""
+    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.http.Wire` of its cycle."""
 
     __slots__ = (
         "_body",

@@ -32,8 +32,8 @@ from trio.lowlevel import (
     wait_writable,
 )
 
-from ._errors import ClientDisconnected, Timeout, WriteTimeout
-from ._types import RECV_SIZE, Bytes
+from .._errors import ClientDisconnected, Timeout, WriteTimeout
+from .._types import RECV_SIZE, Bytes
 
 # The errors and constants are defined in the leaves (_errors, _types) so that the ASGI
 # layer needs nothing of this module; they are named here too for the wires' convenience.

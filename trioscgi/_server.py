@@ -24,7 +24,7 @@ from ._wire.sockio import SocketIO, Timeout
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
-    from ._asgi.websocket import WebSocketCycle
+    from ._asgi.seam import Session
     from ._counters import WorkerMetrics
 
 __all__ = ["LifespanFailure", "serve"]
@@ -118,7 +118,7 @@ class Server:
         # Called once when max_requests retires a worker (set by its runner).
         self.on_retiring: Callable[[], None] | None = None
         self.fastcgi_connections: set[FastCGIConnection] = set()
-        self.websocket_sessions: set[WebSocketCycle] = set()
+        self.websocket_sessions: set[Session] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
         self._cut = 0

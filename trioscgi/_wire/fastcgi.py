@@ -1,8 +1,8 @@
 """The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
 
-Each request runs its :class:`~trioscgi._asgi.http.HTTPCycle`: in the connection's own task when
-it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
-request), in a task of its own once request ids are multiplexed (HAProxy ``option
+Each request runs through :func:`~trioscgi._asgi.dispatch.serve_request`: in the connection's
+own task when it is alone on the connection (nginx, Apache and lighttpd never multiplex: no
+task per request), in a task of its own once request ids are multiplexed (HAProxy ``option
 mpxs-conns``). Whoever waits for input reads it for all; a request busy in the connection's
 task without reading gets a reader beside it from the server's sweep (``look_at_inline``),
 so its ABORT_REQUEST or a multiplexed neighbour waits at most a second or so, not until it
@@ -43,7 +43,8 @@ from trio.lowlevel import ParkingLot
 
 from .. import fastcgi as f
 from .. import scgi as p
-from .._asgi.http import CycleHost, HTTPCycle, error_response
+from .._asgi.dispatch import serve_request
+from .._asgi.seam import CycleHost, error_response
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
@@ -634,7 +635,7 @@ class FastCGIConnection(SocketIO):
 
 
 class _Request:
-    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.http.Wire` of its cycle."""
+    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle."""
 
     __slots__ = (
         "_body",
@@ -662,8 +663,12 @@ class _Request:
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
         conn = self._conn
         try:
-            await HTTPCycle(self, conn._host).run(
-                params, body_done=self._body_ended and not self._body, fastcgi=True
+            await serve_request(
+                self,
+                conn._host,
+                params,
+                body_done=self._body_ended and not self._body,
+                fastcgi=True,
             )
             if not self._ended and not self._gone and not conn._broken:
                 # The cycle ended without a complete response and without an abort

@@ -45,6 +45,7 @@ from .. import fastcgi as f
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
+from .._cgi import cgi_head
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
@@ -518,7 +519,9 @@ class FastCGIConnection(SocketIO):
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             head, body = error_response(event.status_hint)
-            self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
+            self._out.append(
+                self._conn.send_stdout(rid, cgi_head(head.status, head.headers) + body)
+            )
             self._out.append(self._conn.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
@@ -750,7 +753,7 @@ class _Request:
             # END_REQUEST in one sendmsg(), straight from the app's buffer.
             parts: list[Bytes] = []
             if head is not None:
-                parts.append(fc.send_stdout(rid, p.response_head(head)))
+                parts.append(fc.send_stdout(rid, cgi_head(head.status, head.headers)))
             parts += fc.send_stdout_parts(rid, body)
             if not more:
                 parts.append(fc.end_request(rid))
@@ -760,7 +763,7 @@ class _Request:
             await self._conn._write_many(parts)
             return
         if head is not None:
-            data = p.response_head(head)
+            data = cgi_head(head.status, head.headers)
             out = fc.send_stdout(rid, data + body if body else data)
         else:
             out = fc.send_stdout(rid, body) if body else b""

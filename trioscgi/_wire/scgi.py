@@ -19,6 +19,7 @@ import trio
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
+from .._cgi import cgi_head
 from .sendfile import sendfile
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
 
@@ -38,7 +39,7 @@ _WEBSOCKET = importlib.util.find_spec("wsproto") is not None
 
 def _error_bytes(status: int) -> bytes:
     head, body = error_response(status)
-    return p.response_head(head) + body
+    return cgi_head(head.status, head.headers) + body
 
 
 _ERROR_RESPONSES = {status: _error_bytes(status) for status in (400, 408, 413, 431)}

@@ -41,7 +41,7 @@ import scgi_client
 import trio
 
 from trioscgi import Config
-from trioscgi._wsgi import wrap_wsgi
+from trioscgi._apps.wsgi import wrap_wsgi
 
 from . import app as conformance_app
 

@@ -1,9 +1,10 @@
 """The SCGI wire layer: one request per connection, socket ⇄ SCGI core ⇄ ASGI cycle.
 
-It reads the netstring head with :mod:`trioscgi.protocol`, answers what is wrong with it
-(400, 408, 413, 431) itself, and hands the request to :class:`~trioscgi._cycle.HTTPCycle`,
-for which it moves the body and the CGI-style response. The response ends when the
-connection closes: cleanly when it is complete, with a reset when it was cut short.
+It reads the netstring head with :mod:`trioscgi.scgi`, answers what is wrong with it
+(400, 408, 413, 431) itself, and hands the request to
+:func:`~trioscgi._asgi.dispatch.serve_request`, for which it moves the body and the CGI-style
+response. The response ends when the connection closes: cleanly when it is complete, with a
+reset when it was cut short.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import socket
 
 import trio
 
-from . import protocol as p
-from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sendfile import sendfile
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+from .. import scgi as p
+from .._asgi.dispatch import serve_request
+from .._asgi.seam import CycleHost, error_response
+from .._cgi import cgi_head
+from .sendfile import sendfile
+from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
 
 __all__ = ["SCGIConnection"]
 
@@ -36,7 +39,7 @@ _WEBSOCKET = importlib.util.find_spec("wsproto") is not None
 
 def _error_bytes(status: int) -> bytes:
     head, body = error_response(status)
-    return p.response_head(head) + body
+    return cgi_head(head.status, head.headers) + body
 
 
 _ERROR_RESPONSES = {status: _error_bytes(status) for status in (400, 408, 413, 431)}
@@ -45,7 +48,7 @@ _ERROR_RESPONSES = {status: _error_bytes(status) for status in (400, 408, 413, 4
 class SCGIConnection(SocketIO):
     """Serve one SCGI request on an accepted socket; the task that runs it owns the socket.
 
-    It is also the :class:`~trioscgi._cycle.Wire` of that request.
+    It is also the :class:`~trioscgi._asgi.seam.Wire` of that request.
     """
 
     __slots__ = ("_aborted", "_conn", "_host")
@@ -98,7 +101,9 @@ class SCGIConnection(SocketIO):
                 conn.next_event()  # EndOfMessage, already known
             # After a 101 the socket is the WebSocket's tunnel (nginx's SCGI module
             # copies bytes both ways): a handshake has no body.
-            await HTTPCycle(self, self._host).run(
+            await serve_request(
+                self,
+                self._host,
                 event.environ,
                 body_done=body_done,
                 tunnel=self if body_done and _WEBSOCKET else None,

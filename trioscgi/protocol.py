@@ -7,4 +7,4 @@ is the same object as there, so existing imports keep working; new code should i
 """
 
 from .scgi import *  # noqa: F403
-from .scgi import __all__ as __all__
+from .scgi import __all__ as __all__  # noqa: PLC0414 - re-exported, for mypy's strict check

@@ -80,7 +80,7 @@ def count(python: str, app: str, wire: str, requests: int) -> int:
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     # The repository's root comes in by --app-dir, after trioscgi is imported:
     # on PYTHONPATH it would shadow the trioscgi of --python's tree.
-    argv += [python, "-m", "trioscgi", "--bind", f"unix:{sock}"]
+    argv += [os.path.abspath(python), "-m", "trioscgi", "--bind", f"unix:{sock}"]
     argv += ["--app-dir", os.path.dirname(HERE), app]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=HERE)
     proc = subprocess.Popen(argv, env=env, cwd=HERE, stderr=subprocess.DEVNULL)

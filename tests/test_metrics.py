@@ -525,3 +525,61 @@ def test_websocket_sessions_and_close_codes(service: object) -> None:
     assert value(text, "trioscgi_requests_total", protocol="websocket", status_class="1xx") == 2
     assert value(text, "trioscgi_websocket_sessions_open") == 0
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0
+
+
+# --- metrics_bind on a Unix path: the file is ours only if it was stale -------
+
+
+def test_metrics_bind_refuses_a_regular_file(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+    from trioscgi._listeners import BindError
+
+    path = tmp_path / "metrics.sock"
+    path.write_text("precious")
+    with pytest.raises(BindError, match="exists and is not a socket; refusing to remove it"):
+        bind_metrics(f"unix:{path}")
+    assert path.read_text() == "precious"
+
+
+def test_metrics_bind_refuses_a_live_socket_and_leaves_it(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+    from trioscgi._listeners import BindError
+
+    path = str(tmp_path / "metrics.sock")
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(path)
+        other.listen(1)
+        with pytest.raises(BindError, match="address in use"):
+            bind_metrics(f"unix:{path}")
+        # The other instance is still reachable on its path.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)
+        probe.close()
+    finally:
+        other.close()
+
+
+def test_metrics_bind_replaces_a_stale_socket_and_spares_a_successor(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+
+    path = str(tmp_path / "metrics.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens: stale
+    listener = bind_metrics(f"unix:{path}")
+    # Another instance replaces the file while we run: on exit we leave its file alone.
+    os.unlink(path)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        successor.bind(path)
+        successor.listen(1)
+        listener.close()
+        assert os.path.exists(path), "closing the metrics listener removed another's socket"
+    finally:
+        successor.close()
+    # Ours, still ours at exit: removed.
+    os.unlink(path)
+    listener = bind_metrics(f"unix:{path}")
+    listener.close()
+    assert not os.path.exists(path)

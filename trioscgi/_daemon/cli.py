@@ -497,17 +497,14 @@ def _run_single(app: Any, config: Config) -> int:
         if config.metrics_bind is not None:
             from .metrics_http import bind_metrics  # noqa: PLC0415
 
-            try:
-                metrics_listener = bind_metrics(config.metrics_bind)
-            except OSError as exc:
-                raise BindError(f"metrics_bind {config.metrics_bind}: {exc}") from None
+            metrics_listener = bind_metrics(config.metrics_bind)
         return run(
             app,
             config,
             on_ready=notify.ready,
             on_stopping=notify.stopping,
             on_reopen_logs=reopen_logs,
-            metrics_listener=metrics_listener,
+            metrics_listener=metrics_listener.sock if metrics_listener is not None else None,
         )
     except BindError as exc:
         _print_error(f"cannot listen: {exc}")
@@ -516,9 +513,7 @@ def _run_single(app: Any, config: Config) -> int:
         return EXIT_OK
     finally:
         if metrics_listener is not None:
-            from .metrics_http import close_metrics  # noqa: PLC0415
-
-            close_metrics(metrics_listener)
+            metrics_listener.close()
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._addresses import parse_bind
+from .._listeners import BindError, Listener, _check_existing
 from .metrics import exposition
 
-__all__ = ["MetricsHTTP", "bind_metrics", "close_metrics", "serve_http"]
+__all__ = ["MetricsHTTP", "bind_metrics", "serve_http"]
 
 log = logging.getLogger("trioscgi")
 
@@ -66,48 +67,56 @@ def _plain(status: int, body: bytes, extra: bytes = b"", length: int | None = No
     )
 
 
-def bind_metrics(address: str) -> socket.socket:
-    """Bind and listen on ``metrics_bind``; a stale unix socket file is replaced.
+def bind_metrics(address: str) -> Listener:
+    """Bind and listen on ``metrics_bind``.
+
+    A Unix socket file is checked as the main binds' are: a stale socket is
+    replaced, anything else (a regular file, another server's live socket)
+    is refused; :meth:`Listener.close` removes the file only while it is ours.
 
     Raises:
-        OSError: the address can't be bound.
+        BindError: the address can't be bound.
     """
     spec = parse_bind(address)
+    desc = f"metrics_bind {address}"
+    path: str | None = None
+    inode: tuple[int, int] | None = None
     if spec.kind == "unix":
         assert spec.path is not None
-        path = spec.path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if not path.startswith("@"):
+        if spec.path.startswith("@"):
+            where = "\0" + spec.path[1:]
+        else:
+            where = path = spec.path
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        sock.bind("\0" + path[1:] if path.startswith("@") else path)
+                _check_existing(path, desc)
+                if os.path.lexists(path):
+                    os.unlink(path)  # the stale socket _check_existing() found
+            except BaseException:
+                sock.close()
+                raise
     else:
         assert spec.host is not None and spec.port is not None
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((spec.host, spec.port))
-    sock.listen(64)
+        where = (spec.host, spec.port)  # type: ignore[assignment]
+    try:
+        sock.bind(where)
+        if path is not None:
+            st = os.lstat(path)
+            inode = (st.st_dev, st.st_ino)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"can't bind {desc}: {exc}") from None
     sock.set_inheritable(False)
     if spec.kind == "unix":
         log.info("metrics on unix:%s (GET /metrics)", spec.path)
     else:
         host, port = sock.getsockname()[:2]
         log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
-    return sock
-
-
-def close_metrics(sock: socket.socket) -> None:
-    """Close the metrics listener and remove its unix socket file (not an abstract one)."""
-    path = sock.getsockname() if sock.family == socket.AF_UNIX else None
-    sock.close()
-    if isinstance(path, str) and path and not path.startswith("\0"):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    return Listener(sock, desc, path, _inode=inode)
 
 
 # --- in a trio process ----------------------------------------------------------

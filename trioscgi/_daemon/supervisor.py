@@ -943,15 +943,14 @@ def run_supervisor(
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
-            except OSError as exc:
-                log.critical("cannot listen: metrics_bind %s: %s", config.metrics_bind, exc)
+            except BindError as exc:
+                log.critical("cannot listen: %s", exc)
                 return EXIT_RUNTIME
-        supervisor = _Supervisor(config, listeners, load_app, reload_config, metrics_listener)
+        metrics_sock = metrics_listener.sock if metrics_listener is not None else None
+        supervisor = _Supervisor(config, listeners, load_app, reload_config, metrics_sock)
         return supervisor.run()
     finally:
         if metrics_listener is not None:
-            from .metrics_http import close_metrics  # noqa: PLC0415
-
-            close_metrics(metrics_listener)
+            metrics_listener.close()
         for listener in listeners:
             listener.close()

@@ -442,40 +442,48 @@ class _Supervisor:
     # ------------------------------------------------------------------ --reload
 
     def _start_watcher(self) -> None:
-        from .reload import watch_forever  # noqa: PLC0415
+        from .reload import start_watcher  # noqa: PLC0415
 
-        changes_r, changes_w = os.pipe()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(changes_r)
-            os.close(changes_w)
-            raise
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = EXIT_RUNTIME
-            try:
-                os.setpgid(0, 0)
-                signal.set_wakeup_fd(-1)
-                for s in _SIGNALS:
-                    signal.signal(s, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, changes_r):
-                    os.close(fd)
-                os.close(self.beat_r)
-                os.close(self.beat_w)
-                watch_forever(self.config, changes_w)
-                code = EXIT_OK
-            except BaseException:
-                log.exception("the --reload watcher failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(changes_w)
-        os.set_blocking(changes_r, False)
-        self.watcher, self.changes_r = pid, changes_r
+        # The watcher holds nothing of ours: a listener or the alive pipe's
+        # write end in it would outlive us by up to a watcher's wake-up.
+        held = [fd if isinstance(fd, int) else fd.fileno() for fd in self._held()]
+        self.watcher, self.changes_r = start_watcher(self.config, held, _SIGNALS)
+
+    def _held(self) -> list[int | socket.socket]:
+        held: list[int | socket.socket | None] = [
+            self.wake_r,
+            self.wake_w,
+            self.ready_r,
+            self.ready_w,
+            self.alive_r,
+            self.alive_w,
+            self.beat_r,
+            self.beat_w,
+            self.changes_r,
+            self.metrics_listener,
+            self.report_r,
+            self.report_w,
+            *(lst.sock for lst in self.listeners),
+            *(client.sock for client in self.metric_clients.values()),
+        ]
+        return [fd for fd in held if fd is not None]
+
+    def _close_in_worker(self) -> None:
+        """In a new worker: close what is the supervisor's alone.
+
+        A worker keeps the listeners and its ends of the ready, alive,
+        heartbeat and metrics-report channels; not the --reload watcher's pipe
+        (a worker holding it would keep the supervisor from seeing its EOF).
+        """
+        keep = (self.ready_w, self.alive_r, self.beat_w, self.report_w)
+        listening = [lst.sock for lst in self.listeners]
+        for fd in self._held():
+            if fd in keep or fd in listening:
+                continue
+            if isinstance(fd, int):
+                os.close(fd)
+            else:
+                fd.close()
 
     def _stop_watcher(self) -> None:
         if self.changes_r is not None:
@@ -663,13 +671,7 @@ class _Supervisor:
             reopen_on_sigusr1()
             # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w, self.beat_r):
-                os.close(fd)
-            for sock in (self.metrics_listener, self.report_r):
-                if sock is not None:
-                    sock.close()
-            for client in self.metric_clients.values():
-                client.sock.close()
+            self._close_in_worker()
             # Only the supervisor talks to systemd (NotifyAccess=main works).
             for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(k, None)

@@ -1,12 +1,15 @@
-"""The ``/metrics`` endpoint (``metrics_bind``): its socket, and a request head answered.
+"""The ``/metrics`` endpoint (``metrics_bind``): its socket, and its two servers.
 
 :class:`MetricsHTTP` turns a request head into a response and leaves the I/O to its
-caller: :func:`serve_http` in a single-process trio server, the supervisor's select loop
-with workers. The families it encodes come from ``_metrics``.
+caller: :func:`serve_http` in a single-process trio server, :class:`SelectServer` in the
+supervisor's blocking select loop with workers. Both serve at most :data:`MAX_CLIENTS`
+scrapers at once (the rest wait in the listen backlog), each for at most
+:data:`CLIENT_TIMEOUT` seconds. The families it encodes come from ``metrics``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -17,7 +20,7 @@ from .._addresses import parse_bind
 from .._listeners import BindError, Listener, _check_existing
 from .metrics import exposition
 
-__all__ = ["MetricsHTTP", "bind_metrics", "serve_http"]
+__all__ = ["MAX_CLIENTS", "MetricsHTTP", "SelectServer", "bind_metrics", "serve_http"]
 
 log = logging.getLogger("trioscgi")
 
@@ -25,6 +28,10 @@ log = logging.getLogger("trioscgi")
 
 MAX_HEAD = 8192
 CLIENT_TIMEOUT = 10.0
+# Scrapers served at once; more wait in the listen backlog until one is done.
+# Prometheus scrapes with one connection at a time: a few are plenty, and a
+# flood of connections can't take more than this many sockets and tasks.
+MAX_CLIENTS = 8
 
 
 class MetricsHTTP:
@@ -119,6 +126,89 @@ def bind_metrics(address: str) -> Listener:
     return Listener(sock, desc, path, _inode=inode)
 
 
+# --- in the supervisor's select loop ---------------------------------------------
+
+
+@dataclasses.dataclass
+class _Client:
+    sock: socket.socket
+    deadline: float
+    head: bytes = b""
+    done: bool = False
+
+
+class SelectServer:
+    """``GET /metrics`` served from a blocking ``select()`` loop, never blocking it.
+
+    The loop selects on :meth:`readers` (the listener only while fewer than
+    :data:`MAX_CLIENTS` are being served) and wakes by :meth:`deadline`, then
+    calls :meth:`on_readable`.
+    """
+
+    def __init__(self, sock: socket.socket, http: MetricsHTTP) -> None:
+        sock.setblocking(False)
+        self.listener = sock
+        self.http = http
+        self.clients: dict[socket.socket, _Client] = {}
+
+    def readers(self) -> list[socket.socket]:
+        readers = list(self.clients)
+        if len(self.clients) < MAX_CLIENTS:
+            readers.append(self.listener)
+        return readers
+
+    def deadline(self) -> float | None:
+        return min((c.deadline for c in self.clients.values()), default=None)
+
+    def sockets(self) -> list[socket.socket]:
+        """Every socket held: the listener and the clients'."""
+        return [self.listener, *self.clients]
+
+    def on_readable(self, readable: list[Any], now: float) -> None:
+        if self.listener in readable and len(self.clients) < MAX_CLIENTS:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                pass
+            else:
+                sock.setblocking(False)
+                self.clients[sock] = _Client(sock, now + CLIENT_TIMEOUT)
+        for sock, client in list(self.clients.items()):
+            if sock in readable:
+                self._readable(client)
+            if client.done or now >= client.deadline:
+                del self.clients[sock]
+                sock.close()
+
+    def close_clients(self) -> None:
+        for sock in self.clients:
+            sock.close()
+        self.clients.clear()
+
+    def _readable(self, client: _Client) -> None:
+        try:
+            data = client.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            client.done = True
+            return
+        client.head += data
+        if not data or len(client.head) > MAX_HEAD:
+            client.done = True
+            return
+        if b"\r\n\r\n" not in client.head:
+            return
+        response = self.http.respond(client.head.partition(b"\r\n\r\n")[0])
+        client.done = True
+        # A few kilobytes to a fresh socket: they fit its send buffer, and a
+        # scraper that reads nothing can't stall the supervisor.
+        try:
+            client.sock.send(response)
+        except OSError:
+            pass
+
+
 # --- in a trio process ----------------------------------------------------------
 
 
@@ -127,13 +217,27 @@ async def serve_http(sock: socket.socket, http: MetricsHTTP) -> None:
     import trio  # noqa: PLC0415
 
     listener = trio.socket.from_stdlib_socket(sock)
+    slots = trio.Semaphore(MAX_CLIENTS)
     async with trio.open_nursery() as nursery:
         while True:
-            client, _ = await listener.accept()
-            nursery.start_soon(_serve_one, client, http)
+            await slots.acquire()  # at the limit, the next ones wait in the backlog
+            try:
+                client, _ = await listener.accept()
+            except OSError:  # one connection's trouble, or out of descriptors for now
+                slots.release()
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(_serve_one, client, http, slots)
 
 
-async def _serve_one(client: Any, http: MetricsHTTP) -> None:
+async def _serve_one(client: Any, http: MetricsHTTP, slots: Any) -> None:
+    try:
+        await _answer(client, http)
+    finally:
+        slots.release()
+
+
+async def _answer(client: Any, http: MetricsHTTP) -> None:
     import trio  # noqa: PLC0415
 
     with client:

@@ -56,19 +56,7 @@ KILL_SLACK = 2.0
 # run after this long are killed.
 IMMEDIATE_GRACE = 2.0
 
-# GET /metrics clients served at once by the supervisor, and how long each gets.
-_MAX_METRICS_CLIENTS = 16
-_METRICS_CLIENT_TIMEOUT = 10.0
-
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
-
-
-@dataclasses.dataclass
-class _MetricsClient:
-    sock: socket.socket
-    deadline: float
-    head: bytes = b""
-    done: bool = False
 
 
 @dataclasses.dataclass
@@ -139,16 +127,15 @@ class _Supervisor:
         self.totals: Any = None
         self.report_r: socket.socket | None = None
         self.report_w: socket.socket | None = None
-        self.metric_clients: dict[int, _MetricsClient] = {}
+        self.metrics_http: Any = None  # metrics_http.SelectServer
         self.next_status = 0.0
         self.last_requests: tuple[float, int] | None = None
         if metrics_listener is not None:
             from .metrics import Totals  # noqa: PLC0415
-            from .metrics_http import MetricsHTTP  # noqa: PLC0415
+            from .metrics_http import MetricsHTTP, SelectServer  # noqa: PLC0415
 
             self.totals = Totals()
-            self.metrics_http = MetricsHTTP(self._metric_families)
-            metrics_listener.setblocking(False)
+            self.metrics_http = SelectServer(metrics_listener, MetricsHTTP(self._metric_families))
             self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.report_r.setblocking(False)
             # Room for a few snapshots per worker between two of our reads.
@@ -176,8 +163,8 @@ class _Supervisor:
             return self.exit_code
         finally:
             self._stop_watcher()
-            for client in self.metric_clients.values():
-                client.sock.close()
+            if self.metrics_http is not None:
+                self.metrics_http.close_clients()
             for end in (self.report_r, self.report_w):
                 if end is not None:
                     end.close()
@@ -206,8 +193,10 @@ class _Supervisor:
         if self.changes_r is not None:
             fds.append(self.changes_r)
         if self.metrics_listener is not None:
-            fds += [self.metrics_listener, self.report_r, *self.metric_clients]
-            deadlines += [c.deadline for c in self.metric_clients.values()]
+            fds += [self.report_r, *self.metrics_http.readers()]
+            client_deadline = self.metrics_http.deadline()
+            if client_deadline is not None:
+                deadlines.append(client_deadline)
             if self.ready_once and not self.stopping:
                 deadlines.append(self.next_status)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
@@ -460,11 +449,10 @@ class _Supervisor:
             self.beat_r,
             self.beat_w,
             self.changes_r,
-            self.metrics_listener,
             self.report_r,
             self.report_w,
             *(lst.sock for lst in self.listeners),
-            *(client.sock for client in self.metric_clients.values()),
+            *(self.metrics_http.sockets() if self.metrics_http is not None else ()),
         ]
         return [fd for fd in held if fd is not None]
 
@@ -535,25 +523,8 @@ class _Supervisor:
         assert self.metrics_listener is not None and self.report_r is not None
         if self.report_r in readable:
             self._read_reports()
-        if self.metrics_listener in readable:
-            try:
-                sock, _ = self.metrics_listener.accept()
-            except OSError:
-                pass
-            else:
-                if len(self.metric_clients) >= _MAX_METRICS_CLIENTS:
-                    sock.close()
-                else:
-                    sock.setblocking(False)
-                    client = _MetricsClient(sock, time.monotonic() + _METRICS_CLIENT_TIMEOUT)
-                    self.metric_clients[sock.fileno()] = client
         now = time.monotonic()
-        for fd, client in list(self.metric_clients.items()):
-            if fd in readable:
-                self._metrics_client_readable(client)
-            if client.done or now >= client.deadline:
-                del self.metric_clients[fd]
-                client.sock.close()
+        self.metrics_http.on_readable(readable, now)
         if self.ready_once and not self.stopping and now >= self.next_status:
             self.next_status = now + STATUS_INTERVAL
             self._live_status(now)
@@ -565,29 +536,6 @@ class _Supervisor:
                 self.totals.update(self.report_r.recv(65536), self.workers)
             except BlockingIOError:
                 break
-
-    def _metrics_client_readable(self, client: _MetricsClient) -> None:
-        try:
-            data = client.sock.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            client.done = True
-            return
-        client.head += data
-        if not data or len(client.head) > 8192:
-            client.done = True
-            return
-        if b"\r\n\r\n" not in client.head:
-            return
-        response = self.metrics_http.respond(client.head.partition(b"\r\n\r\n")[0])
-        client.done = True
-        # A few kilobytes to a fresh socket: they fit its send buffer, and a
-        # scraper that reads nothing can't stall the supervisor.
-        try:
-            client.sock.send(response)
-        except OSError:
-            pass
 
     def _metric_families(self) -> Any:
         from .metrics import families  # noqa: PLC0415

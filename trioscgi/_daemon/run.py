@@ -180,7 +180,7 @@ def _start_metrics(
     assert metrics is not None
 
     def gauges() -> tuple[int, int]:
-        return server._active, len(server.fastcgi_connections)
+        return server.active_connections, len(server.fastcgi_connections)
 
     if report is not None:
         nursery.start_soon(_metrics.report_loop, metrics, gauges, report)
@@ -189,7 +189,7 @@ def _start_metrics(
         def source() -> Any:
             total = metrics.snapshot(*gauges())
             total["listener_path_missing"] = sum(
-                1 for lst in server._listeners or () if lst.path_problem() is not None
+                1 for lst in server.listeners if lst.path_problem() is not None
             )
             return _metrics.families(total, None)
 
@@ -221,7 +221,7 @@ async def _watch_paths(server: Server) -> None:
     reported: dict[str, str] = {}
     while True:
         await trio.sleep(PATH_CHECK_INTERVAL)
-        for lst in server._listeners or ():
+        for lst in server.listeners:
             problem = lst.path_problem()
             if problem is None or reported.get(lst.description) == problem:
                 continue

@@ -188,10 +188,10 @@ def _octal_mode(value: Any) -> int:
     return int(value)
 
 
-Lifespan = Literal["auto", "on", "off"]
+LifespanMode = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
 AppLoop = Literal["auto", "trio", "asyncio"]
-Protocol = Literal["auto", "scgi", "fastcgi"]
+ProtocolName = Literal["auto", "scgi", "fastcgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
 NonNegative = Annotated[int, _non_negative]
@@ -241,7 +241,7 @@ class Config:
     )
 
     # --- the wire protocol -----------------------------------------------------
-    protocol: Protocol = "auto"
+    protocol: ProtocolName = "auto"
     idle_timeout: Seconds = 60.0
     fastcgi_max_requests: Annotated[int, _at_least_one, _request_ids] = 64
 
@@ -249,7 +249,7 @@ class Config:
     root_path: Annotated[str, _url_prefix] = ""
 
     # --- lifespan and shutdown ----------------------------------------------
-    lifespan: Lifespan = "auto"
+    lifespan: LifespanMode = "auto"
     startup_timeout: Seconds = 60.0
     shutdown_timeout: Seconds = 30.0
     graceful_timeout: Seconds = 30.0
@@ -263,7 +263,7 @@ class Config:
     drain_timeout: Seconds = 5.0
     max_connections: AtLeastOne = 1024
 
-    # --- WebSocket (over SCGI, docs/websocket.md) --------------------------------
+    # --- WebSocket (docs/websocket.md) --------------------------------------------
     websocket_max_message_size: AtLeastOne = 16777216
     websocket_ping_interval: Seconds = 20.0
     websocket_ping_timeout: Seconds = 20.0

@@ -77,9 +77,11 @@ _HELP = {
     "exits with 3",
     "shutdown_timeout": "seconds the app gets for lifespan shutdown before it is cancelled",
     "graceful_timeout": "seconds requests in flight get to finish after SIGTERM or SIGINT",
-    "max_header_size": "largest SCGI header block in bytes; a larger request gets 431",
+    "max_header_size": "largest request head in bytes (SCGI's header block, FastCGI's "
+    "PARAMS); a larger request gets 431",
     "max_body_size": "largest request body in bytes; a larger one gets 413 before it is read",
-    "header_timeout": "seconds for a request's whole SCGI header block to arrive",
+    "header_timeout": "seconds for a request's whole head (SCGI's header block, FastCGI's "
+    "first request) to arrive",
     "read_timeout": "longest wait in seconds between two reads of the request body",
     "write_timeout": "longest wait in seconds for the front-end to accept more response bytes",
     "drain_timeout": "seconds spent reading and discarding an unread request body after the "

@@ -365,32 +365,15 @@ def _check_pid_file(path: str) -> None:
 
 def _run_single(app: Any, config: Config) -> int:
     from .._listeners import BindError  # noqa: PLC0415
-    from . import notify  # noqa: PLC0415
-    from .logging import reopen_logs  # noqa: PLC0415
-    from .run import run  # noqa: PLC0415
+    from .run import run_single  # noqa: PLC0415
 
-    metrics_listener = None
     try:
-        if config.metrics_bind is not None:
-            from .metrics_http import bind_metrics  # noqa: PLC0415
-
-            metrics_listener = bind_metrics(config.metrics_bind)
-        return run(
-            app,
-            config,
-            on_ready=notify.ready,
-            on_stopping=notify.stopping,
-            on_reopen_logs=reopen_logs,
-            metrics_listener=metrics_listener.sock if metrics_listener is not None else None,
-        )
+        return run_single(app, config)
     except BindError as exc:
         _print_error(f"cannot listen: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
-    finally:
-        if metrics_listener is not None:
-            metrics_listener.close()
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:

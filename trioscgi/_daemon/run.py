@@ -45,6 +45,38 @@ def pin_to_cpu(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def run_single(app: ASGIApp, config: Config) -> int:
+    """The one-process driver: ``run()`` with systemd notifications, log reopening and
+    its own ``metrics_bind`` socket (bound here, its file removed at exit).
+
+    Returns:
+        0 after a clean stop, 3 when the lifespan startup failed.
+
+    Raises:
+        BindError: an address (or ``metrics_bind``) could not be bound.
+    """
+    from . import notify  # noqa: PLC0415
+    from .logging import reopen_logs  # noqa: PLC0415
+
+    metrics_listener = None
+    try:
+        if config.metrics_bind is not None:
+            from .metrics_http import bind_metrics  # noqa: PLC0415
+
+            metrics_listener = bind_metrics(config.metrics_bind)
+        return run(
+            app,
+            config,
+            on_ready=notify.ready,
+            on_stopping=notify.stopping,
+            on_reopen_logs=reopen_logs,
+            metrics_listener=metrics_listener.sock if metrics_listener is not None else None,
+        )
+    finally:
+        if metrics_listener is not None:
+            metrics_listener.close()
+
+
 def run(
     app: ASGIApp,
     config: Config,

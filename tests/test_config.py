@@ -5,10 +5,17 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 from trioscgi import Config
 from trioscgi._config import (
@@ -319,3 +326,48 @@ def test_every_timeout_is_checked_non_negative() -> None:
     for name in timeouts:
         with pytest.raises(ConfigError, match=f"key '{name}' must be >= 0, got -1"):
             check_value(name, -1.0)
+
+
+def _reference_entries() -> dict[str, str]:
+    """docs/configuration.md: each key's italic summary line(s) under its heading."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "configuration.md").read_text(encoding="utf-8")
+    entries = {}
+    for block in text.split("\n#### ")[1:]:
+        heading, _, rest = block.partition("\n")
+        found = re.match(r"\*(.*?)\*$", rest.lstrip(), re.S | re.M)  # up to a line's last *
+        summary = found.group(1).replace("\n", " ") if found else ""
+        for key in re.findall(r"`(\w+)`", heading):
+            entries[key] = summary
+    return entries
+
+
+def test_the_example_and_the_reference_state_the_fields_defaults() -> None:
+    # Config's fields are the one declaration of each setting: the example file and
+    # the reference must name every key with the field's default (and flag).
+    from trioscgi._daemon.cli import build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    example = (root / "config.example.toml").read_text(encoding="utf-8")
+    entries = _reference_entries()
+    flags = {a.dest: a.option_strings for a in build_parser()._actions}
+    defaults = Config()
+    for name in FIELD_NAMES:
+        default = getattr(defaults, name)
+        assert name in entries, f"docs/configuration.md has no '#### `{name}`' entry"
+        summary = entries[name]
+        stated = re.search(r"default `([^`]*)`", summary)
+        if default is None:
+            assert stated is None, (name, summary)
+            # Unset by default: only a commented-out example, or a [table].
+            assert not re.search(rf"^{name} =", example, re.M), name
+            assert re.search(rf"^# {name} =|^\[{name}\]|^# \[{name}\]", example, re.M), name
+            continue
+        assert stated is not None, f"{name}: no default `...` in {summary!r}"
+        assert tomllib.loads(f"v = {stated.group(1)}")["v"] == default, (name, stated.group(1))
+        # In the example, set to its default (test_the_example_file_loads_to_the_defaults
+        # checks the value).
+        assert re.search(rf"^{name} = ", example, re.M), f"config.example.toml: no {name} ="
+        for flag in flags.get(name, []):
+            if flag.startswith("--"):
+                assert f"`{flag}" in summary, (name, flag, summary)

@@ -525,3 +525,132 @@ def test_websocket_sessions_and_close_codes(service: object) -> None:
     assert value(text, "trioscgi_requests_total", protocol="websocket", status_class="1xx") == 2
     assert value(text, "trioscgi_websocket_sessions_open") == 0
     assert value(text, "trioscgi_requests_total", protocol="scgi", status_class="2xx") == 0
+
+
+# --- metrics_bind on a Unix path: the file is ours only if it was stale -------
+
+
+def test_metrics_bind_refuses_a_regular_file(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+    from trioscgi._listeners import BindError
+
+    path = tmp_path / "metrics.sock"
+    path.write_text("precious")
+    with pytest.raises(BindError, match="exists and is not a socket; refusing to remove it"):
+        bind_metrics(f"unix:{path}")
+    assert path.read_text() == "precious"
+
+
+def test_metrics_bind_refuses_a_live_socket_and_leaves_it(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+    from trioscgi._listeners import BindError
+
+    path = str(tmp_path / "metrics.sock")
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(path)
+        other.listen(1)
+        with pytest.raises(BindError, match="address in use"):
+            bind_metrics(f"unix:{path}")
+        # The other instance is still reachable on its path.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)
+        probe.close()
+    finally:
+        other.close()
+
+
+def test_metrics_bind_replaces_a_stale_socket_and_spares_a_successor(tmp_path: Path) -> None:
+    from trioscgi._daemon.metrics_http import bind_metrics
+
+    path = str(tmp_path / "metrics.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens: stale
+    listener = bind_metrics(f"unix:{path}")
+    # Another instance replaces the file while we run: on exit we leave its file alone.
+    os.unlink(path)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        successor.bind(path)
+        successor.listen(1)
+        listener.close()
+        assert os.path.exists(path), "closing the metrics listener removed another's socket"
+    finally:
+        successor.close()
+    # Ours, still ours at exit: removed.
+    os.unlink(path)
+    listener = bind_metrics(f"unix:{path}")
+    listener.close()
+    assert not os.path.exists(path)
+
+
+async def test_the_trio_endpoint_serves_at_most_max_clients_at_once(autojump_clock: object) -> None:
+    # Connections that send nothing each hold a slot until CLIENT_TIMEOUT; past
+    # MAX_CLIENTS of them, the next scraper waits in the backlog (not a task, not
+    # a socket of ours) until one is done.
+    import trio
+
+    from trioscgi._daemon.metrics_http import (
+        CLIENT_TIMEOUT,
+        MAX_CLIENTS,
+        MetricsHTTP,
+        serve_http,
+    )
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    http = MetricsHTTP(lambda: families(WorkerMetrics().snapshot(0, 0), None))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_http, listener, http)
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_CLIENTS)]
+        scraper = await trio.open_tcp_stream("127.0.0.1", port)
+        await scraper.send_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        with trio.move_on_after(CLIENT_TIMEOUT / 2) as waiting:
+            await scraper.receive_some()
+        assert waiting.cancelled_caught, "a scraper past MAX_CLIENTS was served at once"
+        await silent[0].aclose()
+        response = b""
+        with trio.fail_after(1):  # well before the silent ones time out
+            while chunk := await scraper.receive_some():
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+        for stream in [*silent[1:], scraper]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+    listener.close()
+
+
+def test_the_supervisors_endpoint_serves_at_most_max_clients_at_once() -> None:
+    from trioscgi._daemon.metrics_http import MAX_CLIENTS, MetricsHTTP, SelectServer
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0trioscgi-test-{os.getpid()}")
+    listener.listen(64)
+    server = SelectServer(
+        listener, MetricsHTTP(lambda: families(WorkerMetrics().snapshot(0, 0), None))
+    )
+    clients = []
+    try:
+        for _ in range(MAX_CLIENTS + 1):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(listener.getsockname())
+            clients.append(c)
+        for _ in range(MAX_CLIENTS + 1):  # one accept per wake-up
+            server.on_readable(server.readers(), now=0.0)
+        assert len(server.clients) == MAX_CLIENTS
+        assert listener not in server.readers()  # the rest wait in the backlog
+        clients[0].close()
+        server.on_readable(server.readers(), now=0.0)  # EOF: the first is done
+        assert listener in server.readers()
+        server.on_readable([listener], now=0.0)
+        clients[-1].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        server.on_readable(server.readers(), now=0.0)
+        assert clients[-1].recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.close_clients()
+        listener.close()
+        for c in clients:
+            c.close()

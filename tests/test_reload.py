@@ -265,3 +265,50 @@ def test_a_reload_behind_nginx_shows_no_502(dev: Dev) -> None:
             seen.append((response.status, response.text))
         assert {status for status, _ in seen} == {200}, seen
         assert "connect() to unix" not in nginx.log_text(), nginx.log_text()
+
+
+def _held(pid: int) -> dict[str, int]:
+    """The pipes and sockets a process holds beyond stdio: ``{"pipe:[123]": fd}``."""
+    held = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if int(name) <= 2:
+            continue
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue  # closed meanwhile (the listing itself, say)
+        if target.startswith(("pipe:", "socket:")):
+            held[target] = int(name)
+    return held
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_watcher_and_the_worker_hold_nothing_of_the_other(dev: Dev) -> None:
+    # The watcher holding a listener, the metrics socket or the alive pipe's write
+    # end keeps them open after the supervisor dies (up to its 500 ms wake-up); the
+    # worker holding the watcher's pipe hides the watcher's exit from the supervisor.
+    dev.start("--log-level", "debug", "--metrics-bind", f"unix:{dev.workdir / 'metrics.sock'}")
+    dev.expect("READY=1")
+    dev.wait_log("--reload: watching")
+    assert dev.proc is not None
+    worker = int(dev.log_text().split("started worker ", 1)[1].split()[0])
+    with open(f"/proc/{dev.proc.pid}/task/{dev.proc.pid}/children") as f:
+        children = {int(pid) for pid in f.read().split()}
+    (watcher,) = children - {worker}
+    watcher_holds = _held(watcher)
+    assert not [t for t in watcher_holds if t.startswith("socket:")], watcher_holds
+    assert not set(watcher_holds) & set(_held(worker)), (watcher_holds, _held(worker))
+    # The supervisor killed outright: the worker sees it at once (the alive pipe's
+    # EOF), stops, and the metrics socket and the listener are released.
+    dev.proc.kill()
+    dev.proc.wait()
+    deadline = time.monotonic() + 30
+    while _running(worker):
+        assert time.monotonic() < deadline, "the worker outlived its supervisor"
+        time.sleep(0.02)

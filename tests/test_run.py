@@ -317,3 +317,24 @@ def test_cpu_affinity_spreads_workers(start_server: Callable[..., Server]) -> No
     assert _cpus(pid) != str(first)  # the supervisor itself is not pinned
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit() == 0
+
+
+def test_the_daemon_drives_the_server_through_its_public_members() -> None:
+    # One way to run a Server: serve() and _daemon.run both call Server.run() and use
+    # its public members; a private one read from the daemon is a second driver in
+    # the making.
+    import ast
+
+    import trioscgi._daemon
+
+    private = []
+    for path in Path(trioscgi._daemon.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "server"
+                and node.attr.startswith("_")
+            ):
+                private.append(f"{path.name}:{node.lineno}: server.{node.attr}")
+    assert private == []

@@ -188,10 +188,55 @@ def _octal_mode(value: Any) -> int:
     return int(value)
 
 
-Lifespan = Literal["auto", "on", "off"]
+@dataclass(frozen=True)
+class Setting:
+    """What the command line says about a setting: a :class:`Config` field's metadata.
+
+    The one declaration of each setting is its field: name, type, default,
+    checks (in the annotation) and this. ``--help`` is built from it
+    (``_daemon/cli.py``); tests/test_config.py checks config.example.toml and
+    docs/configuration.md against the fields' defaults.
+
+    Attributes:
+        help: what it does, for ``--help`` ("(default: ...)" is added).
+        flag: its long flag; ``""`` = ``--`` and the key with ``-`` for ``_``;
+            ``None`` = no generic flag (the file, or a flag of its own).
+        repeat: the flag may be repeated, each one adding an item (a list).
+        short: a short flag too (``-w``).
+        metavar: the flag's value in ``--help``, when the type's isn't apt.
+        default_text: the default in words, when the value itself reads badly.
+    """
+
+    help: str
+    flag: str | None = ""
+    repeat: bool = False
+    short: str | None = None
+    metavar: str | None = None
+    default_text: str | None = None
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    help: str,
+    flag: str | None = "",
+    repeat: bool = False,
+    short: str | None = None,
+    metavar: str | None = None,
+    default_text: str | None = None,
+) -> Any:
+    """A :class:`Config` field: its default (or ``factory``) and its :class:`Setting`."""
+    meta = {"setting": Setting(help, flag, repeat, short, metavar, default_text)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+LifespanMode = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
 AppLoop = Literal["auto", "trio", "asyncio"]
-Protocol = Literal["auto", "scgi", "fastcgi"]
+ProtocolName = Literal["auto", "scgi", "fastcgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
 NonNegative = Annotated[int, _non_negative]
@@ -208,90 +253,336 @@ class Config:
     """
 
     # To add a setting, add its field here, and only here for the code: name,
-    # type, default, and its checks beyond the type as Annotated metadata:
+    # type, default, its checks beyond the type as Annotated metadata, and what
+    # --help says of it (a Setting):
     #
-    #     fastcgi_max_requests: Annotated[int, _at_least_one] = 16
-    #     accept_timeout: Seconds = 5.0
-    #     protocol: Literal["scgi", "fastcgi", "auto"] = "scgi"
+    #     fastcgi_max_requests: Annotated[int, _at_least_one] = setting(16, help="...")
+    #     accept_timeout: Seconds = setting(5.0, help="...")
+    #     protocol: Literal["scgi", "fastcgi", "auto"] = setting("scgi", help="...")
     #
     # The annotation alone is checked: bool, int, float, str, a Literal of
     # choices, list[str], dict[str, Any], each "| None" when it may be unset.
     # A validator is a function (key, value) -> None raising ConfigError (see
     # above); _Parse(fn) replaces the type check (unix_socket_mode). The
-    # command line gets a --flag for it (see _daemon/cli.py; give it a _HELP line
-    # there). Then document it in config.example.toml and
-    # docs/configuration.md: tests/test_config.py checks both.
+    # command line gets a --flag for it from the Setting (_daemon/cli.py). Then
+    # document it in config.example.toml and docs/configuration.md, with the
+    # same default: tests/test_config.py checks both against the field.
 
     # --- what to serve -------------------------------------------------------
-    app: Annotated[str | None, _app_spec] = None
-    factory: bool = False
-    app_dir: NonEmptyStr | None = None
-    interface: Interface = "auto"
-    app_loop: AppLoop = "auto"
-    wsgi_threads: AtLeastOne = 16
+    app: Annotated[str | None, _app_spec] = setting(
+        None,
+        help="the application, like myproject.asgi:app (or 'app' in the config file)",
+        flag=None,
+    )
+    factory: bool = setting(
+        False,
+        default_text="off",
+        help="MODULE:ATTR is a callable returning the application, called once per worker",
+        flag=None,
+    )
+    app_dir: NonEmptyStr | None = setting(
+        None,
+        help="directory put first on sys.path before importing the app",
+        metavar="DIR",
+        default_text="the current directory",
+    )
+    interface: Interface = setting(
+        "auto",
+        help=(
+            "what the app is: 'auto' takes an async callable of 3 arguments for ASGI and a plain "
+            "one of 2 for WSGI, and asks for this flag when it can't tell"
+        ),
+    )
+    app_loop: AppLoop = setting(
+        "auto",
+        help=(
+            "event loop the app runs on: 'auto' = asyncio for Django's ASGI handler, Quart, "
+            "Channels and asgiref apps, trio for the rest; 'asyncio' for an app on trio or anyio "
+            "that calls an asyncio-only library"
+        ),
+    )
+    wsgi_threads: AtLeastOne = setting(
+        16,
+        help=(
+            "threads running WSGI requests in each worker process: the most WSGI requests in "
+            "progress at once; ASGI apps don't use them"
+        ),
+    )
 
     # --- where to listen -----------------------------------------------------
-    bind: Annotated[list[str], _bind_list] = field(default_factory=lambda: ["127.0.0.1:4000"])
-    backlog: AtLeastOne = 1024
-    unix_socket_mode: Annotated[int, _Parse(_octal_mode)] = 0o660
-    unix_socket_owner: str | None = None
-    unix_socket_group: str | None = None
-    trusted_peers: Annotated[list[str], _peer_list] = field(
-        default_factory=lambda: ["127.0.0.1", "::1"]
+    bind: Annotated[list[str], _bind_list] = setting(
+        factory=lambda: ["127.0.0.1:4000"],
+        help=(
+            "address to listen on: unix:PATH, unix:@NAME, HOST:PORT, [V6]:PORT, fd://N, systemd "
+            "or systemd:NAME; repeat the flag for several (they replace the file's list)"
+        ),
+        flag="--bind",
+        repeat=True,
+        short="-b",
+        metavar="BIND",
+    )
+    backlog: AtLeastOne = setting(
+        1024, help="listen() backlog: connections the kernel queues while the server is busy"
+    )
+    unix_socket_mode: Annotated[int, _Parse(_octal_mode)] = setting(
+        0o660,
+        help=(
+            "permissions of the Unix sockets trioscgi creates, in octal (660 or 0o660), set "
+            "before any client can connect"
+        ),
+        metavar="MODE",
+        default_text="660",
+    )
+    unix_socket_owner: str | None = setting(
+        None,
+        help="owner (user name or uid) of the Unix sockets trioscgi creates",
+        default_text="the server's user",
+    )
+    unix_socket_group: str | None = setting(
+        None,
+        help="group (name or gid) of the Unix sockets trioscgi creates",
+        default_text="the server's group",
+    )
+    trusted_peers: Annotated[list[str], _peer_list] = setting(
+        factory=lambda: ["127.0.0.1", "::1"],
+        help=(
+            "peer allowed to connect over TCP (it can forge every header the app sees): an IP "
+            "address, a CIDR network or '*' for anyone; repeat the flag for several"
+        ),
+        flag="--trusted-peer",
+        repeat=True,
+        metavar="ADDR",
     )
 
     # --- the wire protocol -----------------------------------------------------
-    protocol: Protocol = "auto"
-    idle_timeout: Seconds = 60.0
-    fastcgi_max_requests: Annotated[int, _at_least_one, _request_ids] = 64
+    protocol: ProtocolName = setting(
+        "auto",
+        help=(
+            "wire protocol: scgi, fastcgi, or auto (each connection's first byte tells them "
+            "apart, so one socket serves both)"
+        ),
+    )
+    idle_timeout: Seconds = setting(
+        60.0, help="seconds a kept-alive FastCGI connection may wait for its next request"
+    )
+    fastcgi_max_requests: Annotated[int, _at_least_one, _request_ids] = setting(
+        64,
+        help=(
+            "FastCGI requests one connection may run at once (reported as FCGI_MAX_REQS); 1 = no "
+            "multiplexing"
+        ),
+    )
 
     # --- the scope -----------------------------------------------------------
-    root_path: Annotated[str, _url_prefix] = ""
+    root_path: Annotated[str, _url_prefix] = setting(
+        "",
+        help=(
+            "URL prefix the app is mounted under, like /app, for front-ends that don't send it as"
+            " SCRIPT_NAME (nginx's scgi_params); '/' = mounted at the root; '' = the front-end's "
+            "SCRIPT_NAME where it means one"
+        ),
+        metavar="PATH",
+    )
 
     # --- lifespan and shutdown ----------------------------------------------
-    lifespan: Lifespan = "auto"
-    startup_timeout: Seconds = 60.0
-    shutdown_timeout: Seconds = 30.0
-    graceful_timeout: Seconds = 30.0
+    lifespan: LifespanMode = setting(
+        "auto",
+        help=(
+            "the ASGI lifespan protocol: auto = if the app supports it, on = required (a failure "
+            "exits with 3), off = never"
+        ),
+    )
+    startup_timeout: Seconds = setting(
+        60.0,
+        help="seconds the app gets to finish lifespan startup; past it the server exits with 3",
+    )
+    shutdown_timeout: Seconds = setting(
+        30.0, help="seconds the app gets for lifespan shutdown before it is cancelled"
+    )
+    graceful_timeout: Seconds = setting(
+        30.0, help="seconds requests in flight get to finish after SIGTERM or SIGINT"
+    )
 
     # --- limits --------------------------------------------------------------
-    max_header_size: AtLeastOne = 65536
-    max_body_size: Annotated[int | None, _non_negative] = None
-    header_timeout: Seconds = 10.0
-    read_timeout: Seconds = 60.0
-    write_timeout: Seconds = 60.0
-    drain_timeout: Seconds = 5.0
-    max_connections: AtLeastOne = 1024
+    max_header_size: AtLeastOne = setting(
+        65536,
+        help=(
+            "largest request head in bytes (SCGI's header block, FastCGI's PARAMS); a larger "
+            "request gets 431"
+        ),
+    )
+    max_body_size: Annotated[int | None, _non_negative] = setting(
+        None,
+        help="largest request body in bytes; a larger one gets 413 before it is read",
+        default_text="no limit",
+    )
+    header_timeout: Seconds = setting(
+        10.0,
+        help=(
+            "seconds for a request's whole head (SCGI's header block, FastCGI's first request) to"
+            " arrive"
+        ),
+    )
+    read_timeout: Seconds = setting(
+        60.0, help="longest wait in seconds between two reads of the request body"
+    )
+    write_timeout: Seconds = setting(
+        60.0, help="longest wait in seconds for the front-end to accept more response bytes"
+    )
+    drain_timeout: Seconds = setting(
+        5.0,
+        help=(
+            "seconds spent reading and discarding an unread request body after the response, so "
+            "that nginx doesn't answer 502"
+        ),
+    )
+    max_connections: AtLeastOne = setting(
+        1024,
+        help=(
+            "connections served at once by each worker process; at the limit trioscgi stops "
+            "accepting"
+        ),
+    )
 
-    # --- WebSocket (over SCGI, docs/websocket.md) --------------------------------
-    websocket_max_message_size: AtLeastOne = 16777216
-    websocket_ping_interval: Seconds = 20.0
-    websocket_ping_timeout: Seconds = 20.0
-    websocket_per_message_deflate: bool = True
+    # --- WebSocket (docs/websocket.md) --------------------------------------------
+    websocket_max_message_size: AtLeastOne = setting(
+        16777216,
+        help=(
+            "largest WebSocket message in bytes (characters for text); a larger one closes the "
+            "connection with 1009"
+        ),
+    )
+    websocket_ping_interval: Seconds = setting(
+        20.0,
+        help=(
+            "seconds between the pings that keep an idle WebSocket alive through the front-end's "
+            "read timeout; 0 = no pings"
+        ),
+    )
+    websocket_ping_timeout: Seconds = setting(
+        20.0,
+        help=(
+            "seconds a WebSocket peer gets to answer a ping or a close before the connection is cut"
+        ),
+    )
+    websocket_per_message_deflate: bool = setting(
+        True, help="offer permessage-deflate compression to WebSocket clients that ask for it"
+    )
 
     # --- processes -----------------------------------------------------------
-    workers: AtLeastOne = 1
-    max_requests: NonNegative = 0
-    max_requests_jitter: NonNegative = 0
-    worker_timeout: Seconds = 30.0
-    pid_file: NonEmptyStr | None = None
-    cpu_affinity: Annotated[str, _cpu_list] = ""
+    workers: AtLeastOne = setting(
+        1,
+        help=(
+            "worker processes: 1 serves in this process; more run under a supervisor that "
+            "restarts them and reloads them on SIGHUP"
+        ),
+        short="-w",
+    )
+    max_requests: NonNegative = setting(
+        0, help="replace a worker after this many requests; 0 = never"
+    )
+    max_requests_jitter: NonNegative = setting(
+        0, help="add 0 to N requests at random to max_requests for each worker"
+    )
+    worker_timeout: Seconds = setting(
+        30.0,
+        help=(
+            "with workers >= 2: kill and replace a worker whose event loop sent no heartbeat for "
+            "this many seconds (blocked, or stopped); 0 = never"
+        ),
+    )
+    pid_file: NonEmptyStr | None = setting(
+        None,
+        help="write the process id to this file; removed on exit",
+        metavar="PATH",
+        default_text="none",
+    )
+    cpu_affinity: Annotated[str, _cpu_list] = setting(
+        "",
+        help="pin each worker process to one of these CPUs, like 0,1 or 0-3; '' = no pinning",
+        metavar="CPUS",
+    )
 
     # --- development: restart on source changes (docs/operations.md) --------
-    reload: bool = False
-    reload_dirs: list[str] = field(default_factory=list)
-    reload_include: list[str] = field(default_factory=lambda: ["*.py"])
-    reload_exclude: list[str] = field(default_factory=list)
+    reload: bool = setting(
+        False,
+        default_text="off",
+        help=(
+            "development: restart the app when its source changes, keeping the sockets bound "
+            "(needs trioscgi[reload]; one worker only)"
+        ),
+        flag=None,
+    )
+    reload_dirs: list[str] = setting(
+        factory=list,
+        help="with --reload: a directory to watch; repeat the flag for several",
+        flag="--reload-dir",
+        repeat=True,
+        metavar="DIR",
+        default_text="app_dir, else the current directory",
+    )
+    reload_include: list[str] = setting(
+        factory=lambda: ["*.py"],
+        help=(
+            "with --reload: a glob a changed file's name or path must match to restart the app; "
+            "repeat the flag for several (they replace the default *.py)"
+        ),
+        flag="--reload-include",
+        repeat=True,
+        metavar="GLOB",
+    )
+    reload_exclude: list[str] = setting(
+        factory=list,
+        help=(
+            "with --reload: a glob of files whose changes are ignored; repeat the flag for several"
+        ),
+        flag="--reload-exclude",
+        repeat=True,
+        metavar="GLOB",
+        default_text="none",
+    )
 
     # --- metrics (docs/operations.md) -----------------------------------------
-    metrics_bind: Annotated[str | None, _metrics_bind] = None
+    metrics_bind: Annotated[str | None, _metrics_bind] = setting(
+        None,
+        help=(
+            "serve Prometheus metrics at GET /metrics over plain HTTP on HOST:PORT or unix:PATH "
+            "(needs trioscgi[metrics]); unset = off"
+        ),
+        metavar="ADDR",
+        default_text="off",
+    )
 
     # --- logging -------------------------------------------------------------
-    log_level: Annotated[str, _log_level] = "info"
-    error_log: NonEmptyStr = "-"
-    access_log: NonEmptyStr | None = None
-    access_log_format: Annotated[str, _log_format] = '%(h)s "%(r)s" %(s)s %(b)s %(D)s'
-    logging: dict[str, Any] | None = None
+    log_level: Annotated[str, _log_level] = setting(
+        "info", help="level of the trioscgi logger: critical, error, warning, info or debug"
+    )
+    error_log: NonEmptyStr = setting(
+        "-",
+        help="where the trioscgi logger writes: a file, or '-' for stderr",
+        metavar="PATH",
+        default_text="'-'",
+    )
+    access_log: NonEmptyStr | None = setting(
+        None,
+        help=(
+            "where one line per request is written: a file, or '-' for stdout; '' turns off a log"
+            " the config file set"
+        ),
+        metavar="PATH",
+        default_text="off",
+    )
+    access_log_format: Annotated[str, _log_format] = setting(
+        '%(h)s "%(r)s" %(s)s %(b)s %(D)s',
+        help=(
+            "the access log line, a %-format over atoms such as %(h)s client, %(t)s time, %(r)s "
+            "request line, %(s)s status, %(b)s bytes, %(D)s microseconds, %({Header}i)s a request"
+            " header"
+        ),
+    )
+    logging: dict[str, Any] | None = setting(
+        None, help="a [logging] table for logging.config.dictConfig (config file only)", flag=None
+    )
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied."""
@@ -314,6 +605,8 @@ class Config:
 # The types alone (Annotated stripped), for the type check and the CLI.
 _HINTS: dict[str, Any] = typing.get_type_hints(Config)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+# What the command line says of each field.
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)}
 
 
 def _metadata(hint: Any) -> tuple[Any, ...]:

@@ -74,8 +74,10 @@ class OccasionalWarning:
 class Server:
     """One server: its listeners, its lifespan and its connections.
 
-    ``serve()`` is the public face; the daemon's runner uses this class to
-    begin a graceful shutdown or to force one on a second signal.
+    ``serve()`` is the public face; the daemon's runner (``_daemon.run``) drives
+    the same :meth:`run`, through public members only: :meth:`shutdown` and
+    :meth:`force_shutdown` on its signals, :attr:`active_connections`,
+    :attr:`listeners` and :attr:`metrics` for its gauges and socket-file checks.
     """
 
     def __init__(
@@ -122,6 +124,16 @@ class Server:
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
         self._cut = 0
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (what ``max_connections`` caps)."""
+        return self._active
+
+    @property
+    def listeners(self) -> Sequence[Listener]:
+        """The listeners served: none before :meth:`run` binds them or once they close."""
+        return self._listeners or ()
 
     # --- lifecycle --------------------------------------------------------------
 

@@ -11,8 +11,9 @@ import argparse
 import contextlib
 import os
 import sys
+import typing
 from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from .. import _config
 from .._config import Config, ConfigError
@@ -20,123 +21,10 @@ from .._importer import AppLoadError, load_app
 from .._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from .._version import __version__
 
-# Fields with no command-line flag: ``app`` is the positional argument,
-# ``logging`` is a table that only makes sense in the file.
-_NO_FLAG = {"app", "factory", "logging", "reload"}
-# Flags that take a list and may be repeated, with their singular spelling.
-_REPEATED = {
-    "bind": "--bind",
-    "trusted_peers": "--trusted-peer",
-    "reload_dirs": "--reload-dir",
-    "reload_include": "--reload-include",
-    "reload_exclude": "--reload-exclude",
-}
-_SHORT = {"bind": "-b", "workers": "-w"}
-_METAVARS = {
-    "bind": "BIND",
-    "trusted_peers": "ADDR",
-    "unix_socket_mode": "MODE",
-    "root_path": "PATH",
-    "pid_file": "PATH",
-    "error_log": "PATH",
-    "access_log": "PATH",
-    "app_dir": "DIR",
-    "cpu_affinity": "CPUS",
-    "reload_dirs": "DIR",
-    "reload_include": "GLOB",
-    "reload_exclude": "GLOB",
-    "metrics_bind": "ADDR",
-}
-# What each flag does; "(default: ...)" is added from Config's defaults. pip
-# installs no docs, so --help must be enough to run the server: a new key
-# gets its line here (tests/test_cli.py checks that every flag has one).
-_HELP = {
-    "app_dir": "directory put first on sys.path before importing the app",
-    "interface": "what the app is: 'auto' takes an async callable of 3 arguments for ASGI "
-    "and a plain one of 2 for WSGI, and asks for this flag when it can't tell",
-    "app_loop": "event loop the app runs on: 'auto' = asyncio for Django's ASGI handler, "
-    "Quart, Channels and asgiref apps, trio for the rest; 'asyncio' for an app on trio or "
-    "anyio that calls an asyncio-only library",
-    "wsgi_threads": "threads running WSGI requests in each worker process: the most WSGI "
-    "requests in progress at once; ASGI apps don't use them",
-    "bind": "address to listen on: unix:PATH, unix:@NAME, HOST:PORT, [V6]:PORT, fd://N, "
-    "systemd or systemd:NAME; repeat the flag for several (they replace the file's list)",
-    "backlog": "listen() backlog: connections the kernel queues while the server is busy",
-    "unix_socket_mode": "permissions of the Unix sockets trioscgi creates, in octal "
-    "(660 or 0o660), set before any client can connect",
-    "unix_socket_owner": "owner (user name or uid) of the Unix sockets trioscgi creates",
-    "unix_socket_group": "group (name or gid) of the Unix sockets trioscgi creates",
-    "trusted_peers": "peer allowed to connect over TCP (it can forge every header the app "
-    "sees): an IP address, a CIDR network or '*' for anyone; repeat the flag for several",
-    "root_path": "URL prefix the app is mounted under, like /app, for front-ends that "
-    "don't send it as SCRIPT_NAME (nginx's scgi_params); '/' = mounted at the root; '' = "
-    "the front-end's SCRIPT_NAME where it means one",
-    "lifespan": "the ASGI lifespan protocol: auto = if the app supports it, on = required "
-    "(a failure exits with 3), off = never",
-    "startup_timeout": "seconds the app gets to finish lifespan startup; past it the server "
-    "exits with 3",
-    "shutdown_timeout": "seconds the app gets for lifespan shutdown before it is cancelled",
-    "graceful_timeout": "seconds requests in flight get to finish after SIGTERM or SIGINT",
-    "max_header_size": "largest SCGI header block in bytes; a larger request gets 431",
-    "max_body_size": "largest request body in bytes; a larger one gets 413 before it is read",
-    "header_timeout": "seconds for a request's whole SCGI header block to arrive",
-    "read_timeout": "longest wait in seconds between two reads of the request body",
-    "write_timeout": "longest wait in seconds for the front-end to accept more response bytes",
-    "drain_timeout": "seconds spent reading and discarding an unread request body after the "
-    "response, so that nginx doesn't answer 502",
-    "max_connections": "connections served at once by each worker process; at the limit "
-    "trioscgi stops accepting",
-    "websocket_max_message_size": "largest WebSocket message in bytes (characters for "
-    "text); a larger one closes the connection with 1009",
-    "websocket_ping_interval": "seconds between the pings that keep an idle WebSocket "
-    "alive through the front-end's read timeout; 0 = no pings",
-    "websocket_ping_timeout": "seconds a WebSocket peer gets to answer a ping or a close "
-    "before the connection is cut",
-    "websocket_per_message_deflate": "offer permessage-deflate compression to WebSocket "
-    "clients that ask for it",
-    "workers": "worker processes: 1 serves in this process; more run under a supervisor "
-    "that restarts them and reloads them on SIGHUP",
-    "max_requests": "replace a worker after this many requests; 0 = never",
-    "max_requests_jitter": "add 0 to N requests at random to max_requests for each worker",
-    "worker_timeout": "with workers >= 2: kill and replace a worker whose event loop sent "
-    "no heartbeat for this many seconds (blocked, or stopped); 0 = never",
-    "reload_dirs": "with --reload: a directory to watch; repeat the flag for several",
-    "reload_include": "with --reload: a glob a changed file's name or path must match to "
-    "restart the app; repeat the flag for several (they replace the default *.py)",
-    "reload_exclude": "with --reload: a glob of files whose changes are ignored; repeat the "
-    "flag for several",
-    "metrics_bind": "serve Prometheus metrics at GET /metrics over plain HTTP on HOST:PORT "
-    "or unix:PATH (needs trioscgi[metrics]); unset = off",
-    "pid_file": "write the process id to this file; removed on exit",
-    "cpu_affinity": "pin each worker process to one of these CPUs, like 0,1 or 0-3; '' = "
-    "no pinning",
-    "log_level": "level of the trioscgi logger: critical, error, warning, info or debug",
-    "error_log": "where the trioscgi logger writes: a file, or '-' for stderr",
-    "access_log": "where one line per request is written: a file, or '-' for stdout; '' "
-    "turns off a log the config file set",
-    "access_log_format": "the access log line, a %-format over atoms such as %(h)s client, "
-    "%(t)s time, %(r)s request line, %(s)s status, %(b)s bytes, %(D)s microseconds, "
-    "%({Header}i)s a request header",
-    "protocol": "wire protocol: scgi, fastcgi, or auto (each connection's first byte "
-    "tells them apart, so one socket serves both)",
-    "idle_timeout": "seconds a kept-alive FastCGI connection may wait for its next request",
-    "fastcgi_max_requests": "FastCGI requests one connection may run at once (reported as "
-    "FCGI_MAX_REQS); 1 = no multiplexing",
-}
-# Defaults that read better in words than as the value itself.
-_DEFAULT_TEXT = {
-    "app_dir": "the current directory",
-    "unix_socket_mode": "660",
-    "unix_socket_owner": "the server's user",
-    "unix_socket_group": "the server's group",
-    "max_body_size": "no limit",
-    "pid_file": "none",
-    "error_log": "'-'",
-    "access_log": "off",
-    "reload_dirs": "app_dir, else the current directory",
-    "reload_exclude": "none",
-    "metrics_bind": "off",
-}
+# Each setting's flag, help line, metavar and default in words come from its one
+# declaration, the Config field (_config.Setting): pip installs no docs, so --help
+# must be enough to run the server.
+_SETTINGS = _config.SETTINGS
 _EPILOG = f"""\
 Precedence: command-line flag > config file (-c) > default. An empty value
 (--access-log '') unsets an optional key the config file set.
@@ -159,12 +47,13 @@ _DEFAULT_BIND = Config().bind
 def _flag_name(key: str) -> str:
     if key == "app":
         return "app (the positional argument)"
-    return _REPEATED.get(key, "--" + key.replace("_", "-"))
+    return _SETTINGS[key].flag or "--" + key.replace("_", "-")
 
 
 def _default_text(key: str) -> str:
-    if key in _DEFAULT_TEXT:
-        return _DEFAULT_TEXT[key]
+    text = _SETTINGS[key].default_text
+    if text is not None:
+        return text
     value = getattr(Config(), key)
     if value is None:
         return "unset"
@@ -197,25 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         # A daemon's flags are exact: "--grace 7" must not quietly set graceful_timeout.
         allow_abbrev=False,
     )
-    parser.add_argument(
-        "app",
-        nargs="?",
-        metavar="MODULE:ATTR",
-        help="the application, like myproject.asgi:app (or 'app' in the config file)",
-    )
+    parser.add_argument("app", nargs="?", metavar="MODULE:ATTR", help=_SETTINGS["app"].help)
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: none)")
-    parser.add_argument(
-        "--factory",
-        action="store_true",
-        help="MODULE:ATTR is a callable returning the application, called once per worker "
-        "(default: off)",
-    )
-    parser.add_argument(
-        "--reload",
-        action="store_true",
-        help="development: restart the app when its source changes, keeping the sockets "
-        "bound (needs trioscgi[reload]; one worker only) (default: off)",
-    )
+    for switch in ("factory", "reload"):  # no value: given = true
+        parser.add_argument(
+            f"--{switch}",
+            action="store_true",
+            help=f"{_SETTINGS[switch].help} (default: {_default_text(switch)})",
+        )
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -224,26 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
         "checked (stderr) and the effective settings as TOML (stdout), then exit",
     )
     parser.add_argument("--version", action="version", version=f"trioscgi {__version__}")
-    for key in _config.FIELD_NAMES:
-        if key in _NO_FLAG:
+    for key, setting in _SETTINGS.items():
+        if setting.flag is None:
             continue
         flags = [_flag_name(key)]
-        if key in _SHORT:
-            flags.insert(0, _SHORT[key])
+        if setting.short is not None:
+            flags.insert(0, setting.short)
         hint, _ = _config._strip_optional(_config._HINTS[key])
-        what = _HELP.get(key, f"the {key!r} setting")
         # argparse %-formats help strings: the access log atoms need escaping.
-        text = f"{what} (default: {_default_text(key)})".replace("%", "%%")
+        text = f"{setting.help} (default: {_default_text(key)})".replace("%", "%%")
         metavar = "SECONDS" if hint is float else key.split("_")[-1].upper()
         kwargs: dict[str, Any] = {
             "dest": key,
-            "metavar": _METAVARS.get(key, metavar),
+            "metavar": setting.metavar or metavar,
             "help": text,
         }
-        if key in _REPEATED:
+        if setting.repeat:
             kwargs["action"] = "append"
-        choices = getattr(hint, "__args__", None)
-        if key in ("lifespan", "interface", "protocol", "app_loop") and choices:
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
             kwargs["choices"] = choices
             kwargs["metavar"] = "|".join(choices)
         parser.add_argument(*flags, **kwargs)
@@ -488,37 +365,15 @@ def _check_pid_file(path: str) -> None:
 
 def _run_single(app: Any, config: Config) -> int:
     from .._listeners import BindError  # noqa: PLC0415
-    from . import notify  # noqa: PLC0415
-    from .logging import reopen_logs  # noqa: PLC0415
-    from .run import run  # noqa: PLC0415
+    from .run import run_single  # noqa: PLC0415
 
-    metrics_listener = None
     try:
-        if config.metrics_bind is not None:
-            from .metrics_http import bind_metrics  # noqa: PLC0415
-
-            try:
-                metrics_listener = bind_metrics(config.metrics_bind)
-            except OSError as exc:
-                raise BindError(f"metrics_bind {config.metrics_bind}: {exc}") from None
-        return run(
-            app,
-            config,
-            on_ready=notify.ready,
-            on_stopping=notify.stopping,
-            on_reopen_logs=reopen_logs,
-            metrics_listener=metrics_listener,
-        )
+        return run_single(app, config)
     except BindError as exc:
         _print_error(f"cannot listen: {exc}")
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
-    finally:
-        if metrics_listener is not None:
-            from .metrics_http import close_metrics  # noqa: PLC0415
-
-            close_metrics(metrics_listener)
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:

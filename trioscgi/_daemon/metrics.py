@@ -233,25 +233,20 @@ def families(total: dict[str, Any], totals: Totals | None) -> Iterator[Any]:
         cut.add_metric([wire], total.get("responses_cut", {}).get(wire, 0))
     yield cut
     if totals is not None:
-        yield CounterMetricFamily(
-            "trioscgi_worker_starts", "Worker processes started", value=totals.worker_starts
-        )
-        yield CounterMetricFamily(
-            "trioscgi_worker_deaths",
-            "Worker processes that exited unexpectedly",
-            value=totals.worker_deaths,
-        )
-        yield CounterMetricFamily(
-            "trioscgi_reloads", "Reloads begun (SIGHUP or --reload)", value=totals.reloads
-        )
-        yield CounterMetricFamily(
-            "trioscgi_lifespan_failures",
-            "Workers whose lifespan startup failed",
-            value=totals.lifespan_failures,
-        )
+        for attr, what in _SUPERVISOR_COUNTERS:
+            yield CounterMetricFamily(f"trioscgi_{attr}", what, value=getattr(totals, attr))
         yield GaugeMetricFamily(
             "trioscgi_workers_ready", "Worker processes serving", value=totals.workers_ready
         )
+
+
+# The supervisor's own counters (Totals attributes): trioscgi_<attr>, and their help.
+_SUPERVISOR_COUNTERS = (
+    ("worker_starts", "Worker processes started"),
+    ("worker_deaths", "Worker processes that exited unexpectedly"),
+    ("reloads", "Reloads begun (SIGHUP or --reload)"),
+    ("lifespan_failures", "Workers whose lifespan startup failed"),
+)
 
 
 class _Collector:

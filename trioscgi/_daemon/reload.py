@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._config import Config, ConfigError
+from .._types import EXIT_OK, EXIT_RUNTIME
 
-__all__ = ["check_reload", "reload_dirs", "watch_forever"]
+__all__ = ["check_reload", "reload_dirs", "start_watcher", "watch_forever"]
+
+log = logging.getLogger("trioscgi")
 
 # One line per batch on the pipe: below PIPE_BUF (4096 on Linux), so that a
 # line is written whole.
@@ -77,6 +81,51 @@ class _Filter:
         if self._matches(self.exclude, path):
             return False
         return self._matches(self.include, path)
+
+
+def start_watcher(
+    config: Config, close: Iterable[int], signals: Sequence[signal.Signals]
+) -> tuple[int, int]:
+    """Fork the watcher; return its pid and the read end (non-blocking) of its pipe.
+
+    ``close``: the caller's descriptors, which the watcher closes first: it must
+    hold no listening socket and no end of the caller's own pipes, or they would
+    outlive the caller by up to :data:`_PARENT_CHECK_MS`. ``signals``: the
+    caller's handled signals, blocked across the fork and reset in the watcher.
+
+    Raises:
+        OSError: no pipe or no process could be made.
+    """
+    changes_r, changes_w = os.pipe()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(changes_r)
+        os.close(changes_w)
+        raise
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = EXIT_RUNTIME
+        try:
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for s in signals:
+                signal.signal(s, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fd in (changes_r, *close):
+                os.close(fd)
+            watch_forever(config, changes_w)
+            code = EXIT_OK
+        except BaseException:
+            log.exception("the --reload watcher failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    os.close(changes_w)
+    os.set_blocking(changes_r, False)
+    return pid, changes_r
 
 
 def watch_forever(config: Config, write_fd: int) -> None:  # pragma: no cover - child process

@@ -45,6 +45,38 @@ def pin_to_cpu(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def run_single(app: ASGIApp, config: Config) -> int:
+    """The one-process driver: ``run()`` with systemd notifications, log reopening and
+    its own ``metrics_bind`` socket (bound here, its file removed at exit).
+
+    Returns:
+        0 after a clean stop, 3 when the lifespan startup failed.
+
+    Raises:
+        BindError: an address (or ``metrics_bind``) could not be bound.
+    """
+    from . import notify  # noqa: PLC0415
+    from .logging import reopen_logs  # noqa: PLC0415
+
+    metrics_listener = None
+    try:
+        if config.metrics_bind is not None:
+            from .metrics_http import bind_metrics  # noqa: PLC0415
+
+            metrics_listener = bind_metrics(config.metrics_bind)
+        return run(
+            app,
+            config,
+            on_ready=notify.ready,
+            on_stopping=notify.stopping,
+            on_reopen_logs=reopen_logs,
+            metrics_listener=metrics_listener.sock if metrics_listener is not None else None,
+        )
+    finally:
+        if metrics_listener is not None:
+            metrics_listener.close()
+
+
 def run(
     app: ASGIApp,
     config: Config,
@@ -180,7 +212,7 @@ def _start_metrics(
     assert metrics is not None
 
     def gauges() -> tuple[int, int]:
-        return server._active, len(server.fastcgi_connections)
+        return server.active_connections, len(server.fastcgi_connections)
 
     if report is not None:
         nursery.start_soon(_metrics.report_loop, metrics, gauges, report)
@@ -189,7 +221,7 @@ def _start_metrics(
         def source() -> Any:
             total = metrics.snapshot(*gauges())
             total["listener_path_missing"] = sum(
-                1 for lst in server._listeners or () if lst.path_problem() is not None
+                1 for lst in server.listeners if lst.path_problem() is not None
             )
             return _metrics.families(total, None)
 
@@ -221,7 +253,7 @@ async def _watch_paths(server: Server) -> None:
     reported: dict[str, str] = {}
     while True:
         await trio.sleep(PATH_CHECK_INTERVAL)
-        for lst in server._listeners or ():
+        for lst in server.listeners:
             problem = lst.path_problem()
             if problem is None or reported.get(lst.description) == problem:
                 continue

@@ -56,19 +56,7 @@ KILL_SLACK = 2.0
 # run after this long are killed.
 IMMEDIATE_GRACE = 2.0
 
-# GET /metrics clients served at once by the supervisor, and how long each gets.
-_MAX_METRICS_CLIENTS = 16
-_METRICS_CLIENT_TIMEOUT = 10.0
-
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
-
-
-@dataclasses.dataclass
-class _MetricsClient:
-    sock: socket.socket
-    deadline: float
-    head: bytes = b""
-    done: bool = False
 
 
 @dataclasses.dataclass
@@ -139,16 +127,15 @@ class _Supervisor:
         self.totals: Any = None
         self.report_r: socket.socket | None = None
         self.report_w: socket.socket | None = None
-        self.metric_clients: dict[int, _MetricsClient] = {}
+        self.metrics_http: Any = None  # metrics_http.SelectServer
         self.next_status = 0.0
         self.last_requests: tuple[float, int] | None = None
         if metrics_listener is not None:
             from .metrics import Totals  # noqa: PLC0415
-            from .metrics_http import MetricsHTTP  # noqa: PLC0415
+            from .metrics_http import MetricsHTTP, SelectServer  # noqa: PLC0415
 
             self.totals = Totals()
-            self.metrics_http = MetricsHTTP(self._metric_families)
-            metrics_listener.setblocking(False)
+            self.metrics_http = SelectServer(metrics_listener, MetricsHTTP(self._metric_families))
             self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.report_r.setblocking(False)
             # Room for a few snapshots per worker between two of our reads.
@@ -176,8 +163,8 @@ class _Supervisor:
             return self.exit_code
         finally:
             self._stop_watcher()
-            for client in self.metric_clients.values():
-                client.sock.close()
+            if self.metrics_http is not None:
+                self.metrics_http.close_clients()
             for end in (self.report_r, self.report_w):
                 if end is not None:
                     end.close()
@@ -206,8 +193,10 @@ class _Supervisor:
         if self.changes_r is not None:
             fds.append(self.changes_r)
         if self.metrics_listener is not None:
-            fds += [self.metrics_listener, self.report_r, *self.metric_clients]
-            deadlines += [c.deadline for c in self.metric_clients.values()]
+            fds += [self.report_r, *self.metrics_http.readers()]
+            client_deadline = self.metrics_http.deadline()
+            if client_deadline is not None:
+                deadlines.append(client_deadline)
             if self.ready_once and not self.stopping:
                 deadlines.append(self.next_status)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
@@ -442,40 +431,47 @@ class _Supervisor:
     # ------------------------------------------------------------------ --reload
 
     def _start_watcher(self) -> None:
-        from .reload import watch_forever  # noqa: PLC0415
+        from .reload import start_watcher  # noqa: PLC0415
 
-        changes_r, changes_w = os.pipe()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(changes_r)
-            os.close(changes_w)
-            raise
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = EXIT_RUNTIME
-            try:
-                os.setpgid(0, 0)
-                signal.set_wakeup_fd(-1)
-                for s in _SIGNALS:
-                    signal.signal(s, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, changes_r):
-                    os.close(fd)
-                os.close(self.beat_r)
-                os.close(self.beat_w)
-                watch_forever(self.config, changes_w)
-                code = EXIT_OK
-            except BaseException:
-                log.exception("the --reload watcher failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(changes_w)
-        os.set_blocking(changes_r, False)
-        self.watcher, self.changes_r = pid, changes_r
+        # The watcher holds nothing of ours: a listener or the alive pipe's
+        # write end in it would outlive us by up to a watcher's wake-up.
+        held = [fd if isinstance(fd, int) else fd.fileno() for fd in self._held()]
+        self.watcher, self.changes_r = start_watcher(self.config, held, _SIGNALS)
+
+    def _held(self) -> list[int | socket.socket]:
+        held: list[int | socket.socket | None] = [
+            self.wake_r,
+            self.wake_w,
+            self.ready_r,
+            self.ready_w,
+            self.alive_r,
+            self.alive_w,
+            self.beat_r,
+            self.beat_w,
+            self.changes_r,
+            self.report_r,
+            self.report_w,
+            *(lst.sock for lst in self.listeners),
+            *(self.metrics_http.sockets() if self.metrics_http is not None else ()),
+        ]
+        return [fd for fd in held if fd is not None]
+
+    def _close_in_worker(self) -> None:
+        """In a new worker: close what is the supervisor's alone.
+
+        A worker keeps the listeners and its ends of the ready, alive,
+        heartbeat and metrics-report channels; not the --reload watcher's pipe
+        (a worker holding it would keep the supervisor from seeing its EOF).
+        """
+        keep = (self.ready_w, self.alive_r, self.beat_w, self.report_w)
+        listening = [lst.sock for lst in self.listeners]
+        for fd in self._held():
+            if fd in keep or fd in listening:
+                continue
+            if isinstance(fd, int):
+                os.close(fd)
+            else:
+                fd.close()
 
     def _stop_watcher(self) -> None:
         if self.changes_r is not None:
@@ -527,25 +523,8 @@ class _Supervisor:
         assert self.metrics_listener is not None and self.report_r is not None
         if self.report_r in readable:
             self._read_reports()
-        if self.metrics_listener in readable:
-            try:
-                sock, _ = self.metrics_listener.accept()
-            except OSError:
-                pass
-            else:
-                if len(self.metric_clients) >= _MAX_METRICS_CLIENTS:
-                    sock.close()
-                else:
-                    sock.setblocking(False)
-                    client = _MetricsClient(sock, time.monotonic() + _METRICS_CLIENT_TIMEOUT)
-                    self.metric_clients[sock.fileno()] = client
         now = time.monotonic()
-        for fd, client in list(self.metric_clients.items()):
-            if fd in readable:
-                self._metrics_client_readable(client)
-            if client.done or now >= client.deadline:
-                del self.metric_clients[fd]
-                client.sock.close()
+        self.metrics_http.on_readable(readable, now)
         if self.ready_once and not self.stopping and now >= self.next_status:
             self.next_status = now + STATUS_INTERVAL
             self._live_status(now)
@@ -557,29 +536,6 @@ class _Supervisor:
                 self.totals.update(self.report_r.recv(65536), self.workers)
             except BlockingIOError:
                 break
-
-    def _metrics_client_readable(self, client: _MetricsClient) -> None:
-        try:
-            data = client.sock.recv(4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            client.done = True
-            return
-        client.head += data
-        if not data or len(client.head) > 8192:
-            client.done = True
-            return
-        if b"\r\n\r\n" not in client.head:
-            return
-        response = self.metrics_http.respond(client.head.partition(b"\r\n\r\n")[0])
-        client.done = True
-        # A few kilobytes to a fresh socket: they fit its send buffer, and a
-        # scraper that reads nothing can't stall the supervisor.
-        try:
-            client.sock.send(response)
-        except OSError:
-            pass
 
     def _metric_families(self) -> Any:
         from .metrics import families  # noqa: PLC0415
@@ -663,13 +619,7 @@ class _Supervisor:
             reopen_on_sigusr1()
             # A SIGTERM that came meanwhile now ends this not-yet-serving worker.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (self.wake_r, self.wake_w, self.ready_r, self.alive_w, self.beat_r):
-                os.close(fd)
-            for sock in (self.metrics_listener, self.report_r):
-                if sock is not None:
-                    sock.close()
-            for client in self.metric_clients.values():
-                client.sock.close()
+            self._close_in_worker()
             # Only the supervisor talks to systemd (NotifyAccess=main works).
             for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(k, None)
@@ -943,15 +893,14 @@ def run_supervisor(
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
-            except OSError as exc:
-                log.critical("cannot listen: metrics_bind %s: %s", config.metrics_bind, exc)
+            except BindError as exc:
+                log.critical("cannot listen: %s", exc)
                 return EXIT_RUNTIME
-        supervisor = _Supervisor(config, listeners, load_app, reload_config, metrics_listener)
+        metrics_sock = metrics_listener.sock if metrics_listener is not None else None
+        supervisor = _Supervisor(config, listeners, load_app, reload_config, metrics_sock)
         return supervisor.run()
     finally:
         if metrics_listener is not None:
-            from .metrics_http import close_metrics  # noqa: PLC0415
-
-            close_metrics(metrics_listener)
+            metrics_listener.close()
         for listener in listeners:
             listener.close()

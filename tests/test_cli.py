@@ -271,12 +271,24 @@ def test_missing_config_file(tmp_path: Path) -> None:
         (["--bind", "nowhere"], "--bind: invalid bind 'nowhere'"),
         (["--trusted-peer", "10.0.0.300"], "--trusted-peer: invalid trusted_peers entry"),
         (["--root-path", "app/"], "--root-path: must be empty, '/', or start with '/'"),
+        (
+            ["--websocket-per-message-deflate", "maybe"],
+            "--websocket-per-message-deflate: must be true or false, got 'maybe'",
+        ),
     ],
 )
 def test_bad_flags(flags: list[str], expected: str) -> None:
     result = trioscgi(*flags, "--check-config")
     assert result.returncode == 2
     assert f"trioscgi: config error: {expected}" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "value"), [("false", False), ("off", False), ("TRUE", True)])
+def test_boolean_flags_take_true_and_false(text: str, value: bool) -> None:
+    from trioscgi._daemon.cli import parse_args, resolve_config
+
+    config = resolve_config(parse_args(["--websocket-per-message-deflate", text, "x:y"]))
+    assert config.websocket_per_message_deflate is value
 
 
 def test_bad_lifespan_choice_is_an_argparse_error() -> None:

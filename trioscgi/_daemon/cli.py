@@ -145,6 +145,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def _flag_value(key: str, text: Any) -> Any:
     """Convert a flag's text to the field's type; errors name the flag."""
     flag = _flag_name(key)
@@ -165,6 +168,11 @@ def _flag_value(key: str, text: Any) -> Any:
                     text = float(text)
                 except ValueError:
                     raise ConfigError(f"must be a number (seconds), got {text!r}") from None
+            elif hint is bool:
+                # As TOML spells them (the file's key takes true/false).
+                if text.lower() not in _BOOLEANS:
+                    raise ConfigError(f"must be true or false, got {text!r}")
+                text = _BOOLEANS[text.lower()]
         return _config.check_value(key, text)
     except ConfigError as exc:
         message = str(exc).replace(f"key {key!r} ", "", 1).replace(f"key {key!r}: ", "", 1)

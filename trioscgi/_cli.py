@@ -117,8 +117,8 @@ _HELP = {
     "access_log_format": "the access log line, a %-format over atoms such as %(h)s client, "
     "%(t)s time, %(r)s request line, %(s)s status, %(b)s bytes, %(D)s microseconds, "
     "%({Header}i)s a request header",
-    "protocol": "wire protocol: scgi, fastcgi, or auto (each connection's first byte "
-    "tells them apart, so one socket serves both)",
+    "protocol": "wire protocol: scgi, fastcgi, uwsgi, or auto (each connection's first "
+    "byte tells them apart, so one socket serves all three)",
     "idle_timeout": "seconds a kept-alive FastCGI connection may wait for its next request",
     "fastcgi_max_requests": "FastCGI requests one connection may run at once (reported as "
     "FCGI_MAX_REQS); 1 = no multiplexing",

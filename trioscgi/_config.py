@@ -191,7 +191,7 @@ def _octal_mode(value: Any) -> int:
 Lifespan = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
 AppLoop = Literal["auto", "trio", "asyncio"]
-Protocol = Literal["auto", "scgi", "fastcgi"]
+Protocol = Literal["auto", "scgi", "fastcgi", "uwsgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
 NonNegative = Annotated[int, _non_negative]

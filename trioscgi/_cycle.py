@@ -1,9 +1,10 @@
 """One HTTP request's ASGI cycle: scope, receive/send, response checks, 500s, access log.
 
-It knows no wire format. A wire layer (``_wire_scgi``, ``_wire_fastcgi``) parses the request head,
-hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes for it through the small
-:class:`Wire` interface; the cycle builds the scope, runs the application and decides what
-the front-end gets. So SCGI and FastCGI share every ASGI rule and none of the framing.
+It knows no wire format. A wire layer (``_wire_scgi``, ``_wire_uwsgi``, ``_wire_fastcgi``)
+parses the request head, hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes
+for it through the small :class:`Wire` interface; the cycle builds the scope, runs the
+application and decides what the front-end gets. So SCGI, uwsgi and FastCGI share every ASGI
+rule and none of the framing.
 
 This is the hot path: no task, channel or lock per request, one object.
 """
@@ -169,7 +170,7 @@ class HTTPCycle:
         environ: list[tuple[bytes, bytes]],
         *,
         body_done: bool,
-        fastcgi: bool = False,
+        wire: str = "scgi",
         tunnel: Tunnel | None = None,
     ) -> None:
         """Serve one request whose head the wire layer has parsed.
@@ -177,10 +178,11 @@ class HTTPCycle:
         Args:
             environ: the CGI variables in wire order, duplicates kept.
             body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
-            fastcgi: the variables are FastCGI PARAMS, not an SCGI header block (where the
-                scope keeps them raw, and what a 400 for a missing REQUEST_METHOD advises).
+            wire: the protocol that carried them, "scgi", "fastcgi" or "uwsgi" (where the
+                scope keeps them raw, the path rules of uwsgi's front-ends, what a 400 for a
+                missing REQUEST_METHOD advises, the metrics' label).
             tunnel: the raw stream the front-end opens after a 101, when the wire has one
-                (SCGI): a WebSocket handshake then runs as a WebSocket session.
+                (SCGI, uwsgi): a WebSocket handshake then runs as a WebSocket session.
         """
         host = self._host
         notes: list[str] = []
@@ -190,7 +192,7 @@ class HTTPCycle:
                 root_path=host.config.root_path,
                 state=host.state,
                 notes=notes,
-                fastcgi=fastcgi,
+                wire=wire,
                 websocket=tunnel is not None,
             )
         except ScopeError as exc:
@@ -234,9 +236,7 @@ class HTTPCycle:
                     if access_logger is not None:
                         access_logger.log(scope, self.status, self.response_bytes, elapsed)
                     if metrics is not None:
-                        metrics.request_done(
-                            fastcgi, self.status, scope, self.response_bytes, elapsed
-                        )
+                        metrics.request_done(wire, self.status, scope, self.response_bytes, elapsed)
         except trio.Cancelled:
             # Cut from outside: graceful_timeout, say (the host tells).
             host.request_cut(scope, start)
@@ -246,13 +246,12 @@ class HTTPCycle:
                 # Started and not finished, however we got here (the app raised
                 # or returned early, a file ended short, a deadline cancelled
                 # us): the front-end must not take it for a whole response.
-                self._cut(scope, fastcgi)
+                self._cut(scope, wire)
 
-    def _cut(self, scope: dict[str, Any], fastcgi: bool) -> None:
+    def _cut(self, scope: dict[str, Any], wire: str) -> None:
         # Only the wire can make the cut visible; what a client sees then depends
         # on the wire and the socket (docs/operations.md, "Reloads and faults").
         self._wire.abort()
-        wire = "fastcgi" if fastcgi else "scgi"
         log.warning(
             "response cut short: %s %s, %d body bytes sent (%s, status %d)",
             scope["method"],

@@ -663,7 +663,7 @@ class _Request:
         conn = self._conn
         try:
             await HTTPCycle(self, conn._host).run(
-                params, body_done=self._body_ended and not self._body, fastcgi=True
+                params, body_done=self._body_ended and not self._body, wire="fastcgi"
             )
             if not self._ended and not self._gone and not conn._broken:
                 # The cycle ended without a complete response and without an abort

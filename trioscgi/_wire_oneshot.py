@@ -17,15 +17,17 @@ import importlib.util
 import logging
 import socket
 from collections.abc import Callable
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import trio
 
 from . import protocol as p
-from ._config import Config
 from ._cycle import CycleHost, HTTPCycle, error_response
 from ._sendfile import sendfile
 from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 __all__ = ["OneShotConnection", "error_responses"]
 

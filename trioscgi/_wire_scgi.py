@@ -6,9 +6,13 @@ head (``Status: 200 OK``); the rest is :class:`~trioscgi._wire_oneshot.OneShotCo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import protocol as p
-from ._config import Config
 from ._wire_oneshot import Core, OneShotConnection, error_responses
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 __all__ = ["SCGIConnection"]
 

@@ -8,9 +8,13 @@ block, then a ``CONTENT_LENGTH`` body) and read an HTTP/1.1 status line back
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import uwsgi as u
-from ._config import Config
 from ._wire_oneshot import Core, OneShotConnection, error_responses
+
+if TYPE_CHECKING:
+    from ._config import Config
 
 __all__ = ["UWSGIConnection"]
 

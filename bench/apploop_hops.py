@@ -22,7 +22,7 @@ from collections.abc import Callable
 import trio
 from apploop_probes import ThreadHost
 
-from trioscgi._asynciohost import DrivenHost, _Host
+from trioscgi._apps.asynciohost import DrivenHost, _Host
 
 EXECUTOR = concurrent.futures.ThreadPoolExecutor(1)
 

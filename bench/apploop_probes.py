@@ -1,7 +1,7 @@
 """Ways of running an asyncio app in trioscgi, measured against each other.
 
 trioscgi runs an asyncio app's loop in the trio thread, in passes driven by a
-trio task (trioscgi/_asynciohost.py). These probes run the app named by
+trio task (trioscgi/_apps/asynciohost.py). These probes run the app named by
 ``$PROBE_APP`` on that host or on the two designs it was measured against;
 each is served as a trio app (``--app-loop trio --lifespan on``) that opens
 its loop in the lifespan startup (bench/peers_apps.py, bench/apploop_cpu.py):
@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from trioscgi._asynciohost import DrivenHost, _Bridge, _Host
+from trioscgi._apps.asynciohost import DrivenHost, _Bridge, _Host
 
 log = logging.getLogger("trioscgi")
 

@@ -20,8 +20,9 @@ from asgiref.sync import sync_to_async
 from scgi_client import connect, encode_request, environ, exchange, parse_response, request, serving
 
 import trioscgi
-from trioscgi._apploop import RequestCancelled, detect_app_loop, other_framework_hint
+from trioscgi._apps.apploop import detect_app_loop, other_framework_hint
 from trioscgi._config import ConfigError
+from trioscgi._errors import RequestCancelled
 
 # --- choosing the loop ------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ def test_auto_keeps_anyio_apps_plain_apps_and_wsgi_on_trio() -> None:
     from fastapi import FastAPI
     from starlette.applications import Starlette
 
-    from trioscgi._wsgi import wrap_wsgi
+    from trioscgi._apps.wsgi import wrap_wsgi
 
     assert detect_app_loop(Starlette(), "auto") == "trio"
     assert detect_app_loop(FastAPI(), "auto") == "trio"

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from trioscgi import Config, __version__, _cli, _config
-from trioscgi._cli import build_parser, resolve_config
+from trioscgi import Config, __version__, _config
 from trioscgi._config import ConfigError
+from trioscgi._daemon import cli as _cli
+from trioscgi._daemon.cli import build_parser, resolve_config
 from trioscgi._importer import AppLoadError, load_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from frontends import (
     run_trioscgi,
 )
 
-from trioscgi._scope import _CIPHER_SUITES, _TLS_VERSIONS
+from trioscgi._asgi.scope import _CIPHER_SUITES, _TLS_VERSIONS
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from scgi_client import connect, encode_request, environ, parse_response, read_a
 
 import trioscgi
 from trioscgi._server import Server
-from trioscgi._wire_fastcgi import INLINE_LOOK
+from trioscgi._wire.fastcgi import INLINE_LOOK
 
 
 @pytest.fixture

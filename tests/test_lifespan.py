@@ -12,7 +12,7 @@ import trio
 from scgi_client import request, serving
 
 import trioscgi
-from trioscgi._lifespan import LifespanFailure
+from trioscgi._asgi.lifespan import LifespanFailure
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

@@ -18,7 +18,7 @@ from test_supervisor import scgi_get
 
 from trioscgi import Config
 from trioscgi._config import ConfigError
-from trioscgi._logging import reopen_logs, setup_logging
+from trioscgi._daemon.logging import reopen_logs, setup_logging
 
 # The interval between two warnings of a failing log; a constant of the test
 # so that it fails on code that has none.

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_supervisor import scgi_get
 
 from trioscgi._config import Config, ConfigError, check_value
-from trioscgi._metrics import BUCKETS, Totals, WorkerMetrics, encode_snapshot, families
+from trioscgi._counters import BUCKETS, WorkerMetrics
+from trioscgi._daemon.metrics import Totals, encode_snapshot, families
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -452,7 +453,7 @@ def test_histogram_buckets_are_cumulative() -> None:
 
 
 def test_the_endpoint_answers_get_and_head_on_metrics_only() -> None:
-    from trioscgi._metrics import MetricsHTTP
+    from trioscgi._daemon.metrics_http import MetricsHTTP
 
     m = WorkerMetrics()
     http = MetricsHTTP(lambda: families(m.snapshot(0, 0), None))

@@ -17,8 +17,8 @@ import pytest
 import trio
 from notify_helper import expect_notification
 
-from trioscgi import _notify
-from trioscgi._notify import notify, ready, stopping, watchdog_interval, watchdog_loop
+from trioscgi._daemon import notify as _notify
+from trioscgi._daemon.notify import notify, ready, stopping, watchdog_interval, watchdog_loop
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for trioscgi.protocol: the sans-I/O SCGI core.
+"""Tests for trioscgi.scgi (formerly trioscgi.protocol): the sans-I/O SCGI core.
 
 Every request reader is fed the input whole, byte by byte, in 3-byte pieces
 and with trailing data; every transition the parser or ``send`` makes is
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trioscgi.protocol import (
+from trioscgi.scgi import (
     CLOSED,
     DEFAULT_MAX_HEADER_SIZE,
     DONE,
@@ -36,7 +36,7 @@ from trioscgi.protocol import (
     Request,
     Response,
 )
-from trioscgi.protocol._state import OUR_TRANSITIONS, THEIR_TRANSITIONS
+from trioscgi.scgi._state import OUR_TRANSITIONS, THEIR_TRANSITIONS
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 
@@ -1244,3 +1244,17 @@ def test_writer_round_trip(status: int, headers: list[tuple[str, str]], body: by
     assert reason  # never empty: nginx < 1.25.3 mangles a bare code
     assert parsed == [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
     assert rest == body
+
+
+def test_protocol_is_a_deprecated_alias_of_scgi() -> None:
+    # trioscgi.protocol was the SCGI core's name: users' imports of it keep working and
+    # give the very same objects.
+    import trioscgi
+    import trioscgi.protocol
+    import trioscgi.scgi
+
+    assert trioscgi.protocol.__all__ == trioscgi.scgi.__all__
+    for name in trioscgi.scgi.__all__:
+        assert getattr(trioscgi.protocol, name) is getattr(trioscgi.scgi, name), name
+    assert trioscgi.protocol is trioscgi.__dict__["protocol"]
+    assert "scgi" in trioscgi.__all__ and "protocol" in trioscgi.__all__

@@ -17,7 +17,7 @@ from notify_helper import expect_notification
 from test_supervisor import scgi_get
 
 from trioscgi._config import Config, ConfigError
-from trioscgi._reload import _Filter, check_reload, reload_dirs
+from trioscgi._daemon.reload import _Filter, check_reload, reload_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The ASGI scope built from the environs real front-ends send (trioscgi._scope)."""
+"""The ASGI scope built from the environs real front-ends send (trioscgi._asgi.scope)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from fcgi_capture import GET_VALUES, STDIN, FcgiRequest, decode_pairs, parse_fcg
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from trioscgi._scope import ScopeError, http_scope, request_target
-from trioscgi._wsgi_environ import build_environ
-from trioscgi.protocol import Connection, Request
+from trioscgi._apps.wsgi_environ import build_environ
+from trioscgi._asgi.scope import ScopeError, http_scope, request_target
+from trioscgi.scgi import Connection, Request
 
 Environ = list[tuple[bytes, bytes]]
 
@@ -435,7 +435,7 @@ def test_header_name_mapping() -> None:
 
 
 def test_header_name_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trioscgi import _scope
+    from trioscgi._asgi import scope as _scope
 
     monkeypatch.setattr(_scope, "_NAMES", dict(_scope._NAMES))
     many = [(f"HTTP_X_H{i}".encode(), b"v") for i in range(3 * _scope._NAME_CACHE_MAX)]

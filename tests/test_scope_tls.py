@@ -1,6 +1,6 @@
 """The ASGI ``tls`` extension built from the front-end's HTTPS and SSL_* variables.
 
-(trioscgi._scope.tls_extension; kept apart from test_scope.py, which covers the rest of
+(trioscgi._asgi.scope.tls_extension; kept apart from test_scope.py, which covers the rest of
 the scope.)
 """
 
@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from trioscgi._scope import _CIPHER_SUITES, _TLS_VERSIONS, http_scope, tls_extension
+from trioscgi._asgi.scope import _CIPHER_SUITES, _TLS_VERSIONS, http_scope, tls_extension
 
 Environ = list[tuple[bytes, bytes]]
 

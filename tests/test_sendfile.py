@@ -1,4 +1,4 @@
-"""Tests of trioscgi._sendfile on real socketpairs and real files."""
+"""Tests of trioscgi._wire.sendfile on real socketpairs and real files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import trio
 import trio.testing
 from scgi_client import connect, serving
 
-from trioscgi import _sendfile
-from trioscgi._sendfile import sendfile
+from trioscgi._wire import sendfile as _sendfile
+from trioscgi._wire.sendfile import sendfile
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ async def serve_one(app: Any, request: bytes | None = None, quit_after: int | No
     from types import SimpleNamespace
 
     from trioscgi import Config
-    from trioscgi._wire_scgi import SCGIConnection
+    from trioscgi._wire.scgi import SCGIConnection
 
     server_sock, front = socket.socketpair()
     server_sock.setblocking(False)
@@ -488,7 +488,7 @@ async def test_starlette_file_response_uses_pathsend(tmp_path: Path) -> None:
 
 async def test_wsgi_file_wrapper_through_the_connection(tmp_path: Path) -> None:
     from trioscgi import Config
-    from trioscgi._wsgi import wrap_wsgi
+    from trioscgi._apps.wsgi import wrap_wsgi
 
     path, data = make_file(tmp_path, 500_000)
 

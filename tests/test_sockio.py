@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from trioscgi._sockio import _YIELD_EVERY, RECV_SIZE, ClientDisconnected, SocketIO
+from trioscgi._wire.sockio import _YIELD_EVERY, RECV_SIZE, ClientDisconnected, SocketIO
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -1,6 +1,6 @@
 """The uwsgi wire through a real in-process server: ``protocol = "uwsgi"`` and the sniff.
 
-The wire is the one SCGI uses (``_wire_oneshot``), so what is the same (streaming,
+The wire is the one SCGI uses (``_wire.oneshot``), so what is the same (streaming,
 disconnects, timeouts, pathsend) is held by the conformance suite on the ``uwsgi`` paths;
 here is what is uwsgi's own: the packet in, the HTTP/1.1 status line out, the
 first-byte sniff, the head's errors (501 for another modifier), and the limits.

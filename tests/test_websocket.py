@@ -22,8 +22,8 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from trioscgi._scope import http_scope
-from trioscgi._websocket import _BoundedDeflate, accept_token
+from trioscgi._asgi.scope import http_scope
+from trioscgi._asgi.websocket import _BoundedDeflate, accept_token
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example
 

@@ -1,4 +1,4 @@
-"""PEP 3333 conformance of the WSGI adapter (trioscgi._wsgi), driven as an ASGI app.
+"""PEP 3333 conformance of the WSGI adapter (trioscgi._apps.wsgi), driven as an ASGI app.
 
 The adapter is an ASGI application: each test gives it a scope built from a real-shaped
 SCGI environ and a small fake connection (receive/send recorded), and runs it under trio.
@@ -20,9 +20,9 @@ import trio
 import trio.testing
 
 from trioscgi import Config
-from trioscgi._scope import http_scope
-from trioscgi._wsgi import FileWrapper, detect_interface, wrap_wsgi
-from trioscgi._wsgi_environ import build_environ
+from trioscgi._apps.wsgi import FileWrapper, detect_interface, wrap_wsgi
+from trioscgi._apps.wsgi_environ import build_environ
+from trioscgi._asgi.scope import http_scope
 
 Environ = list[tuple[bytes, bytes]]
 StartResponse = Any

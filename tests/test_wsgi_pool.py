@@ -1,4 +1,4 @@
-"""The worker-thread pool on its own (trioscgi._wsgi_pool): plain functions, no WSGI.
+"""The worker-thread pool on its own (trioscgi._apps.wsgi_pool): plain functions, no WSGI.
 
 The threads are real; every wait on them is an Event with a bound, never a sleep.
 """
@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioscgi import _wsgi_pool
-from trioscgi._wsgi_pool import ThreadPool
+from trioscgi._apps import wsgi_pool as _wsgi_pool
+from trioscgi._apps.wsgi_pool import ThreadPool
 
 TIMEOUT = 10  # seconds: an upper bound for a stuck thread, never a timing assumption
 

@@ -1,8 +1,14 @@
-"""trioscgi: a trio-native SCGI server for ASGI and WSGI applications."""
+"""trioscgi: a trio-native gateway server for ASGI and WSGI applications behind a web server.
 
-from . import fastcgi, protocol, uwsgi
+A gateway server for SCGI and FastCGI (and uwsgi: its sans-I/O core is here, its wire is
+next) behind nginx, Apache, lighttpd or HAProxy. The public API: :func:`serve`, :class:`Config`
+and the protocol cores :mod:`trioscgi.scgi`, :mod:`trioscgi.fastcgi`, :mod:`trioscgi.uwsgi`
+(``trioscgi.protocol``: a deprecated alias of ``trioscgi.scgi``).
+"""
+
+from . import fastcgi, protocol, scgi, uwsgi
+from ._asgi.lifespan import LifespanFailure
 from ._config import Config, ConfigError
-from ._lifespan import LifespanFailure
 from ._listeners import BindError
 from ._server import serve
 from ._version import __version__
@@ -15,6 +21,7 @@ __all__ = [
     "__version__",
     "fastcgi",
     "protocol",
+    "scgi",
     "serve",
     "uwsgi",
 ]

@@ -218,7 +218,7 @@ class Config:
     # choices, list[str], dict[str, Any], each "| None" when it may be unset.
     # A validator is a function (key, value) -> None raising ConfigError (see
     # above); _Parse(fn) replaces the type check (unix_socket_mode). The
-    # command line gets a --flag for it (see _cli.py; give it a _HELP line
+    # command line gets a --flag for it (see _daemon/cli.py; give it a _HELP line
     # there). Then document it in config.example.toml and
     # docs/configuration.md: tests/test_config.py checks both.
 

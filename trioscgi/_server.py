@@ -13,21 +13,20 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio.lowlevel import checkpoint, wait_readable
 
-from ._apploop import detect_app_loop, open_app_loop
+from ._apps.apploop import detect_app_loop, open_app_loop
+from ._asgi.lifespan import Lifespan, LifespanFailure
 from ._config import Config
-from ._lifespan import Lifespan, LifespanFailure
 from ._listeners import Listener, bind_all
-from ._logging import counted
-from ._sockio import SocketIO, Timeout
-from ._types import ASGIApp
-from ._wire_fastcgi import INLINE_LOOK, FastCGIConnection
-from ._wire_scgi import SCGIConnection
-from ._wire_uwsgi import UWSGIConnection
+from ._types import ASGIApp, counted
+from ._wire.fastcgi import INLINE_LOOK, FastCGIConnection
+from ._wire.scgi import SCGIConnection
+from ._wire.sockio import SocketIO, Timeout
+from ._wire.uwsgi import UWSGIConnection
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
-    from ._metrics import WorkerMetrics
-    from ._websocket import WebSocketCycle
+    from ._asgi.seam import Session
+    from ._counters import WorkerMetrics
 
 __all__ = ["LifespanFailure", "serve"]
 
@@ -99,10 +98,10 @@ class Server:
             from ._accesslog import AccessLogger  # noqa: PLC0415 - only when enabled
 
             self.access_logger = AccessLogger(config.access_log_format)
-        # metrics_bind: counted here, served by _run (or the supervisor).
+        # metrics_bind: counted here, served by _daemon.run (or the supervisor).
         self.metrics: WorkerMetrics | None = None
         if config.metrics_bind is not None:
-            from ._metrics import WorkerMetrics  # noqa: PLC0415 - only when enabled
+            from ._counters import WorkerMetrics  # noqa: PLC0415 - only when enabled
 
             self.metrics = WorkerMetrics()
         self._listeners: list[Listener] | None = list(listeners) if listeners is not None else None
@@ -124,7 +123,7 @@ class Server:
         # Called once when max_requests retires a worker (set by its runner).
         self.on_retiring: Callable[[], None] | None = None
         self.fastcgi_connections: set[FastCGIConnection] = set()
-        self.websocket_sessions: set[WebSocketCycle] = set()
+        self.websocket_sessions: set[Session] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
         self._cut = 0
@@ -461,7 +460,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     listeners: Sequence[Listener] | None = None,
 ) -> None:
-    """Serve an ASGI application over SCGI until cancelled.
+    """Serve an ASGI application over SCGI or FastCGI (per ``protocol``) until cancelled.
 
     Use it inside any trio program::
 

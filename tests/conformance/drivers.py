@@ -43,7 +43,7 @@ import trio
 import uwsgi_client
 
 from trioscgi import Config
-from trioscgi._wsgi import wrap_wsgi
+from trioscgi._apps.wsgi import wrap_wsgi
 
 from . import app as conformance_app
 

@@ -39,7 +39,7 @@ import pytest
 import trio
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
-from trioscgi._websocket import accept_token
+from trioscgi._asgi.websocket import accept_token
 
 from .ws_driver import KEY, TIMEOUT, Session, open_session, ws_server
 

@@ -8,7 +8,7 @@ from struct import Struct
 from struct import error as StructError
 from typing import Final, Protocol
 
-from ..protocol._connection import _reason
+from .._cgi import reason as _reason
 from ._errors import LocalProtocolError, RemoteProtocolError, UnsupportedModifier
 from ._events import (
     REQUEST_MODIFIERS,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..protocol import LocalProtocolError as _ScgiLocalProtocolError
-from ..protocol._events import normalize_headers
+from ..scgi import LocalProtocolError as _ScgiLocalProtocolError
+from ..scgi._events import normalize_headers
 from ._errors import LocalProtocolError
 
 __all__ = [
@@ -130,7 +130,7 @@ class Response(Event):
         headers: ``(name, value)`` pairs, sent in order. ``str`` is
             accepted and encoded as latin-1; names must be tokens and
             values must not contain CR, LF or NUL (the same checks as the
-            SCGI core's :class:`trioscgi.protocol.Response`, from one place).
+            SCGI core's :class:`trioscgi.scgi.Response`, from one place).
     """
 
     status: int

@@ -4,7 +4,7 @@ The server only speaks ASGI; :func:`wrap_wsgi` turns a WSGI app into an ASGI app
 whose requests run in a pool of long-lived worker threads, at most
 ``Config.wsgi_threads`` at once. This module is the adapter (start_response, the
 response iterable, the hand-offs between the thread and trio); the environ and its
-streams are in :mod:`trioscgi._wsgi_environ`, the threads in :mod:`trioscgi._wsgi_pool`.
+streams are in :mod:`trioscgi._apps.wsgi_environ`, the threads in :mod:`trioscgi._apps.wsgi_pool`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import trio
 
-from ._config import Config
-from ._types import ASGIApp, Message, Receive, Scope, Send
-from ._wsgi_environ import ErrorStream, FileWrapper, InputStream, build_environ
-from ._wsgi_pool import ThreadPool
+from .._config import Config
+from .._types import ASGIApp, Message, Receive, Scope, Send
+from .wsgi_environ import ErrorStream, FileWrapper, InputStream, build_environ
+from .wsgi_pool import ThreadPool
 
 __all__ = ["FileWrapper", "detect_interface", "wrap_wsgi"]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import trio
 
-from ._config import Config
-from ._lifespan import LifespanFailure
-from ._listeners import PATH_CHECK_INTERVAL, BindError, Listener, path_problem_message
-from ._server import CallOnStarted, Server
-from ._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
+from .._asgi.lifespan import LifespanFailure
+from .._config import Config
+from .._listeners import PATH_CHECK_INTERVAL, BindError, Listener, path_problem_message
+from .._server import CallOnStarted, Server
+from .._types import EXIT_LIFESPAN, EXIT_OK, ASGIApp
 
 log = logging.getLogger("trioscgi")
 
@@ -173,7 +173,8 @@ def _start_metrics(
     listener: socket.socket | None,
     report: socket.socket | None,
 ) -> None:
-    from . import _metrics  # noqa: PLC0415
+    from . import metrics as _metrics  # noqa: PLC0415
+    from . import metrics_http  # noqa: PLC0415
 
     metrics = server.metrics
     assert metrics is not None
@@ -192,7 +193,7 @@ def _start_metrics(
             )
             return _metrics.families(total, None)
 
-        nursery.start_soon(_metrics.serve_http, listener, _metrics.MetricsHTTP(source))
+        nursery.start_soon(metrics_http.serve_http, listener, metrics_http.MetricsHTTP(source))
         if os.environ.get("NOTIFY_SOCKET"):
             nursery.start_soon(_metrics.status_loop, metrics, _metrics.STATUS_INTERVAL)
 

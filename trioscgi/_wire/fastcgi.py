@@ -1,8 +1,8 @@
 """The FastCGI wire layer: records ⇄ :mod:`trioscgi.fastcgi` core ⇄ one ASGI cycle per request.
 
-Each request runs its :class:`~trioscgi._cycle.HTTPCycle`: in the connection's own task when
-it is alone on the connection (nginx, Apache and lighttpd never multiplex: no task per
-request), in a task of its own once request ids are multiplexed (HAProxy ``option
+Each request runs through :func:`~trioscgi._asgi.dispatch.serve_request`: in the connection's
+own task when it is alone on the connection (nginx, Apache and lighttpd never multiplex: no
+task per request), in a task of its own once request ids are multiplexed (HAProxy ``option
 mpxs-conns``). Whoever waits for input reads it for all; a request busy in the connection's
 task without reading gets a reader beside it from the server's sweep (``look_at_inline``),
 so its ABORT_REQUEST or a multiplexed neighbour waits at most a second or so, not until it
@@ -41,10 +41,12 @@ from typing import Protocol, cast
 import trio
 from trio.lowlevel import ParkingLot
 
-from . import fastcgi as f
-from . import protocol as p
-from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
+from .. import fastcgi as f
+from .. import scgi as p
+from .._asgi.dispatch import serve_request
+from .._asgi.seam import CycleHost, error_response
+from .._cgi import cgi_head
+from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
@@ -517,7 +519,9 @@ class FastCGIConnection(SocketIO):
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             head, body = error_response(event.status_hint)
-            self._out.append(self._conn.send_stdout(rid, p.response_head(head) + body))
+            self._out.append(
+                self._conn.send_stdout(rid, cgi_head(head.status, head.headers) + body)
+            )
             self._out.append(self._conn.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
@@ -634,7 +638,7 @@ class FastCGIConnection(SocketIO):
 
 
 class _Request:
-    """One request of a FastCGI connection; the :class:`~trioscgi._cycle.Wire` of its cycle."""
+    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle."""
 
     __slots__ = (
         "_body",
@@ -662,8 +666,12 @@ class _Request:
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
         conn = self._conn
         try:
-            await HTTPCycle(self, conn._host).run(
-                params, body_done=self._body_ended and not self._body, wire="fastcgi"
+            await serve_request(
+                self,
+                conn._host,
+                params,
+                body_done=self._body_ended and not self._body,
+                protocol="fastcgi",
             )
             if not self._ended and not self._gone and not conn._broken:
                 # The cycle ended without a complete response and without an abort
@@ -745,7 +753,7 @@ class _Request:
             # END_REQUEST in one sendmsg(), straight from the app's buffer.
             parts: list[Bytes] = []
             if head is not None:
-                parts.append(fc.send_stdout(rid, p.response_head(head)))
+                parts.append(fc.send_stdout(rid, cgi_head(head.status, head.headers)))
             parts += fc.send_stdout_parts(rid, body)
             if not more:
                 parts.append(fc.end_request(rid))
@@ -755,7 +763,7 @@ class _Request:
             await self._conn._write_many(parts)
             return
         if head is not None:
-            data = p.response_head(head)
+            data = cgi_head(head.status, head.headers)
             out = fc.send_stdout(rid, data + body if body else data)
         else:
             out = fc.send_stdout(rid, body) if body else b""

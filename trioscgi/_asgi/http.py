@@ -1,10 +1,11 @@
-"""One HTTP request's ASGI cycle: scope, receive/send, response checks, 500s, access log.
+"""One HTTP request's ASGI cycle: receive/send, response checks, 500s, access log, counters.
 
-It knows no wire format. A wire layer (``_wire_scgi``, ``_wire_uwsgi``, ``_wire_fastcgi``)
-parses the request head, hands the CGI variables to :meth:`HTTPCycle.run`, and moves bytes
-for it through the small :class:`Wire` interface; the cycle builds the scope, runs the
-application and decides what the front-end gets. So SCGI, uwsgi and FastCGI share every ASGI
-rule and none of the framing.
+It knows no wire format. A wire layer (``_wire.scgi``, ``_wire.uwsgi``, ``_wire.fastcgi``)
+parses the request head and hands the CGI variables to ``dispatch``, which builds the scope
+and, for an HTTP request, runs :meth:`HTTPCycle.run`; the cycle moves bytes through the
+small :class:`~.seam.Wire` interface, runs the application and decides what the front-end
+gets.
+So SCGI, uwsgi and FastCGI share every ASGI rule and none of the framing.
 
 This is the hot path: no task, channel or lock per request, one object.
 """
@@ -13,111 +14,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
-from . import protocol as p
-from ._scope import ScopeError, http_scope
-from ._sockio import Bytes, ClientDisconnected, WriteTimeout
-from ._types import ASGIApp, Message
+from .. import scgi as p
+from .._errors import ClientDisconnected, WriteTimeout
+from .._types import Message
+from .seam import error_response
 
 if TYPE_CHECKING:
-    from ._accesslog import AccessLogger
-    from ._config import Config
-    from ._metrics import WorkerMetrics
-    from ._websocket import Tunnel, WebSocketCycle
+    from .seam import CycleHost, Wire
 
-__all__ = ["ClientDisconnected", "CycleHost", "HTTPCycle", "Wire", "error_response"]
+__all__ = ["FILE_EXTENSIONS", "HTTPCycle"]
 
 log = logging.getLogger("trioscgi")
-
-
-class Wire(Protocol):
-    """What a wire layer does for one request; every method may raise ``Cancelled``."""
-
-    async def read_body(self) -> tuple[bytes, bool]:
-        """The next chunk of the request body and whether more follows.
-
-        Raises:
-            ClientDisconnected: the front-end went away, broke the framing, or stalled
-                for read_timeout; the message says which.
-        """
-
-    async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
-        """Write the response head (the first time) and ``body``; ``more=False`` ends it.
-
-        Raises:
-            ClientDisconnected: the front-end is gone or stopped reading.
-        """
-
-    async def write_file(
-        self, head: p.Response | None, fd: int, offset: int, count: int, more: bool
-    ) -> int:
-        """Like :meth:`write` with ``count`` bytes of the file ``fd``; return how many went.
-
-        Fewer than ``count`` means the file ended early: the response is then not
-        complete, whatever ``more`` said.
-
-        Raises:
-            ClientDisconnected: the front-end is gone or stopped reading.
-            OSError: the file could not be read.
-        """
-
-    async def wait_disconnect(self) -> None:
-        """Return once the front-end has gone away (the response is not complete)."""
-
-    async def drain(self) -> None:
-        """After a complete response: consume the unread rest of the body, bounded."""
-
-    def abort(self) -> None:
-        """The response was started and cannot be completed: make the front-end see a cut."""
-
-
-class CycleHost(Protocol):
-    """What the cycle needs from the server that accepted the connection (read-only)."""
-
-    @property
-    def app(self) -> ASGIApp: ...
-    @property
-    def config(self) -> Config: ...
-    @property
-    def state(self) -> dict[str, Any] | None:
-        """The lifespan state: each scope gets a shallow copy; ``None`` for no ``state`` key."""
-
-    @property
-    def access_logger(self) -> AccessLogger | None: ...
-    @property
-    def metrics(self) -> WorkerMetrics | None:
-        """The process's counters; ``None`` (and nothing counted) with metrics_bind unset."""
-
-    @property
-    def warn_request(self) -> Callable[..., None]:
-        """A rate-limited warning about a request (peers choose how often it fires)."""
-
-    @property
-    def websocket_sessions(self) -> set[WebSocketCycle]:
-        """The open WebSocket sessions (graceful shutdown closes them with 1001)."""
-
-    def request_cut(self, scope: dict[str, Any], started: float) -> None:
-        """The request's task was cancelled while the app ran (``started``: trio time)."""
-
-
-def error_response(status: int) -> tuple[p.Response, bytes]:
-    """The head and body of an error trioscgi answers itself (plain text)."""
-    phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}\n".encode()
-    head = p.Response(
-        status=status,
-        headers=[
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    )
-    return head, body
 
 
 _ERRORS = {status: error_response(status) for status in (400, 408, 413, 431, 500, 503)}
@@ -165,59 +77,21 @@ class HTTPCycle:
         self.status = 0
         self.response_bytes = 0
 
-    async def run(
-        self,
-        environ: list[tuple[bytes, bytes]],
-        *,
-        body_done: bool,
-        wire: str = "scgi",
-        tunnel: Tunnel | None = None,
-    ) -> None:
-        """Serve one request whose head the wire layer has parsed.
+    async def refuse(self, status: int, *, body_done: bool) -> None:
+        """Answer ``status`` (an error of trioscgi's own) before any app ran."""
+        self._request_done = body_done
+        await self._send_error(status)
+
+    async def run(self, scope: dict[str, Any], *, body_done: bool, protocol: str) -> None:
+        """Run the application for the HTTP request ``scope`` describes.
 
         Args:
-            environ: the CGI variables in wire order, duplicates kept.
+            scope: the request's scope (``dispatch`` built it).
             body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
-            wire: the protocol that carried them, "scgi", "fastcgi" or "uwsgi" (where the
-                scope keeps them raw, the path rules of uwsgi's front-ends, what a 400 for a
-                missing REQUEST_METHOD advises, the metrics' label).
-            tunnel: the raw stream the front-end opens after a 101, when the wire has one
-                (SCGI, uwsgi): a WebSocket handshake then runs as a WebSocket session.
+            protocol: the wire it came over, "scgi", "fastcgi" or "uwsgi" (for the metrics
+                and the cut's log line).
         """
         host = self._host
-        notes: list[str] = []
-        try:
-            scope = http_scope(
-                environ,
-                root_path=host.config.root_path,
-                state=host.state,
-                notes=notes,
-                wire=wire,
-                websocket=tunnel is not None,
-            )
-        except ScopeError as exc:
-            log.info("bad request: %s; answered 400", exc)
-            if host.metrics is not None:
-                host.metrics.rejected(400)
-            self._request_done = body_done
-            await self._send_error(400)
-            return
-        for note in notes:
-            host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
-        if scope["type"] != "http":
-            from ._websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
-
-            assert tunnel is not None
-            session = WebSocketCycle(self._wire, tunnel, host)
-            if host.metrics is None:
-                await session.run(scope)
-                return
-            host.metrics.websocket_open += 1
-            try:
-                await session.run(scope)
-            finally:
-                host.metrics.websocket_done(session.status, session.close_code)
-            return
         scope["extensions"].update(FILE_EXTENSIONS)
         self._request_done = body_done
         access_logger = host.access_logger
@@ -236,7 +110,9 @@ class HTTPCycle:
                     if access_logger is not None:
                         access_logger.log(scope, self.status, self.response_bytes, elapsed)
                     if metrics is not None:
-                        metrics.request_done(wire, self.status, scope, self.response_bytes, elapsed)
+                        metrics.request_done(
+                            protocol, self.status, scope, self.response_bytes, elapsed
+                        )
         except trio.Cancelled:
             # Cut from outside: graceful_timeout, say (the host tells).
             host.request_cut(scope, start)
@@ -246,7 +122,7 @@ class HTTPCycle:
                 # Started and not finished, however we got here (the app raised
                 # or returned early, a file ended short, a deadline cancelled
                 # us): the front-end must not take it for a whole response.
-                self._cut(scope, wire)
+                self._cut(scope, protocol)
 
     def _cut(self, scope: dict[str, Any], wire: str) -> None:
         # Only the wire can make the cut visible; what a client sees then depends
@@ -508,7 +384,7 @@ class HTTPCycle:
 
 def _wrong_loop_hint(exc: BaseException) -> str:
     """``": <hint>"`` when the app failed for running on the wrong event loop, else ``""``."""
-    from ._apploop import other_framework_hint  # noqa: PLC0415 - only on the error path
+    from .._apps.apploop import other_framework_hint  # noqa: PLC0415 - only on the error path
 
     hint = other_framework_hint(exc)
     return f": {hint}" if hint else ""

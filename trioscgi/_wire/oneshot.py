@@ -4,10 +4,10 @@ A connection carries one request: a head the protocol's sans-I/O core parses, a 
 framed by ``CONTENT_LENGTH``, and a response that ends when the connection closes:
 cleanly when it is complete, with a reset when it was cut short. SCGI and uwsgi differ
 only in the head's bytes and in the response head's first line, so each is a subclass
-that names its core (``_wire_scgi``, ``_wire_uwsgi``); everything else is here, once.
+that names its core (``_wire.scgi``, ``_wire.uwsgi``); everything else is here, once.
 The head's errors (400, 408, 413, 431, and uwsgi's 501) are answered here; the request
-goes to :class:`~trioscgi._cycle.HTTPCycle`, for which this moves the body and the
-response.
+goes to :func:`~trioscgi._asgi.dispatch.serve_request`, for which this moves the body and
+the response.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import trio
 
-from . import protocol as p
-from ._cycle import CycleHost, HTTPCycle, error_response
-from ._sendfile import sendfile
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+from .. import scgi as p
+from .._asgi.dispatch import serve_request
+from .._asgi.seam import CycleHost, error_response
+from .sendfile import sendfile
+from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._config import Config
 
 __all__ = ["OneShotConnection", "error_responses"]
 
@@ -44,7 +45,7 @@ _WEBSOCKET = importlib.util.find_spec("wsproto") is not None
 
 
 class Core(Protocol):
-    """What the wire needs of a protocol core (``protocol.Connection``, ``uwsgi.Connection``)."""
+    """What the wire needs of a protocol core (``scgi.Connection``, ``uwsgi.Connection``)."""
 
     @property
     def body_remaining(self) -> int: ...
@@ -66,7 +67,7 @@ def error_responses(
 class OneShotConnection(SocketIO):
     """Serve one request on an accepted socket; the task that runs it owns the socket.
 
-    It is also the :class:`~trioscgi._cycle.Wire` of that request. A subclass names the
+    It is also the :class:`~trioscgi._asgi.seam.Wire` of that request. A subclass names the
     protocol: its core (:meth:`_new_core`), that core's event types and error, and how
     a response head is written.
     """
@@ -138,10 +139,12 @@ class OneShotConnection(SocketIO):
                 conn.next_event()  # EndOfMessage, already known
             # After a 101 the socket is the WebSocket's tunnel (nginx's SCGI and uwsgi
             # modules copy bytes both ways): a handshake has no body.
-            await HTTPCycle(self, self._host).run(
+            await serve_request(
+                self,
+                self._host,
                 event.environ,  # type: ignore[attr-defined]
                 body_done=body_done,
-                wire=self.wire,
+                protocol=self.wire,
                 tunnel=self if body_done and _WEBSOCKET else None,
             )
         finally:

@@ -20,10 +20,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import socket
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from trio.lowlevel import ParkingLot, checkpoint_if_cancelled
@@ -42,14 +41,16 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError
 
-from . import protocol as p
-from ._sockio import RECV_SIZE, Bytes, ClientDisconnected
-from ._types import Message as ASGIMessage
+from .. import scgi as p
+from .._errors import ClientDisconnected
+from .._types import RECV_SIZE
+from .._types import Message as ASGIMessage
+from .seam import error_response
 
 if TYPE_CHECKING:
-    from ._cycle import CycleHost, Wire
+    from .seam import CycleHost, Tunnel, Wire
 
-__all__ = ["Tunnel", "WebSocketCycle"]
+__all__ = ["WebSocketCycle"]
 
 log = logging.getLogger("trioscgi")
 
@@ -71,25 +72,6 @@ GOING_AWAY = 1001
 ABNORMAL = 1006
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
-
-
-class Tunnel(Protocol):
-    """The raw byte stream after a ``101`` (an SCGI connection's socket)."""
-
-    sock: socket.socket
-
-    async def recv_unbounded(self) -> bytes:
-        """What the peer sent next; ``b""`` at EOF. Raises ``OSError`` on a reset."""
-
-    async def recv_when_readable(self) -> bytes:
-        """:meth:`recv_unbounded`, waiting for the socket first (nothing is there yet)."""
-
-    async def sendall(self, data: Bytes, *, checked: bool = False) -> None:
-        """Write all of ``data`` (``checked``: the caller has just checked for
-        cancellation). Raises :class:`ClientDisconnected` when the peer is gone."""
-
-    def abort(self) -> None:
-        """Close with a reset rather than a clean EOF (the session was cut, not closed)."""
 
 
 def accept_token(key: bytes) -> bytes:
@@ -512,8 +494,6 @@ class WebSocketCycle:
     # --- the handshake answer ---------------------------------------------------
 
     async def _deny(self, status: int, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        from ._cycle import error_response  # noqa: PLC0415 - _cycle imports this module
-
         if self._handshake_done:
             return
         head, body = error_response(status)

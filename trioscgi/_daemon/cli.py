@@ -14,11 +14,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from . import _config
-from ._config import Config, ConfigError
-from ._importer import AppLoadError, load_app
-from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from ._version import __version__
+from .. import _config
+from .._config import Config, ConfigError
+from .._importer import AppLoadError, load_app
+from .._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from .._version import __version__
 
 # Fields with no command-line flag: ``app`` is the positional argument,
 # ``logging`` is a table that only makes sense in the file.
@@ -187,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every flag's default is 'not given' so the file can apply."""
     parser = _Parser(
         prog="trioscgi",
-        description="Serve an ASGI or WSGI application over SCGI behind nginx, Apache or lighttpd.",
+        description=(
+            "Serve an ASGI or WSGI application over SCGI or FastCGI behind nginx, Apache,"
+            " lighttpd or HAProxy."
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -317,7 +320,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise ConfigError(*problems)
     config = config.replace(**changes)
     if config.bind == _DEFAULT_BIND and "bind" not in changes:
-        from ._listeners import spawned_with_listening_socket  # noqa: PLC0415
+        from .._listeners import spawned_with_listening_socket  # noqa: PLC0415
 
         if spawned_with_listening_socket():
             # No address given and a listening socket on fd 0: started by
@@ -362,7 +365,7 @@ def load_configured_app(config: Config) -> Any:
 
 def _load_configured(config: Config) -> tuple[Any, str]:
     """The app ready to serve (a WSGI app wrapped), and its interface."""
-    from ._wsgi import detect_interface, wrap_wsgi  # noqa: PLC0415
+    from .._apps.wsgi import detect_interface, wrap_wsgi  # noqa: PLC0415
 
     if config.app is None:
         raise AppLoadError("no application given: pass MODULE:ATTR or set 'app' in the config file")
@@ -379,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = resolve_config(args)
-        from ._metrics import check_metrics  # noqa: PLC0415
-        from ._reload import check_reload  # noqa: PLC0415
+        from .metrics import check_metrics  # noqa: PLC0415
+        from .reload import check_reload  # noqa: PLC0415
 
         check_reload(config)
         check_metrics(config)
@@ -390,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if getattr(args, "check_config", False):
             return _check_config(config, getattr(args, "config", None))
-        from ._logging import setup_logging  # noqa: PLC0415
+        from .logging import setup_logging  # noqa: PLC0415
 
         setup_logging(config)
     except ConfigError as exc:
@@ -403,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1 or config.reload:
         return _run_supervised(config, argv)
 
-    from ._run import pin_to_cpu  # noqa: PLC0415
+    from .run import pin_to_cpu  # noqa: PLC0415
 
     # Before the app is imported: threads it starts inherit the affinity.
     cpu = next(iter(_config.parse_cpu_list(config.cpu_affinity)), None)
@@ -436,8 +439,8 @@ def _check_config(config: Config, path: str | None) -> int:
         ConfigError: a log file or the pid file can't be written, or the
             ``[logging]`` table is invalid.
     """
-    from ._listeners import BindError, check_binds  # noqa: PLC0415
-    from ._logging import setup_logging  # noqa: PLC0415
+    from .._listeners import BindError, check_binds  # noqa: PLC0415
+    from .logging import setup_logging  # noqa: PLC0415
 
     def report(what: str, checked: bool = True) -> None:
         sys.stderr.write(f"trioscgi: {'checked' if checked else 'not checked'}: {what}\n")
@@ -484,15 +487,15 @@ def _check_pid_file(path: str) -> None:
 
 
 def _run_single(app: Any, config: Config) -> int:
-    from . import _notify  # noqa: PLC0415
-    from ._listeners import BindError  # noqa: PLC0415
-    from ._logging import reopen_logs  # noqa: PLC0415
-    from ._run import run  # noqa: PLC0415
+    from .._listeners import BindError  # noqa: PLC0415
+    from . import notify  # noqa: PLC0415
+    from .logging import reopen_logs  # noqa: PLC0415
+    from .run import run  # noqa: PLC0415
 
     metrics_listener = None
     try:
         if config.metrics_bind is not None:
-            from ._metrics import bind_metrics  # noqa: PLC0415
+            from .metrics_http import bind_metrics  # noqa: PLC0415
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
@@ -501,8 +504,8 @@ def _run_single(app: Any, config: Config) -> int:
         return run(
             app,
             config,
-            on_ready=_notify.ready,
-            on_stopping=_notify.stopping,
+            on_ready=notify.ready,
+            on_stopping=notify.stopping,
             on_reopen_logs=reopen_logs,
             metrics_listener=metrics_listener,
         )
@@ -513,20 +516,20 @@ def _run_single(app: Any, config: Config) -> int:
         return EXIT_OK
     finally:
         if metrics_listener is not None:
-            from ._metrics import close_metrics  # noqa: PLC0415
+            from .metrics_http import close_metrics  # noqa: PLC0415
 
             close_metrics(metrics_listener)
 
 
 def _run_supervised(config: Config, argv: Sequence[str] | None) -> int:
-    from ._supervisor import run_supervisor  # noqa: PLC0415
+    from .supervisor import run_supervisor  # noqa: PLC0415
 
     def reload_config() -> Config:
         # SIGHUP: read the same file and flags again (new code and config).
         # Raising keeps the old configuration (the supervisor logs why).
         new = resolve_config(parse_args(argv))
-        from ._logging import setup_logging  # noqa: PLC0415
-        from ._reload import check_reload  # noqa: PLC0415
+        from .logging import setup_logging  # noqa: PLC0415
+        from .reload import check_reload  # noqa: PLC0415
 
         check_reload(new)
 

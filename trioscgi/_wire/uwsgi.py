@@ -3,18 +3,18 @@
 nginx ``uwsgi_pass`` and Apache mod_proxy_uwsgi send one packet per connection (the vars
 block, then a ``CONTENT_LENGTH`` body) and read an HTTP/1.1 status line back
 (:func:`trioscgi.uwsgi.response_head`); the rest is
-:class:`~trioscgi._wire_oneshot.OneShotConnection`, shared with SCGI.
+:class:`~trioscgi._wire.oneshot.OneShotConnection`, shared with SCGI.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import uwsgi as u
-from ._wire_oneshot import Core, OneShotConnection, error_responses
+from .. import uwsgi as u
+from .oneshot import Core, OneShotConnection, error_responses
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._config import Config
 
 __all__ = ["UWSGIConnection"]
 

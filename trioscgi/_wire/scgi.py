@@ -1,18 +1,18 @@
 """The SCGI wire: the one-request-per-connection wire with the SCGI core.
 
-It reads the netstring head with :mod:`trioscgi.protocol` and answers with a CGI-style
-head (``Status: 200 OK``); the rest is :class:`~trioscgi._wire_oneshot.OneShotConnection`.
+It reads the netstring head with :mod:`trioscgi.scgi` and answers with a CGI-style head
+(``Status: 200 OK``); the rest is :class:`~trioscgi._wire.oneshot.OneShotConnection`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import protocol as p
-from ._wire_oneshot import Core, OneShotConnection, error_responses
+from .. import scgi as p
+from .oneshot import Core, OneShotConnection, error_responses
 
 if TYPE_CHECKING:
-    from ._config import Config
+    from .._config import Config
 
 __all__ = ["SCGIConnection"]
 

@@ -1,7 +1,7 @@
 """The WSGI environ of one request, and its streams: ``wsgi.input``, ``wsgi.errors``.
 
 Also ``wsgi.file_wrapper``. Nothing here runs the app or touches a thread: the
-adapter (:mod:`trioscgi._wsgi`) builds these for each request.
+adapter (:mod:`trioscgi._apps.wsgi`) builds these for each request.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 import trio
 
-from ._types import Receive, Scope
+from .._types import Receive, Scope
 
 __all__ = ["ErrorStream", "FileWrapper", "InputStream", "build_environ"]
 
@@ -203,7 +203,7 @@ def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool
     FastCGI param (``scope["extensions"]["fastcgi"]["params"]``) is kept, decoded as latin-1;
     ``SCRIPT_NAME``/``PATH_INFO``/``QUERY_STRING`` and ``REQUEST_METHOD`` come from the scope
     so that they agree with what an ASGI app would see (the path rules of
-    :func:`trioscgi._scope.request_target`).
+    :func:`trioscgi._asgi.scope.request_target`).
     """
     environ: dict[str, Any] = {}
     extensions = scope.get("extensions", {})

@@ -15,7 +15,8 @@ import time
 import weakref
 from typing import Any, TextIO
 
-from ._config import Config, ConfigError
+from .._config import Config, ConfigError
+from .._counters import log_write_error
 
 _LEVELS = {
     "critical": logging.CRITICAL,
@@ -31,11 +32,6 @@ _LEVELS = {
 _generation = 0
 
 
-def counted(n: int, noun: str) -> str:
-    """``"1 worker"``, ``"2 workers"``: a count with its noun in the right number."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def reopen_logs() -> None:
     """Ask every log file trioscgi opened to reopen before its next line (logrotate).
 
@@ -49,15 +45,8 @@ def reopen_logs() -> None:
 # per this many seconds per process, not a traceback per line.
 WRITE_ERROR_INTERVAL = 10.0
 
-# Writes that failed in this process (trioscgi_log_write_errors_total).
-_write_errors = 0
 # Every file handler of this process, for reopen_now().
 _file_handlers: weakref.WeakSet[ReopeningFileHandler] = weakref.WeakSet()
-
-
-def log_write_errors() -> int:
-    """How many log writes (or reopens) failed in this process so far."""
-    return _write_errors
 
 
 def reopen_now() -> None:
@@ -146,8 +135,7 @@ class ReopeningFileHandler(logging.FileHandler):
             super().handleError(record)
 
     def _failed(self, exc: OSError) -> None:
-        global _write_errors
-        _write_errors += 1
+        log_write_error()
         self._broken = True
         self._lost += 1
         self._held += 1

@@ -5,7 +5,7 @@ coroutine. For an application that needs asyncio, :func:`open_app_loop`
 opens an asyncio event loop and returns a trio-callable face of the
 application whose calls run as asyncio tasks on that loop (``_Bridge``).
 The loop runs in the trio thread, in passes driven by a trio task
-(``DrivenHost`` in _asynciohost.py, imported only then, so that a server of
+(``DrivenHost`` in asynciohost.py, imported only then, so that a server of
 trio apps never imports asyncio).
 
 Why this shape and not trio-asyncio or a loop in a thread of its own:
@@ -21,10 +21,9 @@ from typing import Any, Literal
 import sniffio
 import trio
 
-from ._types import ASGIApp
+from .._types import ASGIApp
 
 __all__ = [
-    "RequestCancelled",
     "detect_app_loop",
     "open_app_loop",
     "other_framework_hint",
@@ -56,15 +55,6 @@ ASYNCIO_MODULES = (
 # How deep auto looks through wrappers (middleware objects' ``.app``,
 # ``functools.partial``, ``__wrapped__``) for one of those.
 _MAX_WRAPPER_DEPTH = 8
-
-
-class RequestCancelled(OSError):
-    """What ``send()`` raises in an asyncio task the server has cancelled.
-
-    An ``OSError``, as ASGI 2.4 asks of a ``send()`` that can't reach the
-    client any more: the task was cancelled (``graceful_timeout``, or the
-    connection ended) and can't answer.
-    """
 
 
 # --------------------------------------------------------------------------------------
@@ -216,7 +206,7 @@ async def open_app_loop(app: ASGIApp, mode: str) -> AsyncIterator[ASGIApp]:
     if mode == "trio":
         yield app
         return
-    from ._asynciohost import AsyncioApp, DrivenHost  # noqa: PLC0415 - asyncio only then
+    from .asynciohost import AsyncioApp, DrivenHost  # noqa: PLC0415 - asyncio only then
 
     async with trio.open_nursery() as nursery:
         host = DrivenHost()

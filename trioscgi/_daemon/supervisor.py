@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._config import Config, parse_cpu_list
-from ._listeners import (
+from .._config import Config, parse_cpu_list
+from .._counters import log_write_errors
+from .._listeners import (
     PATH_CHECK_INTERVAL,
     BindError,
     Listener,
@@ -27,11 +28,11 @@ from ._listeners import (
     path_problem_message,
     rebind,
 )
-from ._logging import counted, log_write_errors, reopen_logs, reopen_now, reopen_on_sigusr1
-from ._metrics import STATUS_INTERVAL
-from ._notify import notify, watchdog_interval
-from ._run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
-from ._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from .._types import EXIT_LIFESPAN, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, counted
+from .logging import reopen_logs, reopen_now, reopen_on_sigusr1
+from .metrics import STATUS_INTERVAL
+from .notify import notify, watchdog_interval
+from .run import HEARTBEATS_MISSED, heartbeat_interval, pin_to_cpu, run
 
 __all__ = ["run_supervisor"]
 
@@ -142,7 +143,8 @@ class _Supervisor:
         self.next_status = 0.0
         self.last_requests: tuple[float, int] | None = None
         if metrics_listener is not None:
-            from ._metrics import MetricsHTTP, Totals  # noqa: PLC0415
+            from .metrics import Totals  # noqa: PLC0415
+            from .metrics_http import MetricsHTTP  # noqa: PLC0415
 
             self.totals = Totals()
             self.metrics_http = MetricsHTTP(self._metric_families)
@@ -440,7 +442,7 @@ class _Supervisor:
     # ------------------------------------------------------------------ --reload
 
     def _start_watcher(self) -> None:
-        from ._reload import watch_forever  # noqa: PLC0415
+        from .reload import watch_forever  # noqa: PLC0415
 
         changes_r, changes_w = os.pipe()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -500,7 +502,7 @@ class _Supervisor:
             return
         *lines, self.changes_buf = (self.changes_buf + data).split(b"\n")
         if b"" in lines:  # the watcher's first line: it is watching now
-            from ._reload import reload_dirs  # noqa: PLC0415
+            from .reload import reload_dirs  # noqa: PLC0415
 
             log.info("--reload: watching %s", ", ".join(reload_dirs(self.config)))
             lines = [line for line in lines if line]
@@ -580,7 +582,7 @@ class _Supervisor:
             pass
 
     def _metric_families(self) -> Any:
-        from ._metrics import families  # noqa: PLC0415
+        from .metrics import families  # noqa: PLC0415
 
         totals = self.totals
         now = time.monotonic()
@@ -591,7 +593,7 @@ class _Supervisor:
         return families(total, totals)
 
     def _live_status(self, now: float) -> None:
-        from ._metrics import status_line  # noqa: PLC0415
+        from .metrics import status_line  # noqa: PLC0415
 
         total = self.totals.total()
         ready = sum(1 for w in self.workers.values() if self._serving(w, now))
@@ -919,7 +921,7 @@ def run_supervisor(
 
     The sockets are bound here, once, and shared by every worker, so a
     restart never closes them. Each worker loads the app itself (SIGHUP then
-    picks up new code) and runs ``trioscgi._run.run``.
+    picks up new code) and runs ``trioscgi._daemon.run.run``.
 
     Signals: SIGTERM/SIGINT stop the workers gracefully (a second one: at
     once); SIGHUP reloads the config and replaces the workers, old ones
@@ -937,7 +939,7 @@ def run_supervisor(
     metrics_listener = None
     try:
         if config.metrics_bind is not None:
-            from ._metrics import bind_metrics  # noqa: PLC0415
+            from .metrics_http import bind_metrics  # noqa: PLC0415
 
             try:
                 metrics_listener = bind_metrics(config.metrics_bind)
@@ -948,7 +950,7 @@ def run_supervisor(
         return supervisor.run()
     finally:
         if metrics_listener is not None:
-            from ._metrics import close_metrics  # noqa: PLC0415
+            from .metrics_http import close_metrics  # noqa: PLC0415
 
             close_metrics(metrics_listener)
         for listener in listeners:

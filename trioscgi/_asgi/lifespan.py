@@ -7,9 +7,9 @@ from typing import Any
 
 import trio
 
-from ._apploop import other_framework_hint, other_framework_hint_in_text
-from ._config import Config
-from ._types import ASGIApp, Message
+from .._apps.apploop import other_framework_hint, other_framework_hint_in_text
+from .._config import Config
+from .._types import ASGIApp, Message
 
 log = logging.getLogger("trioscgi")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._config import Config, ConfigError
+from .._config import Config, ConfigError
 
 __all__ = ["check_reload", "reload_dirs", "watch_forever"]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from http import HTTPStatus
 from typing import Final
 
+from .._cgi import cgi_head
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     ConnectionClosed,
@@ -46,17 +46,6 @@ DEFAULT_MAX_HEADER_SIZE: Final = 65536
 # any real body, and it keeps int() on hostile input cheap.
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
 _DEFAULT_MAX_DIGITS: Final = len(str(DEFAULT_MAX_HEADER_SIZE))
-
-_REASONS: Final = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
-# nginx before 1.25.3 writes a malformed status line for a Status: with no
-# reason phrase, so unknown codes get their class's name.
-_CLASS_REASONS: Final = {
-    1: b"Informational",
-    2: b"Success",
-    3: b"Redirection",
-    4: b"Client Error",
-    5: b"Server Error",
-}
 
 
 # The parser's fast path for its own events: validated construction is for
@@ -109,18 +98,6 @@ def _proved_first(first: bytes) -> int:
 def _digits(limit: int) -> int:
     """How many digits a netstring length within ``limit`` may have."""
     return len(str(limit))
-
-
-def _reason(status: int) -> bytes:
-    reason = _REASONS.get(status)
-    if reason is None:
-        reason = _CLASS_REASONS.get(status // 100, b"Unknown")
-    return reason
-
-
-_STATUS_LINES: Final = {
-    code: b"Status: %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)
-}
 
 
 class Connection:
@@ -528,7 +505,7 @@ class Connection:
             data = event.data
             return data if type(data) is bytes else bytes(data)
         if type(event) is Response:
-            return _response_head(event.status, event.headers)
+            return cgi_head(event.status, event.headers)
         return b""
 
     def send_failed(self) -> None:
@@ -541,13 +518,4 @@ def response_head(event: Response) -> bytes:
 
     The same bytes start an SCGI response and a FastCGI STDOUT stream.
     """
-    return _response_head(event.status, event.headers)
-
-
-def _response_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"Status: %d %s\r\n" % (status, _reason(status))
-    if not headers:
-        return line + b"\r\n"
-    return line + b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
+    return cgi_head(event.status, event.headers)

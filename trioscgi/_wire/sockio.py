@@ -32,9 +32,13 @@ from trio.lowlevel import (
     wait_writable,
 )
 
-__all__ = ["RECV_SIZE", "Bytes", "ClientDisconnected", "SocketIO", "Timeout"]
+from .._errors import ClientDisconnected, Timeout, WriteTimeout
+from .._types import RECV_SIZE, Bytes
 
-RECV_SIZE = 65536
+# The errors and constants are defined in the leaves (_errors, _types) so that the ASGI
+# layer needs nothing of this module; they are named here too for the wires' convenience.
+__all__ = ["RECV_SIZE", "Bytes", "ClientDisconnected", "SocketIO", "Timeout", "WriteTimeout"]
+
 # Successful syscalls in a row (no wait in between) before one schedule point.
 _YIELD_EVERY = 16
 # Responses larger than the default socket send buffer (212992 bytes on
@@ -46,8 +50,6 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # Linux: the bytes in a socket's send queue (SIOCOUTQ, the same number as TIOCOUTQ).
 _SIOCOUTQ = termios.TIOCOUTQ
 
-Bytes = bytes | bytearray | memoryview
-
 
 def _unsent(sock: socket.socket) -> int:
     """Bytes written to ``sock`` that the peer has not taken yet (-1: can't tell)."""
@@ -55,22 +57,6 @@ def _unsent(sock: socket.socket) -> int:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
     except OSError:
         return -1
-
-
-class ClientDisconnected(OSError):
-    """The front-end closed the connection (its client went away), or stopped reading.
-
-    ASGI spec 2.4: ``send()`` after the connection is gone raises an
-    ``OSError`` subclass.
-    """
-
-
-class WriteTimeout(ClientDisconnected):
-    """The front-end read nothing of the response for write_timeout (metrics count it)."""
-
-
-class Timeout(Exception):
-    """A read did not complete within its patience."""
 
 
 class SocketIO:

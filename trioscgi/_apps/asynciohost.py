@@ -1,6 +1,6 @@
 """The asyncio side of an asyncio application: the loop's host and the per-call bridge.
 
-Imported only when an application runs on asyncio (trioscgi/_apploop.py
+Imported only when an application runs on asyncio (trioscgi/_apps/apploop.py
 decides), so that a server of trio apps never imports asyncio.
 :class:`DrivenHost` runs the loop in the trio thread, in passes driven by a
 trio task; :class:`_Bridge` is one call of the application (a request, or the
@@ -32,8 +32,8 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from ._apploop import RequestCancelled
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from .._errors import RequestCancelled
+from .._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["AsyncioApp", "DrivenHost"]
 

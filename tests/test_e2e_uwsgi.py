@@ -223,7 +223,7 @@ def test_one_socket_answers_scgi_fastcgi_and_uwsgi(e2e_dir: Path) -> None:
     """nginx's scgi_pass, fastcgi_pass (with and without keep-conn) and uwsgi_pass to one
     ``auto`` socket; tests/apps/faults_app.py answers /pid and cuts /cut at 512 KiB."""
     metrics_port = free_port()
-    args = ["--metrics-bind", f"127.0.0.1:{metrics_port}"]
+    args = ["--metrics-bind", f"127.0.0.1:{metrics_port}", "--access-log", "-"]
     env = {"FAULTS_APP_LOG": "/dev/null"}
     with (
         run_trioscgi(
@@ -235,6 +235,10 @@ def test_one_socket_answers_scgi_fastcgi_and_uwsgi(e2e_dir: Path) -> None:
         assert pids == {fe.get("/uwsgi/pid").body} == {str(srv.proc.pid).encode()}
         label = 'protocol="uwsgi",status_class="2xx"'
         assert metric(metrics_port, "trioscgi_requests_total", label) == 1
+        checks.wait_for(
+            lambda: '"GET /uwsgi/pid HTTP/1.1" 200' in srv.stdout.read_text(),
+            "the access log line of the uwsgi request",
+        )
         # A response the app breaks off: over TCP the reset reaches the client as a cut.
         cut_before = metric(metrics_port, "trioscgi_responses_cut_total", 'wire="uwsgi"')
         with socket.create_connection(("127.0.0.1", fe.port), timeout=TIMEOUT) as c:

@@ -4,7 +4,7 @@ machine load hardly moves, unlike req/s (docs/benchmarks.md).
 
 Usage::
 
-    python bench/instructions.py [--wire scgi|fastcgi-keep] [--python PY] APP [N1 N2]
+    python bench/instructions.py [--wire scgi|uwsgi|fastcgi-keep] [--python PY] APP [N1 N2]
 
 Starts ``PY -m trioscgi`` (default: this interpreter) serving ``APP`` (``MODULE:ATTR``
 importable from bench/ or the repository's root, e.g. ``examples.hello:app`` or
@@ -12,7 +12,8 @@ importable from bench/ or the repository's root, e.g. ``examples.hello:app`` or
 ``valgrind --tool=callgrind`` with ``PYTHONHASHSEED=0``, sends ``N1`` GETs one after
 the other, stops it, then does the same with ``N2``; prints the difference of the two
 totals divided by ``N2 - N1``: start-up, warm-up and shutdown cancel out. ``scgi``: a
-connection per request; ``fastcgi-keep``: one FCGI_KEEP_CONN connection for all, as
+connection per request; ``uwsgi``: the same, the packet nginx's stock ``uwsgi_params``
+makes; ``fastcgi-keep``: one FCGI_KEEP_CONN connection for all, as
 nginx's upstream keepalive. ``--python`` points at another tree's virtualenv to
 compare two commits on the same machine the same day.
 """
@@ -33,16 +34,18 @@ sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
 
 import fcgi_client  # noqa: E402
 from scgi_client import encode_request, environ  # noqa: E402
+from uwsgi_client import encode_packet, stock_vars  # noqa: E402
 
 SCGI_GET = encode_request(environ("GET", "/", extra={"SCRIPT_NAME": "", "PATH_INFO": "/"}))
+UWSGI_GET = encode_packet(stock_vars("GET", "/"))
 FCGI_GET = fcgi_client.request(1, keep=True)
 
 
-def _scgi(path: str, count: int) -> None:
+def _one_per_connection(path: str, count: int, request: bytes) -> None:
     for _ in range(count):
         with socket.socket(socket.AF_UNIX) as c:
             c.connect(path)
-            c.sendall(SCGI_GET)
+            c.sendall(request)
             data = b""
             while chunk := c.recv(65536):
                 data += chunk
@@ -90,7 +93,10 @@ def count(python: str, app: str, wire: str, requests: int) -> int:
             if time.monotonic() > deadline or proc.poll() is not None:
                 sys.exit("the server did not start under valgrind")
             time.sleep(0.1)
-        (_scgi if wire == "scgi" else _fastcgi_keep)(sock, requests)
+        if wire == "fastcgi-keep":
+            _fastcgi_keep(sock, requests)
+        else:
+            _one_per_connection(sock, requests, UWSGI_GET if wire == "uwsgi" else SCGI_GET)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(300)
@@ -103,7 +109,7 @@ def count(python: str, app: str, wire: str, requests: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wire", choices=["scgi", "fastcgi-keep"], default="scgi")
+    ap.add_argument("--wire", choices=["scgi", "uwsgi", "fastcgi-keep"], default="scgi")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("app")
     ap.add_argument("n1", type=int, nargs="?", default=200)

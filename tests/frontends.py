@@ -836,15 +836,17 @@ def run_nginx_fastcgi(
 def nginx_mixed_config(
     workdir: Path, port: int, backend: str, *, keepalive_timeout: str = "60s"
 ) -> str:
-    """nginx.conf with both wires to one ``protocol = "auto"`` backend: ``/scgi/``
+    """nginx.conf with every wire to one ``protocol = "auto"`` backend: ``/scgi/``
     (``scgi_pass``), ``/fcgi/`` (``fastcgi_pass``, a connection per request: nginx's
-    default) and ``/fcgi-keep/`` (``fastcgi_keep_conn on`` through an upstream
-    ``keepalive 8`` with ``keepalive_timeout``)."""
+    default), ``/fcgi-keep/`` (``fastcgi_keep_conn on`` through an upstream
+    ``keepalive 8`` with ``keepalive_timeout``) and ``/uwsgi/`` (``uwsgi_pass``, the
+    stock ``uwsgi_params`` and ``uwsgi_param SCRIPT_NAME /uwsgi``)."""
     d = workdir
     scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
     if scgi_params is None:
         missing("nginx's scgi_params file")
     fastcgi_params = _nginx_fastcgi_params()
+    uwsgi_params = _nginx_uwsgi_params()
     target = _nginx_pass(backend)
     return f"""\
 daemon off;
@@ -862,6 +864,7 @@ http {{
     scgi_temp_path {d}/scgi;
     scgi_read_timeout 30s;
     fastcgi_read_timeout 30s;
+    uwsgi_read_timeout 30s;
     upstream kept {{
         server {target};
         keepalive 8;
@@ -882,6 +885,11 @@ http {{
             include {fastcgi_params};
             fastcgi_keep_conn on;
             fastcgi_pass kept;
+        }}
+        location /uwsgi/ {{
+            include {uwsgi_params};
+            uwsgi_param SCRIPT_NAME /uwsgi;
+            uwsgi_pass {target};
         }}
     }}
 }}
@@ -906,7 +914,12 @@ def run_nginx_mixed(
             workdir=d,
             port=port,
             error_log=error_log,
-            variants={"scgi": "/scgi", "fastcgi": "/fcgi", "fastcgi-keep": "/fcgi-keep"},
+            variants={
+                "scgi": "/scgi",
+                "fastcgi": "/fcgi",
+                "fastcgi-keep": "/fcgi-keep",
+                "uwsgi": "/uwsgi",
+            },
             stop_signal=signal.SIGQUIT,
         ) as fe:
             yield fe
@@ -1265,6 +1278,14 @@ http {{
 """
 
 
+def _nginx_uwsgi_params() -> str:
+    uwsgi_params = next((p for p in NGINX_UWSGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if uwsgi_params is None:
+        missing("nginx's uwsgi_params file")
+    assert uwsgi_params is not None
+    return uwsgi_params
+
+
 @contextlib.contextmanager
 def run_nginx_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
     """Run nginx with ``uwsgi_pass`` to ``backend`` (``unix:/path`` or ``host:port``).
@@ -1274,10 +1295,7 @@ def run_nginx_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[Fr
     30``), ``unbuffered`` = "/unbuffered" (``uwsgi_request_buffering off``).
     """
     binary = find_binary("nginx")
-    uwsgi_params = next((p for p in NGINX_UWSGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
-    if uwsgi_params is None:
-        missing("nginx's uwsgi_params file")
-    assert uwsgi_params is not None
+    uwsgi_params = _nginx_uwsgi_params()
     with _workdir(workdir, "nginx-uwsgi") as d:
         port = free_port()
         conf = d / "nginx.conf"

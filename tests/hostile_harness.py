@@ -292,7 +292,9 @@ def scgi_request(
     return b"%d:%s," % (len(head), head) + body
 
 
-_STATUS_RE = re.compile(rb"Status: (\d{3}) [^\r\n]*\r\n")
+# CGI's Status line (SCGI, FastCGI), or the HTTP/1.1 status line uwsgi answers with (under
+# protocol "auto" a stream whose first byte is 0 or 30 is taken for uwsgi).
+_STATUS_RE = re.compile(rb"(?:Status:|HTTP/1\.1) (\d{3}) [^\r\n]*\r\n")
 
 
 @dataclass
@@ -313,7 +315,7 @@ class Reply:
 
 
 def parse_reply(raw: bytes) -> Reply:
-    """Parse a CGI-style SCGI response; raises ValueError on anything else."""
+    """Parse a CGI-style SCGI response (or uwsgi's); raises ValueError on anything else."""
     reply = Reply(raw)
     if not raw:
         return reply

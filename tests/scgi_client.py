@@ -103,9 +103,13 @@ def parse_response(data: bytes) -> Response:
     if not sep:
         raise ValueError(f"no end of the response head in {data[:200]!r}")
     lines = head.decode("latin-1").split("\r\n")
-    status_name, _, status_value = lines[0].partition(":")
-    if status_name.lower() != "status":
-        raise ValueError(f"response does not start with a Status line: {lines[0]!r}")
+    if lines[0].startswith("HTTP/1.1 "):
+        # uwsgi's answer: an HTTP/1.1 status line, not CGI's Status header.
+        status_value = lines[0][9:]
+    else:
+        status_name, _, status_value = lines[0].partition(":")
+        if status_name.lower() != "status":
+            raise ValueError(f"response does not start with a Status line: {lines[0]!r}")
     code, _, reason = status_value.strip().partition(" ")
     headers = []
     for line in lines[1:]:

@@ -785,7 +785,7 @@ async def test_websocket_upgrade_without_wsproto_is_served_as_http_and_logged_on
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # trioscgi installed without the [websocket] extra: the handshake is a plain GET.
-    monkeypatch.setattr("trioscgi._wire.scgi._WEBSOCKET", False)
+    monkeypatch.setattr("trioscgi._wire.oneshot._WEBSOCKET", False)
     pairs = environ(
         "GET",
         "/ws",

@@ -408,7 +408,7 @@ def test_totals_keep_dead_workers_counters_and_drop_their_gauges() -> None:
     scope = {"headers": [(b"content-length", b"7")]}
     for m, status in ((a, 200), (b, 503)):
         m.in_flight += 1
-        m.request_done(False, status, scope, 5, 0.02)
+        m.request_done("scgi", status, scope, 5, 0.02)
     a.in_flight = 1
     totals = Totals()
     snap_a = a.snapshot(3, 1)
@@ -436,7 +436,7 @@ def test_histogram_buckets_are_cumulative() -> None:
     m = WorkerMetrics()
     for elapsed in (0.001, 0.02, 0.02, 100.0):
         m.in_flight += 1
-        m.request_done(True, 200, {"headers": []}, 0, elapsed)
+        m.request_done("fastcgi", 200, {"headers": []}, 0, elapsed)
 
     class C:
         def collect(self) -> object:

@@ -468,7 +468,7 @@ def test_scopes_share_no_mutable_parts() -> None:
 
 def test_fastcgi_params_go_in_their_own_extension() -> None:
     params = nginx_stock()
-    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    scope = http_scope(params, root_path="", state=None, wire="fastcgi")
     assert scope["extensions"] == {"fastcgi": {"params": params}}
     assert scope["extensions"]["fastcgi"]["params"] is params
     # The same pairs over SCGI: the SCGI key, nothing else differs.
@@ -482,7 +482,7 @@ def test_fastcgi_params_go_in_their_own_extension() -> None:
 def test_missing_method_advice_names_the_protocol_params() -> None:
     # nginx without `include fastcgi_params;` sends HTTP_* only.
     with pytest.raises(ScopeError, match="include fastcgi_params"):
-        http_scope(pairs(("HTTP_HOST", "h")), root_path="", state=None, fastcgi=True)
+        http_scope(pairs(("HTTP_HOST", "h")), root_path="", state=None, wire="fastcgi")
     with pytest.raises(ScopeError, match="include scgi_params"):
         scope_of(pairs(("CONTENT_LENGTH", "0"), ("HTTP_HOST", "h")))
 
@@ -494,7 +494,7 @@ def test_empty_content_length_means_absent(method: str) -> None:
     environ = nginx_stock(method=method, length="", content_type="text/plain")
     environ += pairs(("HTTP_TRANSFER_ENCODING", "chunked"))
     notes: list[str] = []
-    scope = http_scope(environ, root_path="", state=None, notes=notes, fastcgi=True)
+    scope = http_scope(environ, root_path="", state=None, notes=notes, wire="fastcgi")
     assert [h for h in scope["headers"] if h[0].startswith(b"content-")] == [
         (b"content-type", b"text/plain")
     ]
@@ -579,7 +579,7 @@ _name = st.one_of(st.sampled_from(_KNOWN), _printable.filter(bool))
     uri=st.one_of(st.none(), _path_like),
     root_path=st.one_of(_printable, st.sampled_from(["", "/app", "/app/", "/"])),
     with_state=st.booleans(),
-    fastcgi=st.booleans(),
+    wire=st.sampled_from(["scgi", "fastcgi", "uwsgi"]),
 )
 def test_any_printable_environ_gives_a_scope_or_a_scope_error(
     *,
@@ -588,14 +588,14 @@ def test_any_printable_environ_gives_a_scope_or_a_scope_error(
     uri: str | None,
     root_path: str,
     with_state: bool,
-    fastcgi: bool,
+    wire: str,
 ) -> None:
     if uri is not None:
         items = [("REQUEST_URI", uri), *items]
     environ = pairs(("REQUEST_METHOD", method), *items)
     try:
         scope = http_scope(
-            environ, root_path=root_path, state={} if with_state else None, fastcgi=fastcgi
+            environ, root_path=root_path, state={} if with_state else None, wire=wire
         )
     except ScopeError as error:
         assert str(error)
@@ -610,10 +610,10 @@ def test_any_printable_environ_gives_a_scope_or_a_scope_error(
     extensions = dict(scope["extensions"])
     # The TLS extension is there exactly when the request came over TLS (test_scope_tls.py).
     assert (extensions.pop("tls", None) is not None) == (scope["scheme"] == "https")
-    if fastcgi:
+    if wire == "fastcgi":
         assert extensions == {"fastcgi": {"params": environ}}
     else:
-        assert extensions == {"scgi": {"environ": environ}}
+        assert extensions == {wire: {"environ": environ}}
     for name, value in scope["headers"]:
         assert name == name.lower() != b""
         assert b"_" not in name
@@ -768,7 +768,9 @@ def captured_request(name: str) -> FcgiRequest:
 
 
 def fcgi_scope(name: str, root_path: str = "") -> Any:
-    return http_scope(captured_request(name).params, root_path=root_path, state=None, fastcgi=True)
+    return http_scope(
+        captured_request(name).params, root_path=root_path, state=None, wire="fastcgi"
+    )
 
 
 def wsgi_split(scope: Any) -> tuple[str, str]:
@@ -795,9 +797,9 @@ def test_every_fastcgi_capture_gives_a_consistent_scope(name: str) -> None:
         # No fastcgi_params: HTTP_* only (not even CONTENT_LENGTH). 400 with advice.
         assert all(n.startswith(b"HTTP_") for n, _ in params)
         with pytest.raises(ScopeError, match="fastcgi_params"):
-            http_scope(params, root_path="", state=None, fastcgi=True)
+            http_scope(params, root_path="", state=None, wire="fastcgi")
         return
-    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    scope = http_scope(params, root_path="", state=None, wire="fastcgi")
     assert scope["extensions"] == {"fastcgi": {"params": params}}
     assert scope["extensions"]["fastcgi"]["params"] is params
     assert scope["path"].startswith(scope["root_path"])
@@ -1092,3 +1094,82 @@ def test_notes_are_optional() -> None:
         "/u", method="POST", length="5", extra=pairs(("HTTP_CONTENT_LENGTH", "9"))
     )
     assert scope_of(environ)["method"] == "POST"
+
+
+# --- uwsgi: nginx's PATH_INFO keeps the prefix; Apache's does not ---------------------------
+
+# The mount point of each uwsgi capture family (tests/frontends.py's configs).
+_UWSGI_PREFIXES = {
+    "nginx-stock": "",
+    "nginx-prefix": "/app",
+    "nginx-prefix30": "/m30",
+    "nginx-unbuffered": "/unbuffered",
+    "apache-root": "",
+    "apache-prefix": "/app",
+}
+
+
+def uwsgi_scope(name: str, root_path: str = "") -> Any:
+    from trioscgi import uwsgi
+
+    conn = uwsgi.Connection()
+    conn.receive_data((CAPTURES / f"{name}.uwsgi").read_bytes())
+    event = conn.next_event()
+    assert isinstance(event, uwsgi.Request)
+    return http_scope(event.environ, root_path=root_path, state=None, wire="uwsgi")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CAPTURES.glob("*.uwsgi")))
+def test_uwsgi_capture_path_is_the_mount_point_and_the_stock_path(name: str) -> None:
+    """Under a prefix, the scope is the prefix + what the same request gets at the root:
+    nginx's PATH_INFO ($document_uri) starts with the prefix, with modifier1 0 or 30;
+    Apache's is already split."""
+    family, _, case = name.rpartition("-")
+    if family.endswith(("-dup", "-get", "-odd", "-post", "-encoded")):
+        family, _, first = family.rpartition("-")
+        case = f"{first}-{case}"
+    prefix = _UWSGI_PREFIXES[family]
+    root = "apache-root" if family.startswith("apache") else "nginx-stock"
+    scope = uwsgi_scope(name)
+    assert scope["root_path"] == prefix
+    assert scope["path"] == prefix + uwsgi_scope(f"{root}-{case}")["path"]
+    assert scope["raw_path"].startswith(prefix.encode())
+    assert "uwsgi" in scope["extensions"]
+
+
+def test_uwsgi_prefix_stripped_once_from_nginx_and_never_from_apache() -> None:
+    def scope(script_name: str, path_info: str, **more: str) -> Any:
+        pairs = [
+            (b"REQUEST_METHOD", b"GET"),
+            (b"REQUEST_URI", b"/app/app/x"),
+            (b"SCRIPT_NAME", script_name.encode()),
+            (b"PATH_INFO", path_info.encode()),
+            *((k.encode(), v.encode()) for k, v in more.items()),
+        ]
+        return http_scope(pairs, root_path="", state=None, wire="uwsgi")
+
+    # nginx, `uwsgi_param SCRIPT_NAME /app`: PATH_INFO is $document_uri.
+    nginx = scope("/app", "/app/app/x")
+    assert (nginx["root_path"], nginx["path"]) == ("/app", "/app/app/x")
+    # A trailing slash on the configured SCRIPT_NAME changes nothing.
+    slash = scope("/app/", "/app/app/x")
+    assert (slash["root_path"], slash["path"]) == ("/app", "/app/app/x")
+    # Apache mod_proxy_uwsgi splits the pair itself.
+    apache = scope("/app", "/app/x", SERVER_SOFTWARE="Apache/2.4.71 (Debian)")
+    assert (apache["root_path"], apache["path"]) == ("/app", "/app/app/x")
+    # The mount point itself: PATH_INFO empty.
+    top = scope("/app", "/app")
+    assert (top["root_path"], top["path"]) == ("/app", "/app")
+    # Not at a segment boundary: not the prefix.
+    other = scope("/app", "/apple")
+    assert other["path"] == "/app/apple"
+    # SCGI and FastCGI: PATH_INFO is what follows SCRIPT_NAME (lighttpd), never stripped.
+    pairs = [(b"REQUEST_METHOD", b"GET"), (b"SCRIPT_NAME", b"/app"), (b"PATH_INFO", b"/app/x")]
+    assert http_scope(pairs, root_path="", state=None)["path"] == "/app/app/x"
+
+
+def test_uwsgi_wsgi_environ_splits_at_the_prefix() -> None:
+    scope = uwsgi_scope("nginx-prefix-get-query")
+    environ = build_environ(scope, io.BytesIO(), sys.stderr, False)
+    assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/app", "/echo/path")
+    assert environ["DOCUMENT_ROOT"]  # the other vars pass through

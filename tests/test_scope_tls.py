@@ -200,7 +200,7 @@ def test_websocket_over_tls_gets_it_too() -> None:
 
 
 def test_fastcgi_gets_it_too() -> None:
-    scope = scope_of(nginx("https", *NGINX_TLS), fastcgi=True)
+    scope = scope_of(nginx("https", *NGINX_TLS), wire="fastcgi")
     assert scope["extensions"]["tls"]["cipher_suite"] == 0x1302
 
 

@@ -11,6 +11,7 @@ import itertools
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,7 +43,7 @@ from trioscgi.uwsgi import (
     UnsupportedModifier,
     response_head,
 )
-from trioscgi.uwsgi._connection import _parse_vars, _parse_vars_checked
+from trioscgi.uwsgi._connection import _LAYOUTS, _SEEN, _parse_vars, _parse_vars_checked
 from trioscgi.uwsgi._state import OUR_TRANSITIONS, THEIR_TRANSITIONS
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
@@ -873,6 +874,74 @@ def test_fast_vars_parser_takes_the_captures_itself(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(trioscgi.uwsgi._connection, "_parse_vars_checked", no_fallback)
     assert [_parse_vars(block, DEFAULT_MAX_VARS) for block in blocks] == expected
+
+
+def learned(block: bytes) -> None:
+    """Parse ``block`` twice: its layout is then decoded by one Struct."""
+    for _ in range(2):
+        _parse_vars(block, DEFAULT_MAX_VARS)
+    assert len(block) in _LAYOUTS
+
+
+def test_a_recurring_layout_is_decoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = [*GET_ENV[:3], (b"CONTENT_LENGTH", b"12"), *GET_ENV[4:]]
+    block = vars_block(env)
+    learned(block)
+    # Same sizes, other bytes (another query, another length's digits): no walk at all.
+    other = vars_block([(k, v.replace(b"1", b"7")) for k, v in env])
+    assert len(other) == len(block)
+
+    def no_walk(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]], int]:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(trioscgi.uwsgi._connection, "_parse_vars_checked", no_walk)
+    monkeypatch.setattr(trioscgi.uwsgi._connection, "_NAMES", None)  # the walk's tables
+    assert _parse_vars(other, DEFAULT_MAX_VARS) == (
+        [(k, v.replace(b"1", b"7")) for k, v in env],
+        72,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "outcome"),
+    [
+        # The same length, another layout: a value one byte longer, its neighbour shorter.
+        (lambda env: [*env[:4], (b"REQUEST_URI", b"/x?y=12"), (b"PATH_INFO", b"/")], "pairs"),
+        # The layout's sizes, but bytes that are not a valid request.
+        (lambda env: [*env[:3], (b"CONTENT_LENGTH", b"1x"), *env[4:]], "400"),
+        (lambda env: [*env[:2], (b"CONTENT_LENGTH", b""), *env[3:]], "400"),  # twice
+        (lambda env: [*env[:3], (b"CONTENT_LENGTH", b""), *env[4:]], "pairs"),  # empty: 0
+    ],
+)
+def test_a_learned_layout_proves_or_hands_over(change: Any, outcome: str) -> None:
+    env = [*GET_ENV[:3], (b"CONTENT_LENGTH", b"12"), *GET_ENV[4:]]
+    learned(vars_block(env))
+    changed = change(env)
+    block = vars_block(changed)
+    assert len(block) in _LAYOUTS
+    expected = vars_outcome(_parse_vars_checked, block, DEFAULT_MAX_VARS)
+    assert vars_outcome(_parse_vars, block, DEFAULT_MAX_VARS) == expected
+    assert isinstance(expected, tuple)
+    if outcome == "400":
+        assert isinstance(expected[0], str) and expected[1] == 400
+    else:
+        assert isinstance(expected[0], list)
+
+
+def test_a_learned_layout_still_counts_vars() -> None:
+    block = vars_block(GET_ENV)
+    learned(block)
+    with pytest.raises(RemoteProtocolError) as info:
+        _parse_vars(block, len(GET_ENV) - 1)
+    assert info.value.error_status_hint == 431
+
+
+def test_layouts_are_bounded() -> None:
+    for size in range(3000):
+        block = vars_block([(b"X", b"v" * size)])
+        _parse_vars(block, DEFAULT_MAX_VARS)
+        _parse_vars(block, DEFAULT_MAX_VARS)
+    assert len(_LAYOUTS) <= 1024 and len(_SEEN) <= 1024
 
 
 # --- hostile: bounded memory ----------------------------------------------------------

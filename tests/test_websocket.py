@@ -121,7 +121,7 @@ def test_websocket_scope() -> None:
 @pytest.mark.parametrize(
     ("method", "kwargs", "extra", "why"),
     [
-        ("GET", {"fastcgi": True, "websocket": False}, {}, "FastCGI front-ends can't tunnel"),
+        ("GET", {"wire": "fastcgi", "websocket": False}, {}, "FastCGI front-ends can't tunnel"),
         ("GET", {}, {}, "pip install 'trioscgi[websocket]'"),
         ("POST", {"websocket": True}, {}, "a POST can't open a WebSocket"),
         (
@@ -132,6 +132,12 @@ def test_websocket_scope() -> None:
         ),
         (
             "GET",
+            {"websocket": True, "wire": "uwsgi"},
+            {"SERVER_SOFTWARE": "Apache/2.4.62 (Debian)"},
+            "Apache's mod_proxy_uwsgi",
+        ),
+        (
+            "GET",
             {"websocket": True},
             {"SERVER_SOFTWARE": "lighttpd/1.4.69"},
             "only from 1.4.74",
@@ -139,7 +145,7 @@ def test_websocket_scope() -> None:
     ],
 )
 def test_handshake_served_as_http_where_no_tunnel(
-    method: str, kwargs: dict[str, bool], extra: dict[str, str], why: str
+    method: str, kwargs: dict[str, Any], extra: dict[str, str], why: str
 ) -> None:
     notes: list[str] = []
     pairs = environ(method, "/ws", extra={"HTTP_UPGRADE": "websocket", **extra})

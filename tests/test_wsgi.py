@@ -777,7 +777,7 @@ async def test_input_without_content_length_is_the_whole_stream(
             ("HTTP_TRANSFER_ENCODING", "chunked"),
         ]
     ]
-    scope = http_scope(params, root_path="", state=None, fastcgi=True)
+    scope = http_scope(params, root_path="", state=None, wire="fastcgi")
     await call(app, scope, FakeConnection([b"hello ", b"chunked ", b"world"]))
     assert got == [False, False, b"hello chunked world"]
 

@@ -236,7 +236,7 @@ def setting(
 LifespanMode = Literal["auto", "on", "off"]
 Interface = Literal["auto", "asgi", "wsgi"]
 AppLoop = Literal["auto", "trio", "asyncio"]
-ProtocolName = Literal["auto", "scgi", "fastcgi"]
+ProtocolName = Literal["auto", "scgi", "fastcgi", "uwsgi"]
 Seconds = Annotated[float, _non_negative]
 AtLeastOne = Annotated[int, _at_least_one]
 NonNegative = Annotated[int, _non_negative]
@@ -358,8 +358,8 @@ class Config:
     protocol: ProtocolName = setting(
         "auto",
         help=(
-            "wire protocol: scgi, fastcgi, or auto (each connection's first byte tells them "
-            "apart, so one socket serves both)"
+            "wire protocol: scgi, fastcgi, uwsgi, or auto (each connection's first byte "
+            "tells them apart, so one socket serves all three)"
         ),
     )
     idle_timeout: Seconds = setting(

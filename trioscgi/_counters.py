@@ -20,7 +20,7 @@ __all__ = ["BUCKETS", "WorkerMetrics", "log_write_error", "log_write_errors"]
 
 # prometheus_client's default buckets (seconds): what dashboards expect.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-PROTOCOLS = ("scgi", "fastcgi", "websocket")
+PROTOCOLS = ("scgi", "fastcgi", "websocket", "uwsgi")
 # Status classes; "none": no response went out (the front-end went away first).
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Refusals by kind: the wire layers' rejections by status, and the accept loop's.
@@ -37,7 +37,9 @@ REFUSAL_KINDS = (
 # Timeouts by kind: header_timeout, read_timeout, write_timeout, drain_timeout.
 TIMEOUT_KINDS = ("header", "read", "write", "drain")
 # Wires whose cut responses are counted (trioscgi_responses_cut_total{wire}).
-CUT_WIRES = ("scgi", "fastcgi")
+CUT_WIRES = ("scgi", "fastcgi", "uwsgi")
+# Where each wire's status classes start in WorkerMetrics.requests.
+_OFFSETS = {wire: PROTOCOLS.index(wire) * len(CLASSES) for wire in CUT_WIRES}
 
 
 # Log writes (or reopens) that failed in this process (trioscgi_log_write_errors_total):
@@ -90,12 +92,12 @@ class WorkerMetrics:
         self.websocket_closes: dict[str, int] = {}  # close code (as text) -> sessions
 
     def request_done(
-        self, fastcgi: bool, status: int, scope: dict[str, Any], sent: int, elapsed: float
+        self, wire: str, status: int, scope: dict[str, Any], sent: int, elapsed: float
     ) -> None:
         """Count one finished request (HTTPCycle.run calls it)."""
         self.in_flight -= 1
         cls = status // 100 if 100 <= status < 600 else 0
-        self.requests[(len(CLASSES) if fastcgi else 0) + cls] += 1
+        self.requests[_OFFSETS[wire] + cls] += 1
         self.duration_counts[bisect.bisect_left(BUCKETS, elapsed)] += 1
         self.duration_sum += elapsed
         self.bytes_out += sent

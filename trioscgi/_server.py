@@ -21,6 +21,7 @@ from ._types import ASGIApp, counted
 from ._wire.fastcgi import INLINE_LOOK, FastCGIConnection
 from ._wire.scgi import SCGIConnection
 from ._wire.sockio import SocketIO, Timeout
+from ._wire.uwsgi import UWSGIConnection
 
 if TYPE_CHECKING:
     from ._accesslog import AccessLogger
@@ -41,6 +42,10 @@ _WARNING_INTERVAL = 10.0
 _ACCEPT_BURST = 8
 # Requests cut at shutdown logged one line each; past this, one count line.
 _CUT_LINES = 10
+# A uwsgi request's first byte: modifier1, 0 (nginx's default) or 30 (`uwsgi_modifier1 30`).
+# The uwsgi core answers any other modifier; those never reach it under "auto" (SCGI's
+# parser answers them with a 400 instead).
+_UWSGI_FIRST = (b"\x00", b"\x1e")
 # accept() errors about one connection only (it died in the backlog).
 _TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 
@@ -195,7 +200,7 @@ class Server:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener)
-                    if config.protocol != "scgi":
+                    if config.protocol in ("auto", "fastcgi"):
                         accepting.start_soon(self._sweep_fastcgi_connections)
                     descriptions = [lst.description for lst in listeners]
                     log.info("listening on %s", ", ".join(descriptions))
@@ -379,6 +384,9 @@ class Server:
                 self.request_served()
             elif protocol == "fastcgi":
                 await FastCGIConnection(sock, self).run()
+            elif protocol == "uwsgi":
+                await UWSGIConnection(sock, self).run()
+                self.request_served()
             else:
                 await self._sniff(sock)
         except Exception:
@@ -388,7 +396,8 @@ class Server:
             self._below_limit.set()
 
     async def _sniff(self, sock: socket.socket) -> None:
-        """``protocol = "auto"``: the first byte tells FastCGI (version 1) from SCGI (a digit)."""
+        """``protocol = "auto"``: the first byte tells FastCGI (version 1) and uwsgi
+        (modifier1 0, or 30) from SCGI (a digit)."""
         try:
             data = await SocketIO(sock, 0.0).recv(self.config.header_timeout)
         except Timeout:
@@ -404,8 +413,12 @@ class Server:
         except BaseException:
             sock.close()  # cancelled (a forced shutdown) before a wire layer owned it
             raise
-        if data[:1] == b"\x01":
+        first = data[:1]
+        if first == b"\x01":
             await FastCGIConnection(sock, self).run(data)
+        elif first in _UWSGI_FIRST:
+            await UWSGIConnection(sock, self).run(data)
+            self.request_served()
         elif data:
             # A digit, or garbage: the SCGI parser answers garbage with a 400
             # and a log line saying what it found.

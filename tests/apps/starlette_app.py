@@ -152,6 +152,24 @@ async def fail(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom (on purpose)")
 
 
+async def blocks(request: Request) -> StreamingResponse:
+    """Stream ?kib= KiB (1024 by default) in 64 KiB pieces, byte i being i % 251."""
+    kib = int(request.query_params.get("kib", "1024"))
+    whole = bytes(i % 251 for i in range(kib * 1024))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for at in range(0, len(whole), 65536):
+            yield whole[at : at + 65536]
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+async def missing(request: Request) -> PlainTextResponse:
+    """A 404 of the app's own, with headers of its own."""
+    headers = {"X-Custom": "yes", "Cache-Control": "no-store"}
+    return PlainTextResponse("not here\n", status_code=404, headers=headers)
+
+
 # The disconnect code each WebSocket echo session ended with, by its ?id= (GET /ws/ended).
 ws_ended: dict[str, int] = {}
 
@@ -217,6 +235,8 @@ app = Starlette(
         Route("/state", state),
         Route("/wait", wait),
         Route("/fail", fail),
+        Route("/blocks", blocks),
+        Route("/missing", missing),
     ],
     lifespan=lifespan,
 )

@@ -8,6 +8,7 @@ or cut, as a front-end can tell). Paths:
 
 - ``scgi``: one connection per request, Unix, or TCP when the scenario looks at a cut
   (a reset must be seen to tell one).
+- ``uwsgi``: the same, with nginx's uwsgi packet (stock ``uwsgi_params``) for the head.
 - ``fastcgi``: one Unix connection per request, no FCGI_KEEP_CONN (nginx's default).
 - ``fastcgi-keep``: FCGI_KEEP_CONN, the request sent twice on one connection (nginx
   ``fastcgi_keep_conn on``); both answers and both records must agree.
@@ -39,16 +40,17 @@ from wsgiref.validate import validator
 import fcgi_client as fc
 import scgi_client
 import trio
+import uwsgi_client
 
 from trioscgi import Config
 from trioscgi._apps.wsgi import wrap_wsgi
 
 from . import app as conformance_app
 
-ASGI_WIRES = ("scgi", "fastcgi", "fastcgi-keep", "fastcgi-mpx")
+ASGI_WIRES = ("scgi", "uwsgi", "fastcgi", "fastcgi-keep", "fastcgi-mpx")
 LOOPS = ("trio", "asyncio")
 ASGI_PATHS = tuple(f"{wire}-{loop}" for wire in ASGI_WIRES for loop in LOOPS)
-WSGI_PATHS = ("wsgi-scgi", "wsgi-fastcgi", "wsgi-fastcgi-keep")
+WSGI_PATHS = ("wsgi-scgi", "wsgi-uwsgi", "wsgi-fastcgi", "wsgi-fastcgi-keep")
 ALL_PATHS = ASGI_PATHS + WSGI_PATHS
 
 
@@ -206,6 +208,18 @@ def scgi_vars(request: Request) -> list[tuple[str, str]]:
         ("SERVER_NAME", "localhost"),
         *_header_vars(request),
     ]
+
+
+def uwsgi_vars(request: Request) -> list[tuple[str, str]]:
+    """nginx 1.22's stock uwsgi_params, in its order (nginx-stock-*.uwsgi): PATH_INFO is
+    the decoded path, CONTENT_LENGTH and CONTENT_TYPE are empty without a body."""
+    return uwsgi_client.stock_vars(
+        request.method,
+        request.uri,
+        content_length=str(request.length) if request.length else "",
+        content_type=_content_type(request),
+        headers=_header_vars(request),
+    )
 
 
 def fastcgi_vars(request: Request) -> list[tuple[str, str]]:
@@ -417,12 +431,15 @@ class ScgiDriver(Driver):
         self.unix = unix
         self.tcp = tcp
 
-    async def _exchange(self, request: Request, key: str) -> Answer | None:
-        request = _with_key(request, key)
-        assert request.length_known, "SCGI has no body of unknown length"
-        head = scgi_client.encode_raw(
+    def head(self, request: Request) -> bytes:
+        return scgi_client.encode_raw(
             b"".join(k + b"\0" + v + b"\0" for k, v in _encoded(scgi_vars(request)))
         )
+
+    async def _exchange(self, request: Request, key: str) -> Answer | None:
+        request = _with_key(request, key)
+        assert request.length_known, f"{self.name} has no body of unknown length"
+        head = self.head(request)
         stream = await scgi_client.connect(self.tcp if request.cut_must_show else self.unix)
         async with stream:
             await _send_plan(
@@ -440,6 +457,15 @@ class ScgiDriver(Driver):
             while data := await reader.some():
                 chunks.append(data)
             return parse_answer(b"".join(chunks), not reader.reset)
+
+
+class UwsgiDriver(ScgiDriver):
+    """As SCGI (a connection per request), with a uwsgi packet for the head."""
+
+    name = "uwsgi"
+
+    def head(self, request: Request) -> bytes:
+        return uwsgi_client.encode_packet(uwsgi_vars(request))
 
 
 def _fcgi_head(request: Request, rid: int, keep: bool) -> bytes:
@@ -603,6 +629,8 @@ async def running_path(path: str) -> AsyncIterator[Driver]:
             driver: Driver
             if wire == "scgi":
                 driver = ScgiDriver(unix, tcp)
+            elif wire == "uwsgi":
+                driver = UwsgiDriver(unix, tcp)
             elif wire == "fastcgi":
                 driver = FastcgiDriver(unix)
             elif wire == "fastcgi-keep":

@@ -41,8 +41,8 @@ NEEDS = {
     "in_process": "needs the server in this process (the app's clock, a shutdown on cue)",
     "pathsend": "the server does not offer http.response.pathsend (an optional extension)",
     "unknown_length": (
-        "SCGI's head must start with CONTENT_LENGTH: front-ends buffer a chunked upload "
-        "whole (nginx) or refuse it (Apache: 411) before passing it on"
+        "SCGI and uwsgi frame the body by CONTENT_LENGTH: front-ends buffer a chunked "
+        "upload whole (nginx) or refuse it (Apache: 411) before passing it on"
     ),
 }
 

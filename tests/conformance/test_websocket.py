@@ -1,6 +1,6 @@
-"""WebSocket conformance: one set of scenarios over SCGI, the app on trio and on asyncio.
+"""WebSocket conformance: one set of scenarios over SCGI and uwsgi, the app on trio and asyncio.
 
-Each scenario runs a session through the SCGI tunnel (tests/conformance/ws_driver.py)
+Each scenario runs a session through nginx's SCGI or uwsgi tunnel (ws_driver.py)
 against one plain ASGI app, :class:`Recorder`, which keeps the exact sequence of
 messages its ``receive()`` returned (and what its ``send()`` raised). A scenario asserts
 that sequence and what the client saw against one expected value, written from the
@@ -43,16 +43,16 @@ from trioscgi._asgi.websocket import accept_token
 
 from .ws_driver import KEY, TIMEOUT, Session, open_session, ws_server
 
-PATHS = [("scgi", "trio"), ("scgi", "asyncio")]
+PATHS = [(wire, loop) for wire in ("scgi", "uwsgi") for loop in ("trio", "asyncio")]
 
 Record = dict[str, Any]
 
 
-@pytest.fixture(params=PATHS, ids=[f"{wire}-{loop}" for wire, loop in PATHS])
-def app_loop(request: pytest.FixtureRequest) -> str:
-    """The loop the app runs on (the wire is SCGI for every WebSocket path)."""
-    loop: str = request.param[1]
-    return loop
+@pytest.fixture(params=[f"{wire}-{loop}" for wire, loop in PATHS])
+def ws_path(request: pytest.FixtureRequest) -> str:
+    """The path: the wire nginx tunnels (SCGI or uwsgi) and the loop the app runs on."""
+    path: str = request.param
+    return path
 
 
 # --- the app ----------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class Recorder:
 
 
 async def run_session(
-    app_loop: str, target: str, scenario: Any, *, config: Any = None, **open_kwargs: Any
+    ws_path: str, target: str, scenario: Any, *, config: Any = None, **open_kwargs: Any
 ) -> Recorder:
     """Serve a fresh :class:`Recorder`, run ``scenario(session)``, wait for the app to end.
 
@@ -210,8 +210,9 @@ async def run_session(
     """
     app = Recorder()
     with trio.fail_after(TIMEOUT):
+        wire, _, app_loop = ws_path.partition("-")
         async with ws_server(app, app_loop, **(config or {})) as srv:
-            session = await open_session(srv.address, target, **open_kwargs)
+            session = await open_session(srv.address, target, wire=wire, **open_kwargs)
             try:
                 if scenario.__code__.co_argcount == 2:
                     await scenario(session, srv)
@@ -226,7 +227,7 @@ async def run_session(
 # --- the handshake ----------------------------------------------------------------------
 
 
-async def test_connect_accept(app_loop: str) -> None:
+async def test_connect_accept(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 101
         assert s.header("upgrade") == "websocket"
@@ -235,12 +236,12 @@ async def test_connect_accept(app_loop: str) -> None:
         reply = await s.close()
         assert reply.code == 1000
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, disconnect(1000)]
     assert app.scopes[0]["subprotocols"] == []
 
 
-async def test_accept_with_subprotocol_and_headers(app_loop: str) -> None:
+async def test_accept_with_subprotocol_and_headers(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 101
         assert s.header("sec-websocket-protocol") == "chat"
@@ -248,61 +249,61 @@ async def test_accept_with_subprotocol_and_headers(app_loop: str) -> None:
         await s.close()
 
     app = await run_session(
-        app_loop, "/?subprotocol=chat&header=1", scenario, subprotocols=["other", "chat"]
+        ws_path, "/?subprotocol=chat&header=1", scenario, subprotocols=["other", "chat"]
     )
     assert app.sessions[0] == [CONNECT, disconnect(1000)]
     assert app.scopes[0]["subprotocols"] == ["other", "chat"]
 
 
-async def test_close_before_accept_is_403(app_loop: str) -> None:
+async def test_close_before_accept_is_403(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 403
         await s.read_to_eof()
 
-    app = await run_session(app_loop, "/?deny=1", scenario)
+    app = await run_session(ws_path, "/?deny=1", scenario)
     assert app.sessions[0] == [CONNECT]
 
 
-async def test_denial_response_extension(app_loop: str) -> None:
+async def test_denial_response_extension(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 418
         assert s.header("content-type") == "text/plain"
         assert (await s.read_to_eof()).endswith(b"no socket for you\n")
 
-    app = await run_session(app_loop, "/?teapot=1", scenario)
+    app = await run_session(ws_path, "/?teapot=1", scenario)
     assert app.sessions[0] == [CONNECT]
 
 
-async def test_exception_before_accept_is_500(app_loop: str) -> None:
+async def test_exception_before_accept_is_500(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 500
         await s.read_to_eof()
 
-    app = await run_session(app_loop, "/?raise_before=1", scenario)
+    app = await run_session(ws_path, "/?raise_before=1", scenario)
     assert app.sessions[0] == [CONNECT]
 
 
 # --- messages ---------------------------------------------------------------------------
 
 
-async def test_echo_text(app_loop: str) -> None:
+async def test_echo_text(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="héllo"))
         assert await s.receive_message() == "héllo"
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("héllo"), disconnect(1000)]
 
 
-async def test_echo_binary(app_loop: str) -> None:
+async def test_echo_binary(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(BytesMessage(data=b"\x00\xff\x80"), BytesMessage(data=b""))
         assert await s.receive_message() == b"\x00\xff\x80"
         assert await s.receive_message() == b""
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received(data=b"\x00\xff\x80"),
@@ -311,7 +312,7 @@ async def test_echo_binary(app_loop: str) -> None:
     ]
 
 
-async def test_one_mib_message(app_loop: str) -> None:
+async def test_one_mib_message(ws_path: str) -> None:
     big = bytes(range(256)) * 4096  # 1 MiB
 
     async def scenario(s: Session) -> None:
@@ -319,11 +320,11 @@ async def test_one_mib_message(app_loop: str) -> None:
         assert await s.receive_message() == big
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received(data=big), disconnect(1000)]
 
 
-async def test_fragmented_messages(app_loop: str) -> None:
+async def test_fragmented_messages(ws_path: str) -> None:
     # RFC 6455 5.4: a message in several frames, with control frames between them.
     async def scenario(s: Session) -> None:
         await s.send(
@@ -339,7 +340,7 @@ async def test_fragmented_messages(app_loop: str) -> None:
         assert s.control == [Pong(payload=b"between")]
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received("fragmented message"),
@@ -348,7 +349,7 @@ async def test_fragmented_messages(app_loop: str) -> None:
     ]
 
 
-async def test_frames_in_pieces_and_after_pauses(app_loop: str) -> None:
+async def test_frames_in_pieces_and_after_pauses(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         data = s.frames(TextMessage(data="in pieces, é"), BytesMessage(data=bytes(300)))
         await s.send_pieces(data, [1, 2, 3, 7], pause=0.005, every=8)
@@ -361,7 +362,7 @@ async def test_frames_in_pieces_and_after_pauses(app_loop: str) -> None:
         assert await s.receive_message() == "after a pause"
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received("in pieces, é"),
@@ -371,7 +372,7 @@ async def test_frames_in_pieces_and_after_pauses(app_loop: str) -> None:
     ]
 
 
-async def test_sends_from_another_task_while_receive_waits(app_loop: str) -> None:
+async def test_sends_from_another_task_while_receive_waits(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="ticks 6"))
         got = [await s.receive_message(), await s.receive_message()]
@@ -383,7 +384,7 @@ async def test_sends_from_another_task_while_receive_waits(app_loop: str) -> Non
         await s.close()
         assert sorted(got) == ["a", *(f"tick {i}" for i in range(6))]
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received("ticks 6"),
@@ -393,7 +394,7 @@ async def test_sends_from_another_task_while_receive_waits(app_loop: str) -> Non
     ]
 
 
-async def test_ping_answered_while_the_app_is_busy(app_loop: str) -> None:
+async def test_ping_answered_while_the_app_is_busy(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="busy 1.0"))
         # The ping comes later than the message, in a read of its own: the app sleeps a
@@ -404,30 +405,30 @@ async def test_ping_answered_while_the_app_is_busy(app_loop: str) -> None:
         assert await s.receive_message() == "done"
         await s.close()
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("busy 1.0"), disconnect(1000)]
 
 
 # --- the end ----------------------------------------------------------------------------
 
 
-async def test_client_close_with_code_and_reason(app_loop: str) -> None:
+async def test_client_close_with_code_and_reason(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         reply = await s.close(4002, "bye")
         assert reply.code == 4002  # RFC 6455 5.5.1: the answer echoes the code
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, disconnect(4002, "bye")]
 
 
-async def test_server_close_with_code(app_loop: str) -> None:
+async def test_server_close_with_code(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="close 4001 done here"))
         [close] = await s.events_until_close()
         assert close == CloseConnection(code=4001, reason="done here")
         assert await s.read_to_eof() == b""
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received("close 4001 done here"),
@@ -435,42 +436,42 @@ async def test_server_close_with_code(app_loop: str) -> None:
     ]
 
 
-async def test_exception_after_accept_is_1011(app_loop: str) -> None:
+async def test_exception_after_accept_is_1011(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="raise"))
         [close] = await s.events_until_close()
         assert isinstance(close, CloseConnection) and close.code == 1011
         assert await s.read_to_eof() == b""
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("raise")]
 
 
-async def test_receive_after_disconnect(app_loop: str) -> None:
+async def test_receive_after_disconnect(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.close(1000)
 
-    app = await run_session(app_loop, "/?after=2", scenario)
+    app = await run_session(ws_path, "/?after=2", scenario)
     assert app.sessions[0] == [CONNECT, disconnect(1000), disconnect(1000), disconnect(1000)]
 
 
-async def test_client_vanishing_without_a_close_frame_is_1006(app_loop: str) -> None:
+async def test_client_vanishing_without_a_close_frame_is_1006(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="x"))
         assert await s.receive_message() == "x"
         await s.vanish(reset=False)
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("x"), disconnect(1006)]
 
 
-async def test_send_after_disconnect_raises_oserror(app_loop: str) -> None:
+async def test_send_after_disconnect_raises_oserror(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         await s.send(TextMessage(data="x"))
         assert await s.receive_message() == "x"
         await s.vanish(reset=True)
 
-    app = await run_session(app_loop, "/?send_after=1", scenario)
+    app = await run_session(ws_path, "/?send_after=1", scenario)
     assert app.sessions[0] == [
         CONNECT,
         received("x"),
@@ -479,13 +480,13 @@ async def test_send_after_disconnect_raises_oserror(app_loop: str) -> None:
     ]
 
 
-async def test_send_to_a_vanished_client_raises_oserror(app_loop: str) -> None:
+async def test_send_to_a_vanished_client_raises_oserror(ws_path: str) -> None:
     # The app only sends, never reads: it learns that the client is gone from send().
     async def scenario(s: Session) -> None:
         assert await s.receive_message() == "tick 0"
         await s.vanish(reset=True)
 
-    app = await run_session(app_loop, "/?ticker=1", scenario)
+    app = await run_session(ws_path, "/?ticker=1", scenario)
     assert app.sessions[0] == [
         CONNECT,
         {"raised": "ClientDisconnected", "oserror": True},
@@ -493,27 +494,27 @@ async def test_send_to_a_vanished_client_raises_oserror(app_loop: str) -> None:
     ]
 
 
-async def test_receive_waiting_from_before_accept(app_loop: str) -> None:
+async def test_receive_waiting_from_before_accept(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 101
         await s.send(TextMessage(data="after accept"))
         assert await s.receive_message() == "read early"
         await s.close()
 
-    app = await run_session(app_loop, "/?early_reader=1", scenario)
+    app = await run_session(ws_path, "/?early_reader=1", scenario)
     assert app.sessions[0] == [CONNECT, received("after accept"), disconnect(1000)]
 
 
-async def test_receive_waiting_from_before_a_denial(app_loop: str) -> None:
+async def test_receive_waiting_from_before_a_denial(ws_path: str) -> None:
     async def scenario(s: Session) -> None:
         assert s.status == 403
         await s.read_to_eof()  # the app's waiting reader returned, the app ended
 
-    app = await run_session(app_loop, "/?early_reader=deny", scenario)
+    app = await run_session(ws_path, "/?early_reader=deny", scenario)
     assert app.sessions[0] == [CONNECT, disconnect(1006)]
 
 
-async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:
+async def test_server_shutdown_closes_with_1001(ws_path: str) -> None:
     async def scenario(s: Session, srv: Any) -> None:
         await s.send(TextMessage(data="x"))
         assert await s.receive_message() == "x"
@@ -522,11 +523,11 @@ async def test_server_shutdown_closes_with_1001(app_loop: str) -> None:
         assert isinstance(close, CloseConnection) and close.code == 1001
         assert await s.read_to_eof() == b""
 
-    app = await run_session(app_loop, "/", scenario)
+    app = await run_session(ws_path, "/", scenario)
     assert app.sessions[0] == [CONNECT, received("x"), disconnect(1001, "server shutting down")]
 
 
-async def test_app_cut_at_graceful_timeout_reads_the_disconnect(app_loop: str) -> None:
+async def test_app_cut_at_graceful_timeout_reads_the_disconnect(ws_path: str) -> None:
     # The app ignores the 1001 (busy, not reading) until graceful_timeout cuts it; a
     # shielded receive() in its cleanup then gets the session's end, as a WebSocket
     # message.
@@ -537,7 +538,7 @@ async def test_app_cut_at_graceful_timeout_reads_the_disconnect(app_loop: str) -
         assert isinstance(close, CloseConnection) and close.code == 1001
         assert await s.read_to_eof() == b""
 
-    app = await run_session(app_loop, "/", scenario, config={"graceful_timeout": 1.0})
+    app = await run_session(ws_path, "/", scenario, config={"graceful_timeout": 1.0})
     assert app.sessions[0] == [
         CONNECT,
         received("busy 30"),

@@ -1,11 +1,11 @@
-"""The WebSocket driver of the conformance suite: nginx's side of an SCGI tunnel, by hand.
+"""The WebSocket driver of the conformance suite: nginx's side of an SCGI or uwsgi tunnel.
 
-A session is what nginx does for a browser: it sends the SCGI head of the handshake
-(``HTTP_UPGRADE``, ``HTTP_SEC_WEBSOCKET_*``), reads the CGI-style answer, and after
-``Status: 101`` carries raw WebSocket frames both ways on the same connection. The
-frames are wsproto's client side; the test decides how they reach the server (whole,
-in pieces, after pauses) and how the client leaves (a close handshake, a FIN without a
-close frame, a reset).
+A session is what nginx does for a browser: it sends the SCGI (or uwsgi) head of the
+handshake (``HTTP_UPGRADE``, ``HTTP_SEC_WEBSOCKET_*``), reads the answer (CGI-style, or an
+HTTP/1.1 status line for uwsgi), and after a 101 carries raw WebSocket frames both ways
+on the same connection. The frames are wsproto's client side; the test decides how they
+reach the server (whole, in pieces, after pauses) and how the client leaves (a close
+handshake, a FIN without a close frame, a reset).
 
 The server runs in-process (``trioscgi.serve`` through ``scgi_client.serving``) on
 TCP loopback, with the app on trio or on the hosted asyncio loop: on AF_UNIX a reset
@@ -22,9 +22,11 @@ from typing import Any
 
 import trio
 from scgi_client import ServerHandle, encode_request, environ, serving
+from uwsgi_client import encode_packet, stock_vars
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, TextMessage
 
+HOST = [("HTTP_HOST", "localhost")]
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example key
 # Every wait of a scenario is bounded by this (the real clock: the asyncio loop's
 # timers do not follow trio's autojump clock).
@@ -50,8 +52,11 @@ class Session:
     def __init__(self, stream: trio.SocketStream, head: bytes, rest: bytes) -> None:
         self.stream = stream
         lines = head.decode("latin-1").split("\r\n")
-        name, _, value = lines[0].partition(":")
-        assert name == "Status", lines[0]
+        if lines[0].startswith("HTTP/1.1 "):  # uwsgi: an HTTP/1.1 status line
+            value = lines[0][9:]
+        else:  # SCGI: CGI's Status header
+            name, _, value = lines[0].partition(":")
+            assert name == "Status", lines[0]
         self.status = int(value.split()[0])
         self.headers = [
             (k.strip().lower(), v.strip())
@@ -175,9 +180,10 @@ async def open_session(
     *,
     subprotocols: Iterable[str] = (),
     extra: Iterable[tuple[str, str]] = (),
+    wire: str = "scgi",
 ) -> Session:
-    """Connect to ``address`` (``HOST:PORT``), send the handshake's SCGI head as nginx
-    does, and read the answer's head."""
+    """Connect to ``address`` (``HOST:PORT``), send the handshake's SCGI (or uwsgi) head
+    as nginx does, and read the answer's head."""
     headers = [
         ("HTTP_UPGRADE", "websocket"),
         ("HTTP_CONNECTION", "Upgrade"),
@@ -191,7 +197,11 @@ async def open_session(
     host, _, port = address.rpartition(":")
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream(host, int(port))
-        await stream.send_all(encode_request(environ("GET", target, extra=headers)))
+        if wire == "uwsgi":
+            head = encode_packet(stock_vars("GET", target, headers=[*HOST, *headers]))
+        else:
+            head = encode_request(environ("GET", target, extra=headers))
+        await stream.send_all(head)
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = await stream.receive_some(65536)

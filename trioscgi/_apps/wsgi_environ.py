@@ -199,15 +199,15 @@ class InputStream:
 def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool) -> dict[str, Any]:
     """Build the PEP 3333 environ of one request.
 
-    Every SCGI variable (``scope["extensions"]["scgi"]["environ"]``) or FastCGI param
-    (``scope["extensions"]["fastcgi"]["params"]``) is kept, decoded as latin-1;
+    Every SCGI or uwsgi variable (``scope["extensions"]["scgi"|"uwsgi"]["environ"]``) or
+    FastCGI param (``scope["extensions"]["fastcgi"]["params"]``) is kept, decoded as latin-1;
     ``SCRIPT_NAME``/``PATH_INFO``/``QUERY_STRING`` and ``REQUEST_METHOD`` come from the scope
     so that they agree with what an ASGI app would see (the path rules of
     :func:`trioscgi._asgi.scope.request_target`).
     """
     environ: dict[str, Any] = {}
     extensions = scope.get("extensions", {})
-    scgi = extensions.get("scgi")
+    scgi = extensions.get("scgi") or extensions.get("uwsgi")
     raw_env: list[tuple[bytes, bytes]] | None
     if scgi:
         raw_env = scgi.get("environ")
@@ -253,7 +253,8 @@ def build_environ(scope: Scope, wsgi_input: Any, errors: Any, multiprocess: bool
     full = path.encode("utf-8", "surrogateescape")
     if "\ufffd" in path:
         # The scope's path replaced undecodable bytes with U+FFFD; WSGI wants the bytes.
-        if "PATH_INFO" in environ:
+        if "PATH_INFO" in environ and "uwsgi" not in extensions:
+            # (uwsgi's front-ends may leave the prefix in PATH_INFO: raw_path, below.)
             full = (environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"]).encode("latin-1")
         else:
             full = unquote_to_bytes(scope.get("raw_path") or b"")

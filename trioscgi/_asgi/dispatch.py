@@ -1,7 +1,7 @@
 """From a parsed request to its ASGI run: the scope, then an HTTP cycle or a WebSocket session.
 
 A wire hands :func:`serve_request` the CGI variables it parsed, its :class:`~.seam.Wire`
-and, when the front-end can open a raw stream after a ``101`` (SCGI), a
+and, when the front-end can open a raw stream after a ``101`` (SCGI, uwsgi), a
 :class:`~.seam.Tunnel`. This is the one module that knows both the HTTP cycle (``http``)
 and the WebSocket session (``websocket``), so neither imports the other.
 """
@@ -28,7 +28,7 @@ async def serve_request(
     environ: list[tuple[bytes, bytes]],
     *,
     body_done: bool,
-    fastcgi: bool = False,
+    protocol: str = "scgi",
     tunnel: Tunnel | None = None,
 ) -> None:
     """Serve one request whose head the wire layer has parsed.
@@ -38,10 +38,11 @@ async def serve_request(
         host: the server that accepted the connection.
         environ: the CGI variables in wire order, duplicates kept.
         body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
-        fastcgi: the variables are FastCGI PARAMS, not an SCGI header block (where the
-            scope keeps them raw, and what a 400 for a missing REQUEST_METHOD advises).
+        protocol: the one that carried them, "scgi", "fastcgi" or "uwsgi" (where the
+            scope keeps them raw, the path rules of uwsgi's front-ends, what a 400 for a
+            missing REQUEST_METHOD advises, the metrics' label).
         tunnel: the raw stream the front-end opens after a 101, when the wire has one
-            (SCGI): a WebSocket handshake then runs as a WebSocket session.
+            (SCGI, uwsgi): a WebSocket handshake then runs as a WebSocket session.
     """
     notes: list[str] = []
     try:
@@ -50,7 +51,7 @@ async def serve_request(
             root_path=host.config.root_path,
             state=host.state,
             notes=notes,
-            fastcgi=fastcgi,
+            wire=protocol,
             websocket=tunnel is not None,
         )
     except ScopeError as exc:
@@ -62,7 +63,7 @@ async def serve_request(
     for note in notes:
         host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
     if scope["type"] == "http":
-        await HTTPCycle(wire, host).run(scope, body_done=body_done, fastcgi=fastcgi)
+        await HTTPCycle(wire, host).run(scope, body_done=body_done, protocol=protocol)
         return
     from .websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
 

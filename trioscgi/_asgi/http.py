@@ -1,10 +1,11 @@
 """One HTTP request's ASGI cycle: receive/send, response checks, 500s, access log, counters.
 
-It knows no wire format. A wire layer (``_wire.scgi``, ``_wire.fastcgi``) parses the request
-head and hands the CGI variables to ``dispatch``, which builds the scope and, for an HTTP
-request, runs :meth:`HTTPCycle.run`; the cycle moves bytes through the small
-:class:`~.seam.Wire` interface, runs the application and decides what the front-end gets.
-So SCGI and FastCGI share every ASGI rule and none of the framing.
+It knows no wire format. A wire layer (``_wire.scgi``, ``_wire.uwsgi``, ``_wire.fastcgi``)
+parses the request head and hands the CGI variables to ``dispatch``, which builds the scope
+and, for an HTTP request, runs :meth:`HTTPCycle.run`; the cycle moves bytes through the
+small :class:`~.seam.Wire` interface, runs the application and decides what the front-end
+gets.
+So SCGI, uwsgi and FastCGI share every ASGI rule and none of the framing.
 
 This is the hot path: no task, channel or lock per request, one object.
 """
@@ -81,13 +82,14 @@ class HTTPCycle:
         self._request_done = body_done
         await self._send_error(status)
 
-    async def run(self, scope: dict[str, Any], *, body_done: bool, fastcgi: bool) -> None:
+    async def run(self, scope: dict[str, Any], *, body_done: bool, protocol: str) -> None:
         """Run the application for the HTTP request ``scope`` describes.
 
         Args:
             scope: the request's scope (``dispatch`` built it).
             body_done: the whole body is already known (empty): ``receive()`` needs no I/O.
-            fastcgi: the request came over FastCGI (for the metrics and the cut's log line).
+            protocol: the wire it came over, "scgi", "fastcgi" or "uwsgi" (for the metrics
+                and the cut's log line).
         """
         host = self._host
         scope["extensions"].update(FILE_EXTENSIONS)
@@ -109,7 +111,7 @@ class HTTPCycle:
                         access_logger.log(scope, self.status, self.response_bytes, elapsed)
                     if metrics is not None:
                         metrics.request_done(
-                            fastcgi, self.status, scope, self.response_bytes, elapsed
+                            protocol, self.status, scope, self.response_bytes, elapsed
                         )
         except trio.Cancelled:
             # Cut from outside: graceful_timeout, say (the host tells).
@@ -120,13 +122,12 @@ class HTTPCycle:
                 # Started and not finished, however we got here (the app raised
                 # or returned early, a file ended short, a deadline cancelled
                 # us): the front-end must not take it for a whole response.
-                self._cut(scope, fastcgi)
+                self._cut(scope, protocol)
 
-    def _cut(self, scope: dict[str, Any], fastcgi: bool) -> None:
+    def _cut(self, scope: dict[str, Any], wire: str) -> None:
         # Only the wire can make the cut visible; what a client sees then depends
         # on the wire and the socket (docs/operations.md, "Reloads and faults").
         self._wire.abort()
-        wire = "fastcgi" if fastcgi else "scgi"
         log.warning(
             "response cut short: %s %s, %d body bytes sent (%s, status %d)",
             scope["method"],

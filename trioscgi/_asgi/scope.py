@@ -1,9 +1,9 @@
-"""Turn an SCGI environ or FastCGI params into an ASGI HTTP scope (pure functions: no I/O).
+"""Turn SCGI or uwsgi vars or FastCGI params into an ASGI HTTP scope (pure functions: no I/O).
 
 The path rules live in :func:`request_target`, shared with the WSGI environ builder so that
 ``root_path``/``path`` (ASGI) and ``SCRIPT_NAME``/``PATH_INFO`` (WSGI) always agree. Every
-front-end quirk lives here, with the front-end named; docs/fastcgi-frontends.md and
-tests/data/captures/README.md show what each front-end sends.
+front-end quirk lives here, with the front-end named; docs/fastcgi-frontends.md,
+docs/uwsgi-frontends.md and tests/data/captures/README.md show what each front-end sends.
 """
 
 from __future__ import annotations
@@ -189,32 +189,33 @@ def http_scope(
     root_path: str,
     state: dict[str, Any] | None,
     notes: list[str] | None = None,
-    fastcgi: bool = False,
+    wire: str = "scgi",
     websocket: bool = False,
 ) -> dict[str, Any]:
-    """Build the ASGI HTTP connection scope for one SCGI or FastCGI request.
+    """Build the ASGI HTTP connection scope for one SCGI, uwsgi or FastCGI request.
 
     With ``websocket``, a WebSocket handshake (a GET with ``Upgrade: websocket``) gets the
     ASGI ``websocket`` scope instead (``scope["type"]`` tells which).
 
     Args:
         environ: the request's ``(name, value)`` pairs in wire order, duplicates kept: the
-            SCGI environ, or the FastCGI PARAMS.
+            SCGI environ, the uwsgi vars, or the FastCGI PARAMS.
         root_path: the configured root path (``Config.root_path``); see
             :func:`request_target` for when it applies.
         state: the lifespan state; the scope gets a shallow copy, or no ``state`` key when
             ``None`` (no lifespan).
         notes: where to append what the operator should hear about (the request is served
             all the same); ``None`` to skip those checks.
-        fastcgi: the pairs are FastCGI PARAMS (only the ``extensions`` key and the advice in
-            errors differ).
-        websocket: the wire can carry a WebSocket after a 101 (SCGI with wsproto
+        wire: the protocol the pairs came in: ``"scgi"``, ``"uwsgi"`` (whose front-ends
+            send PATH_INFO with the prefix in it: see :func:`_uwsgi_path_info`) or
+            ``"fastcgi"``. The ``extensions`` key and the advice in errors differ too.
+        websocket: the wire can carry a WebSocket after a 101 (SCGI or uwsgi, with wsproto
             installed). Without it a handshake is an HTTP request and a note says why.
 
     Returns:
-        The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``, or
-        ``{"fastcgi": {"params": environ}}`` with ``fastcgi``: the raw pairs, for apps that
-        need a variable the scope has no field for.
+        The scope, ``extensions`` holding ``{"scgi": {"environ": environ}}``,
+        ``{"uwsgi": {"environ": environ}}`` or ``{"fastcgi": {"params": environ}}``: the raw
+        pairs, for apps that need a variable the scope has no field for.
 
     Raises:
         ScopeError: the environ cannot describe an HTTP request (no ``REQUEST_METHOD``, no
@@ -243,7 +244,7 @@ def http_scope(
     if not raw_method:
         # nginx without `include scgi_params;` sends only CONTENT_LENGTH and HTTP_*; without
         # `include fastcgi_params;` only HTTP_*.
-        what = "FastCGI" if fastcgi else "SCGI"
+        what = _WIRE_NAMES.get(wire, wire)
         raise ScopeError(
             f"the {what} request has no REQUEST_METHOD"
             f" (nginx: is `include {what.lower()}_params;` missing?)"
@@ -288,7 +289,7 @@ def http_scope(
 
     is_websocket = False
     if upgrade is not None and b"websocket" in upgrade.lower():
-        why = _no_tunnel(env, method, websocket, fastcgi)
+        why = _no_tunnel(env, method, websocket, wire)
         if why is None:
             is_websocket = True
         elif notes is not None:
@@ -303,6 +304,8 @@ def http_scope(
         https = env.get(b"HTTPS")
         scheme = "https" if https and https.lower() in (b"on", b"1") else "http"
 
+    if wire == "uwsgi":
+        _uwsgi_path_info(env)
     root, path, raw_path, query = request_target(env, root_path)
 
     remote_addr = env.get(b"REMOTE_ADDR")
@@ -343,7 +346,7 @@ def http_scope(
         "client": client,
         "server": server,
         "extensions": (
-            {"fastcgi": {"params": environ}} if fastcgi else {"scgi": {"environ": environ}}
+            {"fastcgi": {"params": environ}} if wire == "fastcgi" else {wire: {"environ": environ}}
         ),
     }
     if scheme == "https":
@@ -499,29 +502,61 @@ def tls_extension(env: Mapping[bytes, bytes]) -> dict[str, Any]:
     }
 
 
+# What a 400 for a missing REQUEST_METHOD calls the request (and its nginx params file).
+_WIRE_NAMES = {"scgi": "SCGI", "fastcgi": "FastCGI", "uwsgi": "uwsgi"}
+
+
+def _uwsgi_path_info(env: dict[bytes, bytes]) -> None:
+    """Take SCRIPT_NAME off the front of PATH_INFO where a uwsgi front-end left it on.
+
+    nginx's stock ``uwsgi_params`` sends ``PATH_INFO $document_uri``: the whole decoded
+    path. An app under a prefix gets ``uwsgi_param SCRIPT_NAME /app``, and PATH_INFO still
+    starts with ``/app`` (with ``uwsgi_modifier1 30`` too: that modifier asked uWSGI to
+    strip it, as its ``manage-script-name`` option does). Apache's mod_proxy_uwsgi
+    (SERVER_SOFTWARE ``Apache/...``) sends the pair already split: ``/app/app/x`` is
+    SCRIPT_NAME ``/app``, PATH_INFO ``/app/x`` there, and is left alone.
+    """
+    script_name = env.get(b"SCRIPT_NAME")
+    if not script_name:
+        return  # the stock params: PATH_INFO is the path
+    path_info = env.get(b"PATH_INFO")
+    if path_info is None:
+        return
+    software = env.get(b"SERVER_SOFTWARE")
+    if software and software.startswith(b"Apache"):
+        return
+    script_name = script_name.rstrip(b"/")
+    end = len(script_name)
+    # 47 is ord("/"): the prefix ends at a segment boundary, or is the whole path.
+    if path_info.startswith(script_name) and (len(path_info) == end or path_info[end] == 47):
+        env[b"SCRIPT_NAME"] = script_name
+        env[b"PATH_INFO"] = path_info[end:]
+
+
 # lighttpd tunnels a 101 from mod_scgi with `"upgrade" => "enable"` since 1.4.74.
 _LIGHTTPD_UPGRADE = (1, 4, 74)
 
 
-def _no_tunnel(env: Mapping[bytes, bytes], method: str, wire: bool, fastcgi: bool) -> str | None:
+def _no_tunnel(env: Mapping[bytes, bytes], method: str, tunnel: bool, wire: str) -> str | None:
     """Why a WebSocket handshake can't be served as one here (``None``: it can).
 
     Only a front-end that turns a ``101`` into a two-way tunnel may get one; any other
-    passes the 101 to its client and then hangs. nginx's SCGI module tunnels (since
-    1.3.14) and its stock ``scgi_params`` sends no SERVER_SOFTWARE; Apache's
-    mod_proxy_scgi (SERVER_SOFTWARE ``Apache/...``) does not tunnel; lighttpd's mod_scgi
-    does from 1.4.74 (SERVER_SOFTWARE ``lighttpd/1.4.74``). No FastCGI front-end tunnels.
+    passes the 101 to its client and then hangs. nginx's SCGI and uwsgi modules tunnel
+    (since 1.3.14) and their stock params send no SERVER_SOFTWARE; Apache's
+    mod_proxy_scgi and mod_proxy_uwsgi (SERVER_SOFTWARE ``Apache/...``) do not tunnel;
+    lighttpd's mod_scgi does from 1.4.74 (SERVER_SOFTWARE ``lighttpd/1.4.74``). No FastCGI
+    front-end tunnels.
     """
-    if fastcgi:
-        return "FastCGI front-ends can't tunnel a WebSocket; use SCGI behind nginx"
+    if wire == "fastcgi":
+        return "FastCGI front-ends can't tunnel a WebSocket; use SCGI or uwsgi behind nginx"
     if method != "GET":
         return f"a {method} can't open a WebSocket"
-    if not wire:
+    if not tunnel:
         return "the wsproto package is missing (pip install 'trioscgi[websocket]')"
     software = env.get(b"SERVER_SOFTWARE")
     if software:
         if software.startswith(b"Apache"):
-            return "Apache's mod_proxy_scgi can't tunnel a WebSocket"
+            return f"Apache's mod_proxy_{wire} can't tunnel a WebSocket"
         if software.startswith(b"lighttpd/"):
             version = tuple(
                 int(x) if x.isdigit() else 0 for x in software[9:].split(b" ")[0].split(b".")

@@ -671,7 +671,7 @@ class _Request:
                 conn._host,
                 params,
                 body_done=self._body_ended and not self._body,
-                fastcgi=True,
+                protocol="fastcgi",
             )
             if not self._ended and not self._gone and not conn._broken:
                 # The cycle ended without a complete response and without an abort

@@ -110,6 +110,62 @@ _CONTENT_LENGTH: Final = b"CONTENT_LENGTH"
 _MIN_VAR: Final = 5
 
 
+# A decoder per recurring layout. nginx sends the same vars in the same order request
+# after request, and most values keep their size (REMOTE_PORT's five digits, the Host,
+# the User-Agent of a client that comes back): the layout, every name's and value's size
+# in order, recurs. A layout seen twice in a row for its block length gets one Struct
+# that reads the whole block in a single C call; the sizes come back among the fields,
+# and their being the layout's is the proof that the block has that layout (the Struct
+# covers the block exactly, so nothing can run past it). About 10k instructions for
+# nginx's 16-var GET instead of 60k for the walk. By block length, bounded: past
+# _LAYOUTS_MAX lengths a new one is walked and not remembered.
+_Layout = tuple[Callable[[bytes], tuple[object, ...]], tuple[int, ...], int]
+_LAYOUTS: Final[dict[int, _Layout]] = {}
+_SEEN: Final[dict[int, tuple[int, ...]]] = {}
+_LAYOUTS_MAX: Final = 1024
+
+
+def _remember(end: int, pairs: list[tuple[bytes, bytes]]) -> None:
+    """Note the layout of a block the walk proved valid; the second time, decode it in C."""
+    sizes = tuple([len(part) for pair in pairs for part in pair])
+    if _SEEN.get(end) != sizes:
+        if end in _SEEN or len(_SEEN) < _LAYOUTS_MAX:
+            _SEEN[end] = sizes
+        return
+    if end in _LAYOUTS or len(_LAYOUTS) < _LAYOUTS_MAX:
+        it = iter(sizes)
+        layout = "".join([f"H{n}sH{v}s" for n, v in zip(it, it, strict=True)])
+        _LAYOUTS[end] = (Struct("<" + layout).unpack, sizes, len(pairs))
+
+
+def _by_layout(
+    block: bytes, layout: _Layout, max_vars: int
+) -> tuple[list[tuple[bytes, bytes]], int] | None:
+    """The block decoded by its length's layout, or None when it has another one (or
+    needs the walk to say what is wrong with it)."""
+    unpack, sizes, count = layout
+    if count > max_vars:
+        return None
+    fields = unpack(block)
+    # [name size, name, value size, value, ...]: the sizes are every other field.
+    if fields[0::2] != sizes:
+        return None
+    names: tuple[bytes, ...] = fields[1::4]  # type: ignore[assignment]
+    values: tuple[bytes, ...] = fields[3::4]  # type: ignore[assignment]
+    pairs = list(zip(names, values, strict=True))
+    found = names.count(_CONTENT_LENGTH)
+    if not found:
+        return pairs, 0
+    if found > 1:
+        return None
+    content_length = values[names.index(_CONTENT_LENGTH)]
+    if not content_length:
+        return pairs, 0
+    if content_length.isdigit() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS:
+        return pairs, int(content_length)
+    return None
+
+
 def _decoder(table: dict[int, _Decoder], size: int) -> _Decoder:
     decode = Struct(f"<{size}sH").unpack_from
     if len(table) < _DECODERS_MAX:
@@ -125,6 +181,11 @@ def _parse_vars(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]],
     which starts again and says what is wrong.
     """
     end = len(block)
+    layout = _LAYOUTS.get(end)
+    if layout is not None:
+        decoded = _by_layout(block, layout, max_vars)
+        if decoded is not None:
+            return decoded
     if end > max_vars * _MIN_VAR or end < _MIN_VAR:
         return _parse_vars_checked(block, max_vars)
     # Two zero bytes after the block: the last value's decoder reads them as the next
@@ -157,9 +218,11 @@ def _parse_vars(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, bytes]],
     # is `stop`, so the last value ended with the block and the size read after it was
     # the padding. (A size that runs past the block ran the next read past `buf`.)
     if not content_length:
+        _remember(end, pairs)
         return pairs, 0
     if not (content_length.isdigit() and len(content_length) <= _MAX_CONTENT_LENGTH_DIGITS):
         return _parse_vars_checked(block, max_vars)
+    _remember(end, pairs)
     return pairs, int(content_length)
 
 

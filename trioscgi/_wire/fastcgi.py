@@ -46,6 +46,7 @@ from .. import scgi as p
 from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
 from .._cgi import cgi_head
+from .._turns import ReadTurn, WriteTurn
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
@@ -99,14 +100,14 @@ class FastCGIConnection(SocketIO):
 
     Whoever needs input reads it: the connection's task between requests, a request
     waiting for its body or for a disconnect otherwise. One reads at a time (the
-    ``_reading`` token); it dispatches every record to its request and wakes the others
-    (``_activity``). So a request runs in the connection's own task when it is alone on
-    the connection (no task per request: nginx, Apache and lighttpd never multiplex),
-    and in a task of its own beside others when the front-end multiplexes.
+    ``_read_turn``); it dispatches every record to its request and wakes the others.
+    Whole records go out one writer at a time (``_write_turn``). So a request runs in the
+    connection's own task when it is alone on the connection (no task per request:
+    nginx, Apache and lighttpd never multiplex), and in a task of its own beside others
+    when the front-end multiplexes.
     """
 
     __slots__ = (
-        "_activity",
         "_broken",
         "_buffered",
         "_closing",
@@ -124,7 +125,7 @@ class FastCGIConnection(SocketIO):
         "_multiplexed",
         "_new",
         "_out",
-        "_reading",
+        "_read_turn",
         "_refused",
         "_requests",
         "_reset_idle",
@@ -133,8 +134,7 @@ class FastCGIConnection(SocketIO):
         "_tasks",
         "_tasks_done",
         "_wait_first",
-        "_write_lot",
-        "_writing",
+        "_write_turn",
     )
 
     def __init__(self, sock: socket.socket, host: FastCGIHost) -> None:
@@ -166,10 +166,8 @@ class FastCGIConnection(SocketIO):
         self._helper = False  # a task reads beside a busy inline request
         self._looked_at = -1  # the inline request the sweep saw last (by _served)
         self._out: list[bytes] = []
-        self._reading = False
-        self._activity = ParkingLot()
-        self._writing = False
-        self._write_lot = ParkingLot()
+        self._read_turn = ReadTurn()  # whoever needs input reads for all (_pump)
+        self._write_turn = WriteTurn()  # whole records, one writer at a time
         self._closing = False  # _cancel_all: end the connection now
         self._cut = False  # a response was cut short: the front-end must see it (abort)
         self._reset_idle = False  # closed while idle and kept: with a reset (run)
@@ -249,10 +247,10 @@ class FastCGIConnection(SocketIO):
                     await self._process(False)
                     continue
                 return
-            if self._reading or self._buffered > _MAX_BUFFERED:
+            if self._read_turn.reading or self._buffered > _MAX_BUFFERED:
                 # A request reads for now, or applications have not taken what we
                 # hold (then we stop reading: FastCGI's only flow control).
-                await self._activity.park()
+                await self._read_turn.wait()
             else:
                 await self._pump()
 
@@ -276,7 +274,8 @@ class FastCGIConnection(SocketIO):
     async def _pump(self) -> None:
         """Read once from the socket, hand each record to its request, answer what the core
         answers itself, and wake everyone waiting on this connection."""
-        self._reading = True
+        turn = self._read_turn
+        turn.take()
         try:
             if self._wait_first:
                 # Kept alive after a response: the next request can't be there yet
@@ -298,7 +297,9 @@ class FastCGIConnection(SocketIO):
             log.info("FastCGI connection lost: %s", exc)
             data = b""
         finally:
-            self._reading = False
+            # However the read ended (the reader's own deadline too): the others wake,
+            # and one of them reads next if it still needs input.
+            turn.done()
         self._conn.receive_data(data)
         await self._process(not data)
 
@@ -325,8 +326,7 @@ class FastCGIConnection(SocketIO):
             self._all_gone()
         if conn.refused != self._refused:
             self._tell_refusals()
-        if self._activity:  # someone waits (cheaper to ask than to unpark nobody)
-            self._activity.unpark_all()
+        self._read_turn.news()
         pending = conn.data_to_send()
         if self._out:
             pending += b"".join(self._out)
@@ -365,7 +365,7 @@ class FastCGIConnection(SocketIO):
         costs the request path nothing; the reader costs a task only for requests that run
         past a look or two.
         """
-        if not self._inline or self._helper or self._reading or self._closing:
+        if not self._inline or self._helper or self._read_turn.reading or self._closing:
             self._looked_at = -1
         elif self._looked_at != self._served:
             self._looked_at = self._served  # first seen; the next look decides
@@ -378,8 +378,8 @@ class FastCGIConnection(SocketIO):
         # when that request does (_served moves on; the connection's task reads again).
         try:
             while self._inline and self._served == served and not self._ended():
-                if self._reading or self._buffered > _MAX_BUFFERED:
-                    await self._activity.park()
+                if self._read_turn.reading or self._buffered > _MAX_BUFFERED:
+                    await self._read_turn.wait()
                 else:
                     await self._pump()
         finally:
@@ -410,8 +410,8 @@ class FastCGIConnection(SocketIO):
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""
-        if self._reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
-            await self._activity.park()
+        if self._read_turn.reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
+            await self._read_turn.wait()
         else:
             await self._pump()
 
@@ -438,10 +438,9 @@ class FastCGIConnection(SocketIO):
             # Wake the reader: _serve then takes what has arrived (_late_request) or
             # closes. Not _cancel_all: a request read in this very scheduler pass
             # would then run with its answer refused.
-            if self._reading:
+            if self._read_turn.reading:
                 trio.lowlevel.notify_closing(self.sock)
-            if self._activity:
-                self._activity.unpark_all()
+            self._read_turn.news()
 
     def _after_last_end(self) -> bytes:
         """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last
@@ -531,28 +530,26 @@ class FastCGIConnection(SocketIO):
         await self._write_many((data,))
 
     async def _write_many(self, parts: Sequence[Bytes]) -> None:
-        while self._writing:
-            await self._write_lot.park()
-        if self._broken or self._closing:
-            if self._write_lot:
-                self._write_lot.unpark_all()  # every writer waiting learns it too
-            raise ClientDisconnected("the FastCGI connection is closed")
-        self._writing = True
+        turn = self._write_turn
+        if not turn.take_now():
+            await turn.wait()  # cancelled while waiting: nothing of ours went out
         try:
-            # Who writes has just checked for cancellation (the cycle's send(), the
-            # file loop) or must write regardless (what the read loop answers).
-            if len(parts) == 1:
-                await self.sendall(parts[0], checked=True)
-            else:
-                await self.send_many(parts, checked=True)
-        except BaseException:
-            # Part of a record may have gone out: the stream can't go on.
-            self._broken = True
-            raise
+            if self._broken or self._closing:
+                # (Each writer waiting learns it in turn: the turn passes on below.)
+                raise ClientDisconnected("the FastCGI connection is closed")
+            try:
+                # Who writes has just checked for cancellation (the cycle's send(), the
+                # file loop) or must write regardless (what the read loop answers).
+                if len(parts) == 1:
+                    await self.sendall(parts[0], checked=True)
+                else:
+                    await self.send_many(parts, checked=True)
+            except BaseException:
+                # Part of a record may have gone out: the stream can't go on.
+                self._broken = True
+                raise
         finally:
-            self._writing = False
-            if self._write_lot:
-                self._write_lot.unpark()
+            turn.release()
 
     def _finished(self, request: _Request) -> None:
         if self._requests.get(request.request_id) is request:
@@ -572,8 +569,7 @@ class FastCGIConnection(SocketIO):
                 # Idle: the server's sweep closes it after idle_timeout.
                 self._idle_since = trio.current_time()
                 self._wait_first = True
-        if self._activity:
-            self._activity.unpark_all()
+        self._read_turn.news()
         if self._broken:
             self._cancel_all()
 
@@ -619,8 +615,7 @@ class FastCGIConnection(SocketIO):
         disconnect learn it, and whoever is parked wakes to see it."""
         for request in list(self._requests.values()):
             request.peer_gone()
-        if self._activity:
-            self._activity.unpark_all()
+        self._read_turn.news()
 
     def _cancel_all(self) -> None:
         """End the connection now: its tasks are cancelled, its own task stops reading."""
@@ -628,13 +623,12 @@ class FastCGIConnection(SocketIO):
         self._all_gone()  # their stream is cut: waiting for it is over
         for scope in self._tasks:
             scope.cancel()
-        if self._reading or self._writing:
+        if self._read_turn.reading or self._write_turn.held:
             # Whoever waits on the socket wakes (trio.ClosedResourceError, a
-            # ClientDisconnected to a writer); the socket is closed once the
-            # connection's task is out of _serve.
+            # ClientDisconnected to a writer, which hands the turn to the next, who
+            # sees _closing); the socket is closed once the connection's task is out
+            # of _serve.
             trio.lowlevel.notify_closing(self.sock)
-        if self._write_lot:
-            self._write_lot.unpark_all()
 
 
 class _Request:
@@ -734,7 +728,7 @@ class _Request:
             self.buffered -= cost
             conn._buffered -= cost
             if conn._buffered + cost > _MAX_BUFFERED >= conn._buffered:
-                conn._activity.unpark_all()  # below the limit again: reading resumes
+                conn._read_turn.news()  # below the limit again: reading resumes
             return data, bool(self._body) or not self._body_ended
         if self._gone and not self._body_ended:
             raise ClientDisconnected("client went away during the request body")
@@ -811,8 +805,7 @@ class _Request:
         conn._buffered -= self.buffered
         self.buffered = 0
         self._body.clear()
-        if conn._activity:
-            conn._activity.unpark_all()
+        conn._read_turn.news()
         if conn._keep_conn:
             return
         with trio.move_on_after(conn._host.config.drain_timeout) as scope:

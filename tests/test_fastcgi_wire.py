@@ -801,3 +801,55 @@ async def test_a_silent_connection_cancelled_at_shutdown_leaves_no_socket_open(
         await srv.stopped.wait()
     # filterwarnings = error: a server socket left open fails the test (ResourceWarning).
     gc.collect()
+
+
+async def test_a_reader_timing_out_in_a_blocked_write_cuts_no_neighbour(
+    bind: str, autojump_clock: Any
+) -> None:
+    """Issue 21, bug 4: the request that happens to read for the connection also writes
+    what the core answers to what it read (GET_VALUES_RESULT here), once under its own
+    ``read_timeout``. If that timeout fires while the write waits for a front-end that is
+    not reading, the connection must not be cut: its neighbour is answered whole."""
+    gate = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/body":
+            await receive()  # its body never comes: read_timeout ends its wait
+        else:
+            await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    # A name we don't know: the answer (an empty GET_VALUES_RESULT, 8 bytes) is half the
+    # question, so no one read's answers pass the core's bound on what may wait unsent.
+    query = fc.record(fc.GET_VALUES, 0, fc.pairs([(b"NOPE", b"")]))
+    count = 60000  # 480 KB of answers: more than the socket buffers hold
+    async with (
+        serving(
+            app,
+            bind,
+            protocol="fastcgi",
+            fastcgi_max_requests=4,
+            read_timeout=10,
+            write_timeout=1000,
+        ) as srv,
+        await connect(srv.address) as s,
+    ):
+        # Request 1 runs in the connection's task and reads for all while it waits.
+        await s.send_all(
+            fc.begin(1, keep=True) + fc.params(1, fc.nginx_params("POST", "/body", b"x" * 5))
+        )
+        await trio.sleep(1)
+        await s.send_all(fc.request(2, "GET", "/gated", keep=True))
+        async with trio.open_nursery() as nursery:
+            # The questions go in while the test reads nothing: request 1's write of
+            # the answers blocks, and its read_timeout (10 s) passes meanwhile.
+            nursery.start_soon(s.send_all, query * count)
+            await trio.sleep(30)
+            gate.set()
+            reader = fc.Reader(s)
+            second = await reader.until_ended(2)
+            while len(reader.management) < count:
+                assert await reader.next_record() is not None, "EOF"
+    assert (second.status, second.body, second.protocol_status) == (200, b"ok", 0)
+    assert reader.management[0][0] == fc.GET_VALUES_RESULT

@@ -333,7 +333,13 @@ class FastCGIConnection(SocketIO):
             self._out.clear()
         if pending and not self._broken:
             try:
-                await self._write(pending)
+                # The connection's answers (management records, a neighbour's
+                # END_REQUEST or 413), not the reader's: whichever task happened to
+                # read writes them, and its own deadline (a read_timeout) must not cut
+                # them mid-record, which would cut every request on the connection.
+                # Bounded all the same: write_timeout, and _cancel_all wakes it.
+                with trio.CancelScope(shield=True):
+                    await self._write(pending)
             except ClientDisconnected as exc:
                 # The front-end left or stopped reading; _write marked the connection
                 # broken. The requests learn it here.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -853,3 +854,41 @@ async def test_a_reader_timing_out_in_a_blocked_write_cuts_no_neighbour(
                 assert await reader.next_record() is not None, "EOF"
     assert (second.status, second.body, second.protocol_status) == (200, b"ok", 0)
     assert reader.management[0][0] == fc.GET_VALUES_RESULT
+
+
+async def test_a_file_read_that_blocks_holds_up_no_other_request(bind: str) -> None:
+    """Issue 21, bug 8: a file response's bytes are read off the trio thread, so a read
+    that blocks (here a pipe's, until the test writes into it; a cold disk's in real life)
+    holds up its own response only: another request on the worker is served meanwhile."""
+    r, w = os.pipe()
+    reading = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/file":
+            await hello(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        with open(r, "rb", buffering=0, closefd=False) as file:
+            reading.set()
+            message = {"type": "http.response.zerocopysend", "file": file, "offset": 0, "count": 5}
+            await send(message)
+
+    try:
+        with trio.fail_after(20):
+            async with (
+                serving(app, bind, protocol="fastcgi") as srv,
+                await connect(srv.address) as s1,
+                await connect(srv.address) as s2,
+            ):
+                await s1.send_all(fc.request(1, "GET", "/file"))
+                await reading.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the read waits for the pipe
+                await s2.send_all(fc.request(1, "GET", "/other"))
+                other = await fc.Reader(s2).until_ended(1)
+                assert other.body == b"GET /other ''"
+                os.write(w, b"hello")
+                response = await fc.Reader(s1).until_ended(1)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert (response.status, response.body, response.protocol_status) == (200, b"hello", 0)

@@ -47,6 +47,7 @@ from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
 from .._cgi import cgi_head
 from .._turns import ReadTurn, WriteTurn
+from .sendfile import read_piece
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
@@ -79,6 +80,27 @@ _CUT_RECORD = bytes(8)
 _CUT_PATIENCE = 1.0
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
+# Linux >= 4.14: a read that fails with EAGAIN rather than wait for the disk.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(fd: int, size: int, offset: int) -> Bytes | None:
+    """Up to ``size`` bytes of ``fd`` at ``offset`` if the page cache holds them (at least
+    the first), read in this thread; ``None`` if that would wait for the disk, or ``fd``
+    is no file this can read (a pipe, or no ``RWF_NOWAIT``).
+
+    A thread hop costs about 100 to 270 µs per piece on the bench machine (loaded, 4 KiB
+    to 256 KiB pieces), a read from the cache 1 to 60 µs: hot files, the usual case, are
+    read here, and only a read that would block goes to a thread.
+    """
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        n = os.preadv(fd, (buffer,), offset, _NOWAIT)
+    except OSError:  # EAGAIN: not cached; ESPIPE: a pipe; EOPNOTSUPP: this file system
+        return None
+    return memoryview(buffer)[:n] if n < size else buffer
 
 
 class FastCGIHost(CycleHost, Protocol):
@@ -783,10 +805,15 @@ class _Request:
             await self.write(head, b"", True)
         sent = 0
         while sent < count:
-            # Read in this thread, as the SCGI path's fallback does: the
-            # file is mostly in the page cache, and a thread hop per piece
-            # would cost more than the read.
-            piece = os.pread(fd, min(_FILE_PIECE, count - sent), offset + sent)
+            size = min(_FILE_PIECE, count - sent)
+            piece = _read_cached(fd, size, offset + sent)
+            if piece is None:
+                # Not all in the page cache (a cold disk), or not a file (a pipe): a
+                # read that may block, in a thread, so the worker's other requests go
+                # on meanwhile. Not abandoned on cancellation: the caller closes fd
+                # once this returns, and a thread still reading a reused fd number
+                # would take another file's (or socket's) bytes.
+                piece = await trio.to_thread.run_sync(read_piece, fd, offset + sent, size)
             if not piece:
                 return sent
             await trio.lowlevel.checkpoint_if_cancelled()  # the writes check no more

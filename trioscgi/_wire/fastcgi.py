@@ -130,19 +130,15 @@ class FastCGIConnection(SocketIO):
     """
 
     __slots__ = (
-        "_broken",
         "_buffered",
         "_closing",
-        "_conn",
         "_cut",
         "_eof",
         "_head_deadline",
         "_head_timed_out",
         "_helper",
-        "_host",
         "_idle_since",
         "_inline",
-        "_keep_conn",
         "_looked_at",
         "_multiplexed",
         "_new",
@@ -157,25 +153,29 @@ class FastCGIConnection(SocketIO):
         "_tasks_done",
         "_wait_first",
         "_write_turn",
+        "broken",
+        "core",
+        "host",
+        "keep_conn",
     )
 
     def __init__(self, sock: socket.socket, host: FastCGIHost) -> None:
         config = host.config
         super().__init__(sock, config.write_timeout)
-        self._host = host
-        self._conn = f.Connection(
+        self.host = host
+        self.core = f.Connection(
             max_params_size=config.max_header_size,
             max_body_size=config.max_body_size,
             max_requests=config.fastcgi_max_requests,
             multiplex=config.fastcgi_max_requests > 1,
             max_conns=config.max_connections,
         )
-        self._requests: dict[int, _Request] = {}
-        self._new: list[tuple[_Request, list[tuple[bytes, bytes]]]] = []
+        self._requests: dict[int, _RequestWire] = {}
+        self._new: list[tuple[_RequestWire, list[tuple[bytes, bytes]]]] = []
         self._buffered = 0
-        self._keep_conn = True
+        self.keep_conn = True
         self._served = 0
-        self._broken = False
+        self.broken = False
         self._eof = False
         self._stopping = False
         self._multiplexed = False
@@ -199,7 +199,7 @@ class FastCGIConnection(SocketIO):
 
     async def run(self, initial: bytes = b"") -> None:
         """Serve requests until the front-end closes, keep-conn ends or the server stops."""
-        host = self._host
+        host = self.host
         host.fastcgi_connections.add(self)
         # The first request's head must come within header_timeout, the whole head and
         # not each read (a byte every few seconds must not hold us); later, the server's
@@ -209,7 +209,7 @@ class FastCGIConnection(SocketIO):
         try:
             try:
                 if initial:
-                    self._conn.receive_data(initial)
+                    self.core.receive_data(initial)
                     await self._process(False)
                 await self._serve()
             except BaseException:
@@ -233,7 +233,7 @@ class FastCGIConnection(SocketIO):
             # the error (SO_ERROR) before it sends the request, and sends it on a
             # new connection (nginx retries so even a POST: nothing was sent). A
             # clean FIN would be noticed only after its request went out.
-            self.close(reset=self._broken or self._reset_idle)
+            self.close(reset=self.broken or self._reset_idle)
         if self._head_timed_out:
             if host.metrics is not None:
                 host.metrics.timeouts["header"] += 1
@@ -261,10 +261,10 @@ class FastCGIConnection(SocketIO):
                         self._start(request.run, params)
                     new.clear()
                 continue
-            if self._eof or self._broken or self._closing:
+            if self._eof or self.broken or self._closing:
                 return
-            if (self._stopping or not self._keep_conn) and self._served and not self._requests:
-                if self._keep_conn and self._late_request():
+            if (self._stopping or not self.keep_conn) and self._served and not self._requests:
+                if self.keep_conn and self._late_request():
                     # The front-end had already sent its next request: serve it too.
                     await self._process(False)
                     continue
@@ -290,7 +290,7 @@ class FastCGIConnection(SocketIO):
         if not data:
             self._eof = True
             return False
-        self._conn.receive_data(data)
+        self.core.receive_data(data)
         return True
 
     async def _pump(self) -> None:
@@ -322,38 +322,38 @@ class FastCGIConnection(SocketIO):
             # However the read ended (the reader's own deadline too): the others wake,
             # and one of them reads next if it still needs input.
             turn.done()
-        self._conn.receive_data(data)
+        self.core.receive_data(data)
         await self._process(not data)
 
     async def _process(self, eof: bool) -> None:
-        conn = self._conn
+        core = self.core
         try:
-            event = conn.next_event()
+            event = core.next_event()
             while event is not f.NEED_DATA:
                 if type(event) is f.ConnectionClosed:
                     self._eof = True
                     break
                 self._dispatch(event)
-                event = conn.next_event()
+                event = core.next_event()
         except f.RemoteProtocolError as exc:
             if eof:
                 log.info("FastCGI front-end closed the connection mid-request: %s", exc)
                 self._eof = True
             else:
                 log.info("bad FastCGI input: %s; closing the connection", exc)
-                self._broken = True
-        if self._broken:
+                self.broken = True
+        if self.broken:
             self._cancel_all()  # the stream can't go on: end every request now
         elif self._eof:
             self._all_gone()
-        if conn.refused != self._refused:
+        if core.refused != self._refused:
             self._tell_refusals()
         self._read_turn.news()
-        pending = conn.data_to_send()
+        pending = core.data_to_send()
         if self._out:
             pending += b"".join(self._out)
             self._out.clear()
-        if pending and not self._broken:
+        if pending and not self.broken:
             try:
                 # The connection's answers (management records, a neighbour's
                 # END_REQUEST or 413), not the reader's: whichever task happened to
@@ -361,7 +361,7 @@ class FastCGIConnection(SocketIO):
                 # them mid-record, which would cut every request on the connection.
                 # Bounded all the same: write_timeout, and _cancel_all wakes it.
                 with trio.CancelScope(shield=True):
-                    await self._write(pending)
+                    await self.write_records(pending)
             except ClientDisconnected as exc:
                 # The front-end left or stopped reading; _write marked the connection
                 # broken. The requests learn it here.
@@ -416,11 +416,11 @@ class FastCGIConnection(SocketIO):
     def _tell_refusals(self) -> None:
         # BEGIN_REQUESTs the core refused by itself: the front-end's configuration and
         # ours disagree. A warning, at most one a while (a peer can send thousands).
-        conn = self._conn
-        count = conn.refused - self._refused
-        self._refused = conn.refused
-        status = conn.last_refusal
-        host = self._host
+        core = self.core
+        count = core.refused - self._refused
+        self._refused = core.refused
+        status = core.last_refusal
+        host = self.host
         if host.metrics is not None:
             kind = "unknown_role" if status == f.UNKNOWN_ROLE else "overloaded"
             host.metrics.refused[kind] += count
@@ -438,7 +438,7 @@ class FastCGIConnection(SocketIO):
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""
-        if self._read_turn.reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
+        if self._read_turn.reading or self._eof or self.broken or self._buffered > _MAX_BUFFERED:
             await self._read_turn.wait()
         else:
             await self._pump()
@@ -470,11 +470,36 @@ class FastCGIConnection(SocketIO):
                 trio.lowlevel.notify_closing(self.sock)
             self._read_turn.news()
 
+    # --- for its requests (_RequestWire) ---------------------------------------------
+
+    def end_records(self, request_id: int) -> bytes:
+        """The END_REQUEST that ends a response, and what follows it when we are stopping."""
+        out = self.core.end_request(request_id)
+        return out + self._after_last_end() if self._stopping else out
+
+    def answer_later(self, records: bytes) -> None:
+        """Records the read loop writes after the batch it is dispatching."""
+        self._out.append(records)
+
+    def release_body(self, cost: int) -> None:
+        """A request took or dropped body bytes it held (``cost``, as ``feed`` counted
+        them); below ``_MAX_BUFFERED`` again, reading resumes."""
+        self._buffered -= cost
+        if self._buffered + cost > _MAX_BUFFERED >= self._buffered:
+            self._read_turn.news()
+
+    def cut_short(self) -> None:
+        """A response cut short: end the connection, the front-end's only way to know."""
+        if not self.broken:
+            self._cut = True  # the stream is whole up to here: a record can follow
+        self.broken = True
+        self._cancel_all()
+
     def _after_last_end(self) -> bytes:
         """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last
         request of a kept connection (which then closes), nothing while others run on it
         (a multiplexing front-end still reads their records)."""
-        return _LAST_RECORD if self._keep_conn and len(self._requests) <= 1 else b""
+        return _LAST_RECORD if self.keep_conn and len(self._requests) <= 1 else b""
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
@@ -495,11 +520,11 @@ class FastCGIConnection(SocketIO):
             data = cast(f.Data, event)
             request = self._requests.get(data.request_id)
             if request is not None:
-                request.feed(data.data)
+                self._buffered += request.feed(data.data)
         elif kind is f.Request:
             event = cast(f.Request, event)
-            self._keep_conn = event.keep_conn
-            request = _Request(self, event.request_id)
+            self.keep_conn = event.keep_conn
+            request = _RequestWire(self, event.request_id)
             self._requests[event.request_id] = request
             if self._inline:
                 # A second request while one runs in the connection's task: the
@@ -518,10 +543,10 @@ class FastCGIConnection(SocketIO):
                 request.aborted_by_peer()
         elif kind is f.Rejected:
             event = cast(f.Rejected, event)
-            self._keep_conn = event.keep_conn
+            self.keep_conn = event.keep_conn
             rid = event.request_id
-            if self._host.metrics is not None:
-                self._host.metrics.rejected(event.status_hint)
+            if self.host.metrics is not None:
+                self.host.metrics.rejected(event.status_hint)
             running = self._requests.get(rid)
             if running is None or running._ended:
                 # Not running, or the id is reused: an earlier request on it ended
@@ -538,7 +563,7 @@ class FastCGIConnection(SocketIO):
                     event.reason,
                 )
                 running.peer_gone()
-                self._broken = True
+                self.broken = True
                 return
             else:
                 # Running but not answering yet: the 413 answers it, and the app
@@ -546,23 +571,21 @@ class FastCGIConnection(SocketIO):
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             head, body = error_response(event.status_hint)
-            self._out.append(
-                self._conn.send_stdout(rid, cgi_head(head.status, head.headers) + body)
-            )
-            self._out.append(self._conn.end_request(rid))
+            self._out.append(self.core.send_stdout(rid, cgi_head(head.status, head.headers) + body))
+            self._out.append(self.core.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
 
-    async def _write(self, data: Bytes) -> None:
+    async def write_records(self, data: Bytes) -> None:
         """Write whole records: one writer at a time, so records never interleave."""
-        await self._write_many((data,))
+        await self.write_record_parts((data,))
 
-    async def _write_many(self, parts: Sequence[Bytes]) -> None:
+    async def write_record_parts(self, parts: Sequence[Bytes]) -> None:
         turn = self._write_turn
         if not turn.take_now():
             await turn.wait()  # cancelled while waiting: nothing of ours went out
         try:
-            if self._broken or self._closing:
+            if self.broken or self._closing:
                 # (Each writer waiting learns it in turn: the turn passes on below.)
                 raise ClientDisconnected("the FastCGI connection is closed")
             try:
@@ -574,20 +597,20 @@ class FastCGIConnection(SocketIO):
                     await self.send_many(parts, checked=True)
             except BaseException:
                 # Part of a record may have gone out: the stream can't go on.
-                self._broken = True
+                self.broken = True
                 raise
         finally:
             turn.release()
 
-    def _finished(self, request: _Request) -> None:
+    def finished(self, request: _RequestWire) -> None:
         if self._requests.get(request.request_id) is request:
             del self._requests[request.request_id]
         self._buffered -= request.buffered
         request.buffered = 0
         self._served += 1
-        self._host.request_served()
+        self.host.request_served()
         if not self._requests:
-            if self._broken or self._stopping or not self._keep_conn:
+            if self.broken or self._stopping or not self.keep_conn:
                 if not self._inline or self._helper:
                     # A task may be reading: end it. (Inline with no reader beside, this
                     # is the connection's task: its loop ends by itself, and a cancel,
@@ -598,11 +621,11 @@ class FastCGIConnection(SocketIO):
                 self._idle_since = trio.current_time()
                 self._wait_first = True
         self._read_turn.news()
-        if self._broken:
+        if self.broken:
             self._cancel_all()
 
     def _ended(self) -> bool:
-        return self._eof or self._broken or self._closing
+        return self._eof or self.broken or self._closing
 
     def _start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Run ``fn(*args)`` in a task of its own, which the connection outlives."""
@@ -610,7 +633,7 @@ class FastCGIConnection(SocketIO):
         if self._closing:
             scope.cancel()  # it starts cancelled, as in a nursery being cancelled
         self._tasks.add(scope)
-        self._host.spawn(self._task, scope, fn, args)
+        self.host.spawn(self._task, scope, fn, args)
 
     async def _task(
         self, scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]
@@ -621,7 +644,7 @@ class FastCGIConnection(SocketIO):
         except Exception:
             # A bug of ours: in a nursery it would have ended the connection.
             log.exception("unexpected error while serving a FastCGI connection")
-            self._broken = True
+            self.broken = True
             self._cancel_all()
         finally:
             self._tasks.discard(scope)
@@ -659,13 +682,21 @@ class FastCGIConnection(SocketIO):
             trio.lowlevel.notify_closing(self.sock)
 
 
-class _Request:
-    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle."""
+class _RequestWire:
+    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle.
+
+    Not the core's request (``trioscgi.fastcgi``'s state of an id): the wire's side of
+    one. It holds its body for the application and frames its response with the core
+    (``connection.core``); everything else goes through its connection's small interface:
+    ``write_records``/``write_record_parts``, ``end_records``, ``answer_later``,
+    ``wait_for_input``, ``release_body``, ``cut_short``, ``finished``, and the ``host``,
+    ``broken`` and ``keep_conn`` it reads.
+    """
 
     __slots__ = (
         "_body",
         "_body_ended",
-        "_conn",
+        "_connection",
         "_discard",
         "_ended",
         "_gone",
@@ -674,8 +705,8 @@ class _Request:
         "started",
     )
 
-    def __init__(self, conn: FastCGIConnection, request_id: int) -> None:
-        self._conn = conn
+    def __init__(self, connection: FastCGIConnection, request_id: int) -> None:
+        self._connection = connection
         self.request_id = request_id
         self._body: collections.deque[bytes] = collections.deque()
         self._body_ended = False
@@ -686,33 +717,34 @@ class _Request:
         self.started = False  # the response head went out
 
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
-        conn = self._conn
+        conn = self._connection
         try:
             await serve_request(
                 self,
-                conn._host,
+                conn.host,
                 params,
                 body_done=self._body_ended and not self._body,
                 fastcgi=True,
             )
-            if not self._ended and not self._gone and not conn._broken:
+            if not self._ended and not self._gone and not conn.broken:
                 # The cycle ended without a complete response and without an abort
                 # (the client went away first): end the request for the front-end.
                 with contextlib.suppress(ClientDisconnected):
                     # (Unless the connection breaks while this waits its turn.)
                     await self._end()
         finally:
-            conn._finished(self)
+            conn.finished(self)
 
     # --- fed by the connection's read loop --------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Hold ``data`` for the application; what it costs (the connection counts it)."""
         if self._discard:
-            return
+            return 0
         self._body.append(data)
         cost = len(data) + _CHUNK_COST
         self.buffered += cost
-        self._conn._buffered += cost
+        return cost
 
     def feed_end(self) -> None:
         self._body_ended = True
@@ -724,7 +756,7 @@ class _Request:
             if not self._ended:
                 self._ended = True
                 # Written by the read loop after this batch of records.
-                self._conn._out.append(self._conn._conn.end_request(self.request_id))
+                self._connection.answer_later(self._connection.core.end_request(self.request_id))
 
     def rejected(self) -> None:
         """The core rejected the request while it ran; the connection answers it."""
@@ -738,15 +770,15 @@ class _Request:
     # --- the Wire -------------------------------------------------------------------
 
     async def read_body(self) -> tuple[bytes, bool]:
-        conn = self._conn
-        patience = conn._host.config.read_timeout
+        conn = self._connection
+        patience = conn.host.config.read_timeout
         if not self._body and not self._body_ended and not self._gone:
             with trio.move_on_after(patience) as scope:
                 while not self._body and not self._body_ended and not self._gone:
                     await conn.wait_for_input()
             if scope.cancelled_caught:
-                if conn._host.metrics is not None:
-                    conn._host.metrics.timeouts["read"] += 1
+                if conn.host.metrics is not None:
+                    conn.host.metrics.timeouts["read"] += 1
                 raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -754,9 +786,7 @@ class _Request:
             data = self._body.popleft()
             cost = len(data) + _CHUNK_COST
             self.buffered -= cost
-            conn._buffered -= cost
-            if conn._buffered + cost > _MAX_BUFFERED >= conn._buffered:
-                conn._read_turn.news()  # below the limit again: reading resumes
+            conn.release_body(cost)
             return data, bool(self._body) or not self._body_ended
         if self._gone and not self._body_ended:
             raise ClientDisconnected("client went away during the request body")
@@ -767,7 +797,8 @@ class _Request:
     async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
         if self._gone:
             raise ClientDisconnected("the client went away")
-        fc = self._conn._conn
+        conn = self._connection
+        fc = conn.core
         rid = self.request_id
         self.started = True
         if len(body) > _COALESCE_LIMIT:
@@ -778,11 +809,9 @@ class _Request:
                 parts.append(fc.send_stdout(rid, cgi_head(head.status, head.headers)))
             parts += fc.send_stdout_parts(rid, body)
             if not more:
-                parts.append(fc.end_request(rid))
-                if self._conn._stopping:
-                    parts.append(self._conn._after_last_end())
+                parts.append(conn.end_records(rid))
                 self._ended = True
-            await self._conn._write_many(parts)
+            await conn.write_record_parts(parts)
             return
         if head is not None:
             data = cgi_head(head.status, head.headers)
@@ -790,12 +819,10 @@ class _Request:
         else:
             out = fc.send_stdout(rid, body) if body else b""
         if not more:
-            out += fc.end_request(rid)
-            if self._conn._stopping:
-                out += self._conn._after_last_end()
+            out += conn.end_records(rid)
             self._ended = True
         if out:
-            await self._conn._write(out)
+            await conn.write_records(out)
 
     async def write_file(
         self, head: p.Response | None, fd: int, offset: int, count: int, more: bool
@@ -824,7 +851,7 @@ class _Request:
         return sent
 
     async def wait_disconnect(self) -> None:
-        conn = self._conn
+        conn = self._connection
         while not self._gone:
             await conn.wait_for_input()
 
@@ -834,32 +861,26 @@ class _Request:
         # a connection closed after this request has no unread bytes (which
         # would make the front-end see a reset).
         self._discard = True
-        conn = self._conn
-        conn._buffered -= self.buffered
+        conn = self._connection
+        conn.release_body(self.buffered)
         self.buffered = 0
         self._body.clear()
-        conn._read_turn.news()
-        if conn._keep_conn:
+        if conn.keep_conn:
             return
-        with trio.move_on_after(conn._host.config.drain_timeout) as scope:
+        with trio.move_on_after(conn.host.config.drain_timeout) as scope:
             while not self._body_ended and not self._gone:
                 await conn.wait_for_input()
-        if scope.cancelled_caught and conn._host.metrics is not None:
-            conn._host.metrics.timeouts["drain"] += 1
+        if scope.cancelled_caught and conn.host.metrics is not None:
+            conn.host.metrics.timeouts["drain"] += 1
 
     def abort(self) -> None:
         # Started and not complete: an END_REQUEST would make it look whole. Only
         # a cut connection tells the front-end (it takes the other requests on
         # this connection with it: FastCGI has no other way), and the bare close
         # is not enough: see _tell_cut.
-        conn = self._conn
-        if not conn._broken:
-            conn._cut = True  # the stream is whole up to here: a record can follow
-        conn._broken = True
-        conn._cancel_all()
+        self._connection.cut_short()
 
     async def _end(self) -> None:
         self._ended = True
-        conn = self._conn
-        out = conn._conn.end_request(self.request_id)
-        await conn._write(out + conn._after_last_end() if conn._stopping else out)
+        conn = self._connection
+        await conn.write_records(conn.end_records(self.request_id))

@@ -24,7 +24,27 @@ from trio.lowlevel import ParkingLot
 __all__ = ["ReadTurn", "WriteTurn"]
 
 
-class WriteTurn:
+class _Waiters:
+    """Tasks parked until another wakes them, counted: on the hot path, asking whether
+    anyone waits is then an attribute, not a call to the lot's ``__len__``."""
+
+    __slots__ = ("_lot", "_waiters")
+
+    def __init__(self) -> None:
+        self._lot = ParkingLot()
+        self._waiters = 0
+
+    async def wait(self) -> None:
+        """Park until woken (:class:`WriteTurn`: as the holder; :class:`ReadTurn`: by
+        news). Cancelled meanwhile, the task leaves the lot and nothing is lost."""
+        self._waiters += 1
+        try:
+            await self._lot.park()
+        finally:
+            self._waiters -= 1
+
+
+class WriteTurn(_Waiters):
     """A lock for writers, handed on as :class:`trio.Lock` is, without its schedule point.
 
     Released, the turn passes straight to the first waiter, in order (no barging: a
@@ -42,12 +62,11 @@ class WriteTurn:
             turn.release()
     """
 
-    __slots__ = ("_lot", "_waiters", "held")
+    __slots__ = ("held",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.held = False
-        self._lot = ParkingLot()
-        self._waiters = 0  # cheaper to count than to ask the lot (a call) on each release
 
     def take_now(self) -> bool:
         """Take the turn if it is free; ``False``: :meth:`wait` for it."""
@@ -55,14 +74,6 @@ class WriteTurn:
             return False
         self.held = True
         return True
-
-    async def wait(self) -> None:
-        """Wait until :meth:`release` hands the turn over (the caller then holds it)."""
-        self._waiters += 1
-        try:
-            await self._lot.park()
-        finally:
-            self._waiters -= 1
 
     def release(self) -> None:
         """Hand the turn to the first waiter, or free it."""
@@ -72,7 +83,7 @@ class WriteTurn:
             self.held = False
 
 
-class ReadTurn:
+class ReadTurn(_Waiters):
     """One task reads the socket for all; the others wait for the news it brings.
 
     ``reading`` says a task holds the turn. Whoever holds it calls :meth:`done` however
@@ -83,12 +94,11 @@ class ReadTurn:
     buffer drained, the peer is gone).
     """
 
-    __slots__ = ("_lot", "_waiters", "reading")
+    __slots__ = ("reading",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.reading = False
-        self._lot = ParkingLot()
-        self._waiters = 0
 
     def take(self) -> None:
         """Start reading (the caller saw ``reading`` false; no await in between)."""
@@ -104,11 +114,3 @@ class ReadTurn:
         """Something changed without a read: the waiters look again."""
         if self._waiters:
             self._lot.unpark_all()
-
-    async def wait(self) -> None:
-        """Wait for the reader's news (or other news); cancellation loses nothing."""
-        self._waiters += 1
-        try:
-            await self._lot.park()
-        finally:
-            self._waiters -= 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -801,3 +802,93 @@ async def test_a_silent_connection_cancelled_at_shutdown_leaves_no_socket_open(
         await srv.stopped.wait()
     # filterwarnings = error: a server socket left open fails the test (ResourceWarning).
     gc.collect()
+
+
+async def test_a_reader_timing_out_in_a_blocked_write_cuts_no_neighbour(
+    bind: str, autojump_clock: Any
+) -> None:
+    """Issue 21, bug 4: the request that happens to read for the connection also writes
+    what the core answers to what it read (GET_VALUES_RESULT here), once under its own
+    ``read_timeout``. If that timeout fires while the write waits for a front-end that is
+    not reading, the connection must not be cut: its neighbour is answered whole."""
+    gate = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/body":
+            await receive()  # its body never comes: read_timeout ends its wait
+        else:
+            await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    # A name we don't know: the answer (an empty GET_VALUES_RESULT, 8 bytes) is half the
+    # question, so no one read's answers pass the core's bound on what may wait unsent.
+    query = fc.record(fc.GET_VALUES, 0, fc.pairs([(b"NOPE", b"")]))
+    count = 60000  # 480 KB of answers: more than the socket buffers hold
+    async with (
+        serving(
+            app,
+            bind,
+            protocol="fastcgi",
+            fastcgi_max_requests=4,
+            read_timeout=10,
+            write_timeout=1000,
+        ) as srv,
+        await connect(srv.address) as s,
+    ):
+        # Request 1 runs in the connection's task and reads for all while it waits.
+        await s.send_all(
+            fc.begin(1, keep=True) + fc.params(1, fc.nginx_params("POST", "/body", b"x" * 5))
+        )
+        await trio.sleep(1)
+        await s.send_all(fc.request(2, "GET", "/gated", keep=True))
+        async with trio.open_nursery() as nursery:
+            # The questions go in while the test reads nothing: request 1's write of
+            # the answers blocks, and its read_timeout (10 s) passes meanwhile.
+            nursery.start_soon(s.send_all, query * count)
+            await trio.sleep(30)
+            gate.set()
+            reader = fc.Reader(s)
+            second = await reader.until_ended(2)
+            while len(reader.management) < count:
+                assert await reader.next_record() is not None, "EOF"
+    assert (second.status, second.body, second.protocol_status) == (200, b"ok", 0)
+    assert reader.management[0][0] == fc.GET_VALUES_RESULT
+
+
+async def test_a_file_read_that_blocks_holds_up_no_other_request(bind: str) -> None:
+    """Issue 21, bug 8: a file response's bytes are read off the trio thread, so a read
+    that blocks (here a pipe's, until the test writes into it; a cold disk's in real life)
+    holds up its own response only: another request on the worker is served meanwhile."""
+    r, w = os.pipe()
+    reading = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] != "/file":
+            await hello(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        with open(r, "rb", buffering=0, closefd=False) as file:
+            reading.set()
+            message = {"type": "http.response.zerocopysend", "file": file, "offset": 0, "count": 5}
+            await send(message)
+
+    try:
+        with trio.fail_after(20):
+            async with (
+                serving(app, bind, protocol="fastcgi") as srv,
+                await connect(srv.address) as s1,
+                await connect(srv.address) as s2,
+            ):
+                await s1.send_all(fc.request(1, "GET", "/file"))
+                await reading.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the read waits for the pipe
+                await s2.send_all(fc.request(1, "GET", "/other"))
+                other = await fc.Reader(s2).until_ended(1)
+                assert other.body == b"GET /other ''"
+                os.write(w, b"hello")
+                response = await fc.Reader(s1).until_ended(1)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert (response.status, response.body, response.protocol_status) == (200, b"hello", 0)

@@ -11,8 +11,8 @@ when nothing is read ahead, so an echo costs one task wake-up per message, as a 
 callback does in asyncio. A keeper task takes over the reading once the application has
 stayed away from ``receive()`` for ``_AWAY`` to twice that, so pings and closes are
 answered while it is busy; a pinger task keeps the tunnel alive through the front-end's read
-timeout. One reads at a time (the ``_reading`` token). Writes from the app, the readers and
-the pinger go through one lock, in wsproto's order.
+timeout. One reads at a time (``_read_turn``). Writes from the app, the readers and the
+pinger take turns (``_write_turn``), in wsproto's order.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from wsproto.utilities import LocalProtocolError
 
 from .. import scgi as p
 from .._errors import ClientDisconnected
+from .._turns import ReadTurn, WriteTurn
 from .._types import RECV_SIZE
 from .._types import Message as ASGIMessage
 from .seam import error_response
@@ -119,15 +120,12 @@ class WebSocketCycle:
         self._ping_timeout = config.websocket_ping_timeout
         self._ws: Connection | None = None
         self._nursery: trio.Nursery | None = None
-        self._writing = False  # the write lock: a task is between ws.send and sendall
-        self._write_lot = ParkingLot()  # writers waiting for it, served in order
+        self._write_turn = WriteTurn()  # held from ws.send to the end of its sendall
         self._queue: deque[dict[str, Any]] = deque()  # messages read ahead
-        self._reading = False  # a task reads the socket and feeds wsproto
+        self._read_turn = ReadTurn()  # a task reads the socket and feeds wsproto
         self._drained = True  # the last read took all there was
         self._parts: list[Any] = []  # the fragments of the message being received
         self._size = 0
-        self._read_news = ParkingLot()  # waits while another task reads
-        self._news_waiters = 0  # how many (cheaper to count than to ask the lot)
         self._receivers = 0  # tasks in receive()
         self._received = 0  # messages receive() returned
         self._keeper_lot = ParkingLot()  # the keeper waits for the app to take a message
@@ -241,14 +239,11 @@ class WebSocketCycle:
         """Send ``event`` in wsproto's order; ``False`` when it can't go (closed, or peer gone)."""
         ws = self._ws
         assert ws is not None
-        # A lock of a flag and a parking lot: uncontended (the usual case) it costs no
-        # schedule point (the check below and sendall's fair yields do that job) and
-        # less than trio.Lock's bookkeeping, both measurable per message (bench/ws.py).
-        # Released, it passes straight to the first waiter, in order.
-        if self._writing:
-            await self._write_lot.park()  # woken as the new owner
-        else:
-            self._writing = True
+        # Free (the usual case), taking the turn is no schedule point: the check below
+        # and sendall's fair yields do that job (_turns says what trio.Lock would cost).
+        turn = self._write_turn
+        if not turn.take_now():
+            await turn.wait()  # cancelled while waiting: nothing was framed, nothing lost
         try:
             # Cancelled, go now: once wsproto has framed the event, its state (the
             # compression context, the close) says it went out. (send() leaves this
@@ -273,10 +268,7 @@ class WebSocketCycle:
                 self._lost("a write was cancelled mid-frame")
                 raise
         finally:
-            if self._write_lot:
-                self._write_lot.unpark()
-            else:
-                self._writing = False
+            turn.release()
         return True
 
     async def _close(self, code: int, reason: str) -> None:
@@ -310,7 +302,8 @@ class WebSocketCycle:
     async def _read_once(self) -> None:
         """Read once from the socket and feed wsproto (the caller checked that nobody else
         reads); messages go to the queue, pings and closes are answered here."""
-        self._reading = True
+        turn = self._read_turn
+        turn.take()
         try:
             tunnel = self._tunnel
             try:
@@ -342,9 +335,7 @@ class WebSocketCycle:
                 if self._broken:
                     self._gone = True  # nothing after our close can go out
         finally:
-            self._reading = False
-            if self._news_waiters:
-                self._read_news.unpark_all()
+            turn.done()  # read, failed or cancelled: the waiters look, one may read next
 
     def _feed(self, data: bytes) -> list[Event | tuple[int, str]]:
         """Hand ``data`` to wsproto; queue its messages for the app and return what to
@@ -429,17 +420,10 @@ class WebSocketCycle:
 
     async def _read_or_wait(self) -> None:
         """Read once if nobody else reads; else wait until the one who does has news."""
-        if self._reading:
-            await self._wait_for_news()
+        if self._read_turn.reading:
+            await self._read_turn.wait()
         else:
             await self._read_once()
-
-    async def _wait_for_news(self) -> None:
-        self._news_waiters += 1
-        try:
-            await self._read_news.park()
-        finally:
-            self._news_waiters -= 1
 
     async def _keeper(self) -> None:
         """Read for the application while it stays away from ``receive()`` (busy, or
@@ -470,8 +454,7 @@ class WebSocketCycle:
             self._end_delivered = True
             # int(): wsproto reports some codes as its CloseReason enum.
             self._disconnect = {"type": "websocket.disconnect", "code": int(code), "reason": reason}
-            if self._news_waiters:
-                self._read_news.unpark_all()
+            self._read_turn.news()
 
     async def _pinger(self) -> None:
         ws = self._ws
@@ -591,8 +574,8 @@ class WebSocketCycle:
                     if self._end_delivered:
                         await checkpoint_if_cancelled()
                         return self._disconnect
-                    if self._reading:
-                        await self._wait_for_news()
+                    if self._read_turn.reading:
+                        await self._read_turn.wait()
                     else:
                         await self._read_once()  # checks for cancellation, then reads
             finally:

@@ -12,10 +12,15 @@ sweep closes it after ``idle_timeout``; without it, it closes after the ``END_RE
 
 A connection opens no nursery of its own: entering and leaving one costs about as much as
 the rest of a request's connection handling (a cancel scope, and a schedule point at its
-exit), and nginx's default (no ``fastcgi_keep_conn``) pays it per request. The few tasks a
-connection needs (a multiplexed request, a reader beside a busy one) start in the server's
-connection nursery, each under a cancel scope the connection keeps, and the connection's
-task waits for them before it closes the socket: their lifetime stays inside the
+exit), and nginx's default (no ``fastcgi_keep_conn``) pays it per request: 95.8k
+instructions for ``async with trio.open_nursery(): pass`` under callgrind (the difference
+between 1,000 and 3,000 of them in a loop, issue 21), against 347k for a whole request on
+a new connection (docs/benchmarks.md). What stands in costs nothing for a connection that
+starts no task (nginx, Apache, lighttpd), and a cancel scope in a set (5.4k counted the
+same way) for each task it starts. The few tasks a connection needs (a multiplexed
+request, a reader beside a busy one) start in the server's connection nursery, each under
+a cancel scope the connection keeps, and the connection's task waits for them (a
+``trio.Event``, shielded) before it closes the socket: their lifetime stays inside the
 connection's, as a nursery would keep it.
 
 FastCGI has no per-request flow control. What bounds memory: the core keeps at most
@@ -39,13 +44,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
 import trio
-from trio.lowlevel import ParkingLot
 
 from .. import fastcgi as f
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
 from .._cgi import cgi_head
+from .._turns import ReadTurn, WriteTurn
+from .sendfile import read_piece
 from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
@@ -78,6 +84,27 @@ _CUT_RECORD = bytes(8)
 _CUT_PATIENCE = 1.0
 # A file response is read in pieces of this size (a multiple of 8: no padding needed).
 _FILE_PIECE = 65528 * 4
+# Linux >= 4.14: a read that fails with EAGAIN rather than wait for the disk.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_cached(fd: int, size: int, offset: int) -> Bytes | None:
+    """Up to ``size`` bytes of ``fd`` at ``offset`` if the page cache holds them (at least
+    the first), read in this thread; ``None`` if that would wait for the disk, or ``fd``
+    is no file this can read (a pipe, or no ``RWF_NOWAIT``).
+
+    A thread hop costs about 100 to 270 µs per piece on the bench machine (loaded, 4 KiB
+    to 256 KiB pieces), a read from the cache 1 to 60 µs: hot files, the usual case, are
+    read here, and only a read that would block goes to a thread.
+    """
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        n = os.preadv(fd, (buffer,), offset, _NOWAIT)
+    except OSError:  # EAGAIN: not cached; ESPIPE: a pipe; EOPNOTSUPP: this file system
+        return None
+    return memoryview(buffer)[:n] if n < size else buffer
 
 
 class FastCGIHost(CycleHost, Protocol):
@@ -99,32 +126,28 @@ class FastCGIConnection(SocketIO):
 
     Whoever needs input reads it: the connection's task between requests, a request
     waiting for its body or for a disconnect otherwise. One reads at a time (the
-    ``_reading`` token); it dispatches every record to its request and wakes the others
-    (``_activity``). So a request runs in the connection's own task when it is alone on
-    the connection (no task per request: nginx, Apache and lighttpd never multiplex),
-    and in a task of its own beside others when the front-end multiplexes.
+    ``_read_turn``); it dispatches every record to its request and wakes the others.
+    Whole records go out one writer at a time (``_write_turn``). So a request runs in the
+    connection's own task when it is alone on the connection (no task per request:
+    nginx, Apache and lighttpd never multiplex), and in a task of its own beside others
+    when the front-end multiplexes.
     """
 
     __slots__ = (
-        "_activity",
-        "_broken",
         "_buffered",
         "_closing",
-        "_conn",
         "_cut",
         "_eof",
         "_head_deadline",
         "_head_timed_out",
         "_helper",
-        "_host",
         "_idle_since",
         "_inline",
-        "_keep_conn",
         "_looked_at",
         "_multiplexed",
         "_new",
         "_out",
-        "_reading",
+        "_read_turn",
         "_refused",
         "_requests",
         "_reset_idle",
@@ -133,27 +156,30 @@ class FastCGIConnection(SocketIO):
         "_tasks",
         "_tasks_done",
         "_wait_first",
-        "_write_lot",
-        "_writing",
+        "_write_turn",
+        "broken",
+        "core",
+        "host",
+        "keep_conn",
     )
 
     def __init__(self, sock: socket.socket, host: FastCGIHost) -> None:
         config = host.config
         super().__init__(sock, config.write_timeout)
-        self._host = host
-        self._conn = f.Connection(
+        self.host = host
+        self.core = f.Connection(
             max_params_size=config.max_header_size,
             max_body_size=config.max_body_size,
             max_requests=config.fastcgi_max_requests,
             multiplex=config.fastcgi_max_requests > 1,
             max_conns=config.max_connections,
         )
-        self._requests: dict[int, _Request] = {}
-        self._new: list[tuple[_Request, list[tuple[bytes, bytes]]]] = []
+        self._requests: dict[int, _RequestWire] = {}
+        self._new: list[tuple[_RequestWire, list[tuple[bytes, bytes]]]] = []
         self._buffered = 0
-        self._keep_conn = True
+        self.keep_conn = True
         self._served = 0
-        self._broken = False
+        self.broken = False
         self._eof = False
         self._stopping = False
         self._multiplexed = False
@@ -166,20 +192,18 @@ class FastCGIConnection(SocketIO):
         self._helper = False  # a task reads beside a busy inline request
         self._looked_at = -1  # the inline request the sweep saw last (by _served)
         self._out: list[bytes] = []
-        self._reading = False
-        self._activity = ParkingLot()
-        self._writing = False
-        self._write_lot = ParkingLot()
+        self._read_turn = ReadTurn()  # whoever needs input reads for all (_pump)
+        self._write_turn = WriteTurn()  # whole records, one writer at a time
         self._closing = False  # _cancel_all: end the connection now
         self._cut = False  # a response was cut short: the front-end must see it (abort)
         self._reset_idle = False  # closed while idle and kept: with a reset (run)
         # The cancel scopes of the tasks started for this connection (_start).
         self._tasks: set[trio.CancelScope] = set()
-        self._tasks_done: ParkingLot | None = None
+        self._tasks_done: trio.Event | None = None  # set when the last task ends (joining)
 
     async def run(self, initial: bytes = b"") -> None:
         """Serve requests until the front-end closes, keep-conn ends or the server stops."""
-        host = self._host
+        host = self.host
         host.fastcgi_connections.add(self)
         # The first request's head must come within header_timeout, the whole head and
         # not each read (a byte every few seconds must not hold us); later, the server's
@@ -189,7 +213,7 @@ class FastCGIConnection(SocketIO):
         try:
             try:
                 if initial:
-                    self._conn.receive_data(initial)
+                    self.core.receive_data(initial)
                     await self._process(False)
                 await self._serve()
             except BaseException:
@@ -213,7 +237,7 @@ class FastCGIConnection(SocketIO):
             # the error (SO_ERROR) before it sends the request, and sends it on a
             # new connection (nginx retries so even a POST: nothing was sent). A
             # clean FIN would be noticed only after its request went out.
-            self.close(reset=self._broken or self._reset_idle)
+            self.close(reset=self.broken or self._reset_idle)
         if self._head_timed_out:
             if host.metrics is not None:
                 host.metrics.timeouts["header"] += 1
@@ -241,18 +265,18 @@ class FastCGIConnection(SocketIO):
                         self._start(request.run, params)
                     new.clear()
                 continue
-            if self._eof or self._broken or self._closing:
+            if self._eof or self.broken or self._closing:
                 return
-            if (self._stopping or not self._keep_conn) and self._served and not self._requests:
-                if self._keep_conn and self._late_request():
+            if (self._stopping or not self.keep_conn) and self._served and not self._requests:
+                if self.keep_conn and self._late_request():
                     # The front-end had already sent its next request: serve it too.
                     await self._process(False)
                     continue
                 return
-            if self._reading or self._buffered > _MAX_BUFFERED:
+            if self._read_turn.reading or self._buffered > _MAX_BUFFERED:
                 # A request reads for now, or applications have not taken what we
                 # hold (then we stop reading: FastCGI's only flow control).
-                await self._activity.park()
+                await self._read_turn.wait()
             else:
                 await self._pump()
 
@@ -270,13 +294,14 @@ class FastCGIConnection(SocketIO):
         if not data:
             self._eof = True
             return False
-        self._conn.receive_data(data)
+        self.core.receive_data(data)
         return True
 
     async def _pump(self) -> None:
         """Read once from the socket, hand each record to its request, answer what the core
         answers itself, and wake everyone waiting on this connection."""
-        self._reading = True
+        turn = self._read_turn
+        turn.take()
         try:
             if self._wait_first:
                 # Kept alive after a response: the next request can't be there yet
@@ -298,42 +323,49 @@ class FastCGIConnection(SocketIO):
             log.info("FastCGI connection lost: %s", exc)
             data = b""
         finally:
-            self._reading = False
-        self._conn.receive_data(data)
+            # However the read ended (the reader's own deadline too): the others wake,
+            # and one of them reads next if it still needs input.
+            turn.done()
+        self.core.receive_data(data)
         await self._process(not data)
 
     async def _process(self, eof: bool) -> None:
-        conn = self._conn
+        core = self.core
         try:
-            event = conn.next_event()
+            event = core.next_event()
             while event is not f.NEED_DATA:
                 if type(event) is f.ConnectionClosed:
                     self._eof = True
                     break
                 self._dispatch(event)
-                event = conn.next_event()
+                event = core.next_event()
         except f.RemoteProtocolError as exc:
             if eof:
                 log.info("FastCGI front-end closed the connection mid-request: %s", exc)
                 self._eof = True
             else:
                 log.info("bad FastCGI input: %s; closing the connection", exc)
-                self._broken = True
-        if self._broken:
+                self.broken = True
+        if self.broken:
             self._cancel_all()  # the stream can't go on: end every request now
         elif self._eof:
             self._all_gone()
-        if conn.refused != self._refused:
+        if core.refused != self._refused:
             self._tell_refusals()
-        if self._activity:  # someone waits (cheaper to ask than to unpark nobody)
-            self._activity.unpark_all()
-        pending = conn.data_to_send()
+        self._read_turn.news()
+        pending = core.data_to_send()
         if self._out:
             pending += b"".join(self._out)
             self._out.clear()
-        if pending and not self._broken:
+        if pending and not self.broken:
             try:
-                await self._write(pending)
+                # The connection's answers (management records, a neighbour's
+                # END_REQUEST or 413), not the reader's: whichever task happened to
+                # read writes them, and its own deadline (a read_timeout) must not cut
+                # them mid-record, which would cut every request on the connection.
+                # Bounded all the same: write_timeout, and _cancel_all wakes it.
+                with trio.CancelScope(shield=True):
+                    await self.write_records(pending)
             except ClientDisconnected as exc:
                 # The front-end left or stopped reading; _write marked the connection
                 # broken. The requests learn it here.
@@ -365,7 +397,7 @@ class FastCGIConnection(SocketIO):
         costs the request path nothing; the reader costs a task only for requests that run
         past a look or two.
         """
-        if not self._inline or self._helper or self._reading or self._closing:
+        if not self._inline or self._helper or self._read_turn.reading or self._closing:
             self._looked_at = -1
         elif self._looked_at != self._served:
             self._looked_at = self._served  # first seen; the next look decides
@@ -378,8 +410,8 @@ class FastCGIConnection(SocketIO):
         # when that request does (_served moves on; the connection's task reads again).
         try:
             while self._inline and self._served == served and not self._ended():
-                if self._reading or self._buffered > _MAX_BUFFERED:
-                    await self._activity.park()
+                if self._read_turn.reading or self._buffered > _MAX_BUFFERED:
+                    await self._read_turn.wait()
                 else:
                     await self._pump()
         finally:
@@ -388,11 +420,11 @@ class FastCGIConnection(SocketIO):
     def _tell_refusals(self) -> None:
         # BEGIN_REQUESTs the core refused by itself: the front-end's configuration and
         # ours disagree. A warning, at most one a while (a peer can send thousands).
-        conn = self._conn
-        count = conn.refused - self._refused
-        self._refused = conn.refused
-        status = conn.last_refusal
-        host = self._host
+        core = self.core
+        count = core.refused - self._refused
+        self._refused = core.refused
+        status = core.last_refusal
+        host = self.host
         if host.metrics is not None:
             kind = "unknown_role" if status == f.UNKNOWN_ROLE else "overloaded"
             host.metrics.refused[kind] += count
@@ -410,8 +442,8 @@ class FastCGIConnection(SocketIO):
 
     async def wait_for_input(self) -> None:
         """For a request that waits: read for everyone if nobody is, else wait for news."""
-        if self._reading or self._eof or self._broken or self._buffered > _MAX_BUFFERED:
-            await self._activity.park()
+        if self._read_turn.reading or self._eof or self.broken or self._buffered > _MAX_BUFFERED:
+            await self._read_turn.wait()
         else:
             await self._pump()
 
@@ -438,16 +470,40 @@ class FastCGIConnection(SocketIO):
             # Wake the reader: _serve then takes what has arrived (_late_request) or
             # closes. Not _cancel_all: a request read in this very scheduler pass
             # would then run with its answer refused.
-            if self._reading:
+            if self._read_turn.reading:
                 trio.lowlevel.notify_closing(self.sock)
-            if self._activity:
-                self._activity.unpark_all()
+            self._read_turn.news()
+
+    # --- for its requests (_RequestWire) ---------------------------------------------
+
+    def end_records(self, request_id: int) -> bytes:
+        """The END_REQUEST that ends a response, and what follows it when we are stopping."""
+        out = self.core.end_request(request_id)
+        return out + self._after_last_end() if self._stopping else out
+
+    def answer_later(self, records: bytes) -> None:
+        """Records the read loop writes after the batch it is dispatching."""
+        self._out.append(records)
+
+    def release_body(self, cost: int) -> None:
+        """A request took or dropped body bytes it held (``cost``, as ``feed`` counted
+        them); below ``_MAX_BUFFERED`` again, reading resumes."""
+        self._buffered -= cost
+        if self._buffered + cost > _MAX_BUFFERED >= self._buffered:
+            self._read_turn.news()
+
+    def cut_short(self) -> None:
+        """A response cut short: end the connection, the front-end's only way to know."""
+        if not self.broken:
+            self._cut = True  # the stream is whole up to here: a record can follow
+        self.broken = True
+        self._cancel_all()
 
     def _after_last_end(self) -> bytes:
         """Stopping: what follows an END_REQUEST. _LAST_RECORD when it ends the last
         request of a kept connection (which then closes), nothing while others run on it
         (a multiplexing front-end still reads their records)."""
-        return _LAST_RECORD if self._keep_conn and len(self._requests) <= 1 else b""
+        return _LAST_RECORD if self.keep_conn and len(self._requests) <= 1 else b""
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
@@ -468,11 +524,11 @@ class FastCGIConnection(SocketIO):
             data = cast(f.Data, event)
             request = self._requests.get(data.request_id)
             if request is not None:
-                request.feed(data.data)
+                self._buffered += request.feed(data.data)
         elif kind is f.Request:
             event = cast(f.Request, event)
-            self._keep_conn = event.keep_conn
-            request = _Request(self, event.request_id)
+            self.keep_conn = event.keep_conn
+            request = _RequestWire(self, event.request_id)
             self._requests[event.request_id] = request
             if self._inline:
                 # A second request while one runs in the connection's task: the
@@ -491,10 +547,10 @@ class FastCGIConnection(SocketIO):
                 request.aborted_by_peer()
         elif kind is f.Rejected:
             event = cast(f.Rejected, event)
-            self._keep_conn = event.keep_conn
+            self.keep_conn = event.keep_conn
             rid = event.request_id
-            if self._host.metrics is not None:
-                self._host.metrics.rejected(event.status_hint)
+            if self.host.metrics is not None:
+                self.host.metrics.rejected(event.status_hint)
             running = self._requests.get(rid)
             if running is None or running._ended:
                 # Not running, or the id is reused: an earlier request on it ended
@@ -511,7 +567,7 @@ class FastCGIConnection(SocketIO):
                     event.reason,
                 )
                 running.peer_gone()
-                self._broken = True
+                self.broken = True
                 return
             else:
                 # Running but not answering yet: the 413 answers it, and the app
@@ -519,50 +575,46 @@ class FastCGIConnection(SocketIO):
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
             head, body = error_response(event.status_hint)
-            self._out.append(
-                self._conn.send_stdout(rid, cgi_head(head.status, head.headers) + body)
-            )
-            self._out.append(self._conn.end_request(rid))
+            self._out.append(self.core.send_stdout(rid, cgi_head(head.status, head.headers) + body))
+            self._out.append(self.core.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
 
-    async def _write(self, data: Bytes) -> None:
+    async def write_records(self, data: Bytes) -> None:
         """Write whole records: one writer at a time, so records never interleave."""
-        await self._write_many((data,))
+        await self.write_record_parts((data,))
 
-    async def _write_many(self, parts: Sequence[Bytes]) -> None:
-        while self._writing:
-            await self._write_lot.park()
-        if self._broken or self._closing:
-            if self._write_lot:
-                self._write_lot.unpark_all()  # every writer waiting learns it too
-            raise ClientDisconnected("the FastCGI connection is closed")
-        self._writing = True
+    async def write_record_parts(self, parts: Sequence[Bytes]) -> None:
+        turn = self._write_turn
+        if not turn.take_now():
+            await turn.wait()  # cancelled while waiting: nothing of ours went out
         try:
-            # Who writes has just checked for cancellation (the cycle's send(), the
-            # file loop) or must write regardless (what the read loop answers).
-            if len(parts) == 1:
-                await self.sendall(parts[0], checked=True)
-            else:
-                await self.send_many(parts, checked=True)
-        except BaseException:
-            # Part of a record may have gone out: the stream can't go on.
-            self._broken = True
-            raise
+            if self.broken or self._closing:
+                # (Each writer waiting learns it in turn: the turn passes on below.)
+                raise ClientDisconnected("the FastCGI connection is closed")
+            try:
+                # Who writes has just checked for cancellation (the cycle's send(), the
+                # file loop) or must write regardless (what the read loop answers).
+                if len(parts) == 1:
+                    await self.sendall(parts[0], checked=True)
+                else:
+                    await self.send_many(parts, checked=True)
+            except BaseException:
+                # Part of a record may have gone out: the stream can't go on.
+                self.broken = True
+                raise
         finally:
-            self._writing = False
-            if self._write_lot:
-                self._write_lot.unpark()
+            turn.release()
 
-    def _finished(self, request: _Request) -> None:
+    def finished(self, request: _RequestWire) -> None:
         if self._requests.get(request.request_id) is request:
             del self._requests[request.request_id]
         self._buffered -= request.buffered
         request.buffered = 0
         self._served += 1
-        self._host.request_served()
+        self.host.request_served()
         if not self._requests:
-            if self._broken or self._stopping or not self._keep_conn:
+            if self.broken or self._stopping or not self.keep_conn:
                 if not self._inline or self._helper:
                     # A task may be reading: end it. (Inline with no reader beside, this
                     # is the connection's task: its loop ends by itself, and a cancel,
@@ -572,13 +624,12 @@ class FastCGIConnection(SocketIO):
                 # Idle: the server's sweep closes it after idle_timeout.
                 self._idle_since = trio.current_time()
                 self._wait_first = True
-        if self._activity:
-            self._activity.unpark_all()
-        if self._broken:
+        self._read_turn.news()
+        if self.broken:
             self._cancel_all()
 
     def _ended(self) -> bool:
-        return self._eof or self._broken or self._closing
+        return self._eof or self.broken or self._closing
 
     def _start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Run ``fn(*args)`` in a task of its own, which the connection outlives."""
@@ -586,7 +637,7 @@ class FastCGIConnection(SocketIO):
         if self._closing:
             scope.cancel()  # it starts cancelled, as in a nursery being cancelled
         self._tasks.add(scope)
-        self._host.spawn(self._task, scope, fn, args)
+        self.host.spawn(self._task, scope, fn, args)
 
     async def _task(
         self, scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], args: tuple[object, ...]
@@ -597,30 +648,29 @@ class FastCGIConnection(SocketIO):
         except Exception:
             # A bug of ours: in a nursery it would have ended the connection.
             log.exception("unexpected error while serving a FastCGI connection")
-            self._broken = True
+            self.broken = True
             self._cancel_all()
         finally:
             self._tasks.discard(scope)
             if not self._tasks and self._tasks_done is not None:
-                self._tasks_done.unpark_all()
+                self._tasks_done.set()
 
     async def _join_tasks(self) -> None:
         # What a nursery's end does: wait for our tasks. They see the end (the requests
         # were told the peer is gone) or were cancelled; the wait itself is shielded,
         # as a nursery's is, so the socket is never closed under one of them.
-        if self._tasks_done is None:
-            self._tasks_done = ParkingLot()
+        # (No task starts once the connection's task is out of _serve: a request
+        # dispatched now is never run, so one wait is enough.)
+        self._tasks_done = trio.Event()
         with trio.CancelScope(shield=True):
-            while self._tasks:
-                await self._tasks_done.park()
+            await self._tasks_done.wait()
 
     def _all_gone(self) -> None:
         """The stream is over for every request: those waiting for body bytes or a
         disconnect learn it, and whoever is parked wakes to see it."""
         for request in list(self._requests.values()):
             request.peer_gone()
-        if self._activity:
-            self._activity.unpark_all()
+        self._read_turn.news()
 
     def _cancel_all(self) -> None:
         """End the connection now: its tasks are cancelled, its own task stops reading."""
@@ -628,22 +678,29 @@ class FastCGIConnection(SocketIO):
         self._all_gone()  # their stream is cut: waiting for it is over
         for scope in self._tasks:
             scope.cancel()
-        if self._reading or self._writing:
+        if self._read_turn.reading or self._write_turn.held:
             # Whoever waits on the socket wakes (trio.ClosedResourceError, a
-            # ClientDisconnected to a writer); the socket is closed once the
-            # connection's task is out of _serve.
+            # ClientDisconnected to a writer, which hands the turn to the next, who
+            # sees _closing); the socket is closed once the connection's task is out
+            # of _serve.
             trio.lowlevel.notify_closing(self.sock)
-        if self._write_lot:
-            self._write_lot.unpark_all()
 
 
-class _Request:
-    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle."""
+class _RequestWire:
+    """One request of a FastCGI connection; the :class:`~trioscgi._asgi.seam.Wire` of its cycle.
+
+    Not the core's request (``trioscgi.fastcgi``'s state of an id): the wire's side of
+    one. It holds its body for the application and frames its response with the core
+    (``connection.core``); everything else goes through its connection's small interface:
+    ``write_records``/``write_record_parts``, ``end_records``, ``answer_later``,
+    ``wait_for_input``, ``release_body``, ``cut_short``, ``finished``, and the ``host``,
+    ``broken`` and ``keep_conn`` it reads.
+    """
 
     __slots__ = (
         "_body",
         "_body_ended",
-        "_conn",
+        "_connection",
         "_discard",
         "_ended",
         "_gone",
@@ -652,8 +709,8 @@ class _Request:
         "started",
     )
 
-    def __init__(self, conn: FastCGIConnection, request_id: int) -> None:
-        self._conn = conn
+    def __init__(self, connection: FastCGIConnection, request_id: int) -> None:
+        self._connection = connection
         self.request_id = request_id
         self._body: collections.deque[bytes] = collections.deque()
         self._body_ended = False
@@ -664,33 +721,34 @@ class _Request:
         self.started = False  # the response head went out
 
     async def run(self, params: list[tuple[bytes, bytes]]) -> None:
-        conn = self._conn
+        conn = self._connection
         try:
             await serve_request(
                 self,
-                conn._host,
+                conn.host,
                 params,
                 body_done=self._body_ended and not self._body,
                 protocol="fastcgi",
             )
-            if not self._ended and not self._gone and not conn._broken:
+            if not self._ended and not self._gone and not conn.broken:
                 # The cycle ended without a complete response and without an abort
                 # (the client went away first): end the request for the front-end.
                 with contextlib.suppress(ClientDisconnected):
                     # (Unless the connection breaks while this waits its turn.)
                     await self._end()
         finally:
-            conn._finished(self)
+            conn.finished(self)
 
     # --- fed by the connection's read loop --------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Hold ``data`` for the application; what it costs (the connection counts it)."""
         if self._discard:
-            return
+            return 0
         self._body.append(data)
         cost = len(data) + _CHUNK_COST
         self.buffered += cost
-        self._conn._buffered += cost
+        return cost
 
     def feed_end(self) -> None:
         self._body_ended = True
@@ -702,7 +760,7 @@ class _Request:
             if not self._ended:
                 self._ended = True
                 # Written by the read loop after this batch of records.
-                self._conn._out.append(self._conn._conn.end_request(self.request_id))
+                self._connection.answer_later(self._connection.core.end_request(self.request_id))
 
     def rejected(self) -> None:
         """The core rejected the request while it ran; the connection answers it."""
@@ -716,15 +774,15 @@ class _Request:
     # --- the Wire -------------------------------------------------------------------
 
     async def read_body(self) -> tuple[bytes, bool]:
-        conn = self._conn
-        patience = conn._host.config.read_timeout
+        conn = self._connection
+        patience = conn.host.config.read_timeout
         if not self._body and not self._body_ended and not self._gone:
             with trio.move_on_after(patience) as scope:
                 while not self._body and not self._body_ended and not self._gone:
                     await conn.wait_for_input()
             if scope.cancelled_caught:
-                if conn._host.metrics is not None:
-                    conn._host.metrics.timeouts["read"] += 1
+                if conn.host.metrics is not None:
+                    conn.host.metrics.timeouts["read"] += 1
                 raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -732,9 +790,7 @@ class _Request:
             data = self._body.popleft()
             cost = len(data) + _CHUNK_COST
             self.buffered -= cost
-            conn._buffered -= cost
-            if conn._buffered + cost > _MAX_BUFFERED >= conn._buffered:
-                conn._activity.unpark_all()  # below the limit again: reading resumes
+            conn.release_body(cost)
             return data, bool(self._body) or not self._body_ended
         if self._gone and not self._body_ended:
             raise ClientDisconnected("client went away during the request body")
@@ -745,7 +801,8 @@ class _Request:
     async def write(self, head: p.Response | None, body: Bytes, more: bool) -> None:
         if self._gone:
             raise ClientDisconnected("the client went away")
-        fc = self._conn._conn
+        conn = self._connection
+        fc = conn.core
         rid = self.request_id
         self.started = True
         if len(body) > _COALESCE_LIMIT:
@@ -756,11 +813,9 @@ class _Request:
                 parts.append(fc.send_stdout(rid, cgi_head(head.status, head.headers)))
             parts += fc.send_stdout_parts(rid, body)
             if not more:
-                parts.append(fc.end_request(rid))
-                if self._conn._stopping:
-                    parts.append(self._conn._after_last_end())
+                parts.append(conn.end_records(rid))
                 self._ended = True
-            await self._conn._write_many(parts)
+            await conn.write_record_parts(parts)
             return
         if head is not None:
             data = cgi_head(head.status, head.headers)
@@ -768,12 +823,10 @@ class _Request:
         else:
             out = fc.send_stdout(rid, body) if body else b""
         if not more:
-            out += fc.end_request(rid)
-            if self._conn._stopping:
-                out += self._conn._after_last_end()
+            out += conn.end_records(rid)
             self._ended = True
         if out:
-            await self._conn._write(out)
+            await conn.write_records(out)
 
     async def write_file(
         self, head: p.Response | None, fd: int, offset: int, count: int, more: bool
@@ -783,10 +836,15 @@ class _Request:
             await self.write(head, b"", True)
         sent = 0
         while sent < count:
-            # Read in this thread, as the SCGI path's fallback does: the
-            # file is mostly in the page cache, and a thread hop per piece
-            # would cost more than the read.
-            piece = os.pread(fd, min(_FILE_PIECE, count - sent), offset + sent)
+            size = min(_FILE_PIECE, count - sent)
+            piece = _read_cached(fd, size, offset + sent)
+            if piece is None:
+                # Not all in the page cache (a cold disk), or not a file (a pipe): a
+                # read that may block, in a thread, so the worker's other requests go
+                # on meanwhile. Not abandoned on cancellation: the caller closes fd
+                # once this returns, and a thread still reading a reused fd number
+                # would take another file's (or socket's) bytes.
+                piece = await trio.to_thread.run_sync(read_piece, fd, offset + sent, size)
             if not piece:
                 return sent
             await trio.lowlevel.checkpoint_if_cancelled()  # the writes check no more
@@ -797,7 +855,7 @@ class _Request:
         return sent
 
     async def wait_disconnect(self) -> None:
-        conn = self._conn
+        conn = self._connection
         while not self._gone:
             await conn.wait_for_input()
 
@@ -807,33 +865,26 @@ class _Request:
         # a connection closed after this request has no unread bytes (which
         # would make the front-end see a reset).
         self._discard = True
-        conn = self._conn
-        conn._buffered -= self.buffered
+        conn = self._connection
+        conn.release_body(self.buffered)
         self.buffered = 0
         self._body.clear()
-        if conn._activity:
-            conn._activity.unpark_all()
-        if conn._keep_conn:
+        if conn.keep_conn:
             return
-        with trio.move_on_after(conn._host.config.drain_timeout) as scope:
+        with trio.move_on_after(conn.host.config.drain_timeout) as scope:
             while not self._body_ended and not self._gone:
                 await conn.wait_for_input()
-        if scope.cancelled_caught and conn._host.metrics is not None:
-            conn._host.metrics.timeouts["drain"] += 1
+        if scope.cancelled_caught and conn.host.metrics is not None:
+            conn.host.metrics.timeouts["drain"] += 1
 
     def abort(self) -> None:
         # Started and not complete: an END_REQUEST would make it look whole. Only
         # a cut connection tells the front-end (it takes the other requests on
         # this connection with it: FastCGI has no other way), and the bare close
         # is not enough: see _tell_cut.
-        conn = self._conn
-        if not conn._broken:
-            conn._cut = True  # the stream is whole up to here: a record can follow
-        conn._broken = True
-        conn._cancel_all()
+        self._connection.cut_short()
 
     async def _end(self) -> None:
         self._ended = True
-        conn = self._conn
-        out = conn._conn.end_request(self.request_id)
-        await conn._write(out + conn._after_last_end() if conn._stopping else out)
+        conn = self._connection
+        await conn.write_records(conn.end_records(self.request_id))

@@ -89,7 +89,7 @@ async def sendfile(
             sent += n
             since_yield += n
             continue
-        data = _read(fd, offset + sent, min(_CHUNK, count - sent))
+        data = read_piece(fd, offset + sent, min(_CHUNK, count - sent))
         if not data:
             break
         view = memoryview(data)
@@ -116,7 +116,8 @@ async def _wait_writable(sock: socket.socket, patience: float) -> None:
     raise TimeoutError(f"the peer did not read for {patience:g} s")
 
 
-def _read(fd: int, offset: int, size: int) -> bytes:
+def read_piece(fd: int, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``fd`` at ``offset``, or from where it is if it has none."""
     try:
         return os.pread(fd, size, offset)
     except OSError as exc:

@@ -1,4 +1,9 @@
-"""The per-connection path through a real in-process server: ASGI receive/send, errors, timeouts.
+"""The SCGI wire (``trioscgi._wire.scgi``) through a real in-process server.
+
+One request per connection: the head read under header_timeout (408), protocol errors
+(400/413/431), the body in pieces, read_timeout, drain, write_timeout, the cut, and the
+HTTP cycle's rules as an SCGI front-end sees them on the socket. The cycle's rules alone,
+against a fake wire and with no socket, are in test_asgi_http.py.
 
 Every test runs ``trioscgi.serve`` in-process on a Unix socket and talks to it
 with trio streams; every timeout runs under ``autojump_clock``.

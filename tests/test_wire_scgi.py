@@ -1,4 +1,9 @@
-"""The per-connection path through a real in-process server: ASGI receive/send, errors, timeouts.
+"""The SCGI wire (``trioscgi._wire.scgi``) through a real in-process server.
+
+One request per connection: the head read under header_timeout (408), protocol errors
+(400/413/431), the body in pieces, read_timeout, drain, write_timeout, the cut, and the
+HTTP cycle's rules as an SCGI front-end sees them on the socket. The cycle's rules alone,
+against a fake wire and with no socket, are in test_asgi_http.py.
 
 Every test runs ``trioscgi.serve`` in-process on a Unix socket and talks to it
 with trio streams; every timeout runs under ``autojump_clock``.
@@ -803,3 +808,52 @@ async def test_websocket_upgrade_without_wsproto_is_served_as_http_and_logged_on
     [line] = warnings()  # once, not per request (and not for other upgrades)
     assert line.startswith("GET /ws: a WebSocket upgrade request, served as plain HTTP")
     assert "pip install 'trioscgi[websocket]'" in line
+
+
+# --- what the wire does on the socket ---------------------------------------------------------
+
+
+async def test_a_refused_request_ends_with_a_close_not_a_reset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A 413 goes out before the body is read. Closing with body bytes unread sends an
+    # RST (TCP), and a front-end still writing the body sees a reset (nginx: 502)
+    # rather than our answer: the wire reads what already arrived first. Over TCP: on
+    # AF_UNIX the two look alike. The body is more than the wire's first read takes,
+    # and all of it has arrived when the answer goes out.
+    caplog.set_level(logging.INFO, logger="trioscgi")
+    body = b"x" * 100_000
+    async with serving(hello, "127.0.0.1:0", max_body_size=1000) as srv:
+        stream = await connect(srv.address)
+        async with stream:
+            await stream.send_all(encode_head(environ("POST", "/"), len(body)) + body)
+            await trio.testing.wait_all_tasks_blocked()  # the server answered and closed
+            data = b""
+            while chunk := await stream.receive_some(65536):  # a reset raises here
+                data += chunk
+    assert parse_response(data).status == 413
+    no_errors(caplog)
+
+
+async def test_bytes_after_the_body_are_no_disconnect(bind: str) -> None:
+    # Front-ends send nothing after the body; if one did, the app waiting for the
+    # disconnect must not take those bytes for it.
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        got.append(await receive())
+        got.append(await receive())  # until the client goes
+        await hello(scope, receive, send)
+
+    async with serving(app, bind) as srv:
+        stream = await connect(srv.address)
+        async with stream:
+            await stream.send_all(encode_head(environ("POST", "/"), 2) + b"ab")
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [{"type": "http.request", "body": b"ab", "more_body": False}]
+            await stream.send_all(b"stray")  # to the socket, while the app waits
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(got) == 1
+            await stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+    assert got[1:] == [{"type": "http.disconnect"}]

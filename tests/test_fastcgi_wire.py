@@ -332,6 +332,50 @@ async def test_idle_keep_conn_connection_closes_after_idle_timeout(
         assert trio.current_time() - start == pytest.approx(7)
 
 
+async def test_a_later_head_on_its_way_is_not_taken_for_an_idle_connection(
+    bind: str, autojump_clock: Any
+) -> None:
+    # After a response, the front-end begins its next request and sends its PARAMS
+    # slowly (a loaded front-end, or HAProxy multiplexing): the connection is not idle
+    # but receiving a head. idle_timeout (1 s) must not cut it; header_timeout does.
+    head = fc.request(2, keep=True)
+    async with (
+        serving(hello, bind, protocol="fastcgi", idle_timeout=1, header_timeout=5) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(fc.request(1, keep=True))
+        reader = fc.Reader(s)
+        await reader.until_ended(1)
+        await trio.sleep(0.5)
+        await s.send_all(head[:16])  # BEGIN_REQUEST at 0.5 s
+        await trio.sleep(2)  # idle_timeout after the response has long passed
+        await s.send_all(head[16:])
+        response = await reader.until_ended(2)
+        assert response.status == 200
+
+
+async def test_a_later_head_not_in_by_header_timeout_closes_the_connection(
+    bind: str, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A head begun on a kept connection and never finished is cut at header_timeout
+    # from its start, and said so, as the first one is (not silently at idle_timeout).
+    caplog.set_level(logging.INFO, logger="trioscgi")
+    head = fc.request(2, keep=True)
+    async with (
+        serving(hello, bind, protocol="fastcgi", idle_timeout=100, header_timeout=5) as srv,
+        await connect(srv.address) as s,
+    ):
+        await s.send_all(fc.request(1, keep=True))
+        reader = fc.Reader(s)
+        await reader.until_ended(1)
+        await trio.sleep(1)
+        start = trio.current_time()
+        await s.send_all(head[:40])  # BEGIN_REQUEST and a part of PARAMS
+        await reader.until_eof()
+        assert trio.current_time() - start == pytest.approx(5, abs=0.1)
+    assert "not received within 5 s (header_timeout)" in caplog.text
+
+
 @pytest.mark.parametrize("trickle", [False, True])
 async def test_a_head_not_in_by_header_timeout_closes_the_connection(
     bind: str, autojump_clock: Any, caplog: pytest.LogCaptureFixture, trickle: bool

@@ -139,6 +139,7 @@ class FastCGIConnection(SocketIO):
         "_cut",
         "_eof",
         "_head_deadline",
+        "_head_pending",
         "_head_timed_out",
         "_helper",
         "_idle_since",
@@ -186,6 +187,9 @@ class FastCGIConnection(SocketIO):
         self._inline = False
         self._idle_since: float | None = None
         self._head_deadline = math.inf
+        # A later request's head begun on an idle kept connection (ids in their
+        # PARAMS, no event yet): it too must come whole within header_timeout.
+        self._head_pending = False
         self._head_timed_out = False
         self._wait_first = False
         self._refused = 0  # the core's refusals told so far
@@ -309,9 +313,10 @@ class FastCGIConnection(SocketIO):
                 # reading rather than try a read that fails.
                 self._wait_first = False
                 data = await self.recv_when_readable()
-            elif self._served or self._requests:
+            elif self._requests or (self._served and not self._head_pending):
                 data = await self.recv_unbounded()
             else:
+                # The first request's head, or a later one begun: within header_timeout.
                 data = await self.recv(0.0, self._head_deadline)
         except Timeout:
             # No request head by header_timeout: closed (run() logs it).
@@ -328,6 +333,19 @@ class FastCGIConnection(SocketIO):
             turn.done()
         self.core.receive_data(data)
         await self._process(not data)
+        if not self._requests and self._served:
+            self._note_head()
+
+    def _note_head(self) -> None:
+        """Idle between requests: whether ids have begun their head (ids in PARAMS).
+
+        The idle sweep leaves such a connection alone (it is not idle: a head is
+        on its way), so the head's own deadline bounds it, as the first one's.
+        """
+        pending = self.core.active_requests > 0
+        if pending and not self._head_pending:
+            self._head_deadline = trio.current_time() + self.host.config.header_timeout
+        self._head_pending = pending
 
     async def _process(self, eof: bool) -> None:
         core = self.core
@@ -507,7 +525,7 @@ class FastCGIConnection(SocketIO):
 
     def idle_for(self, now: float) -> float:
         """How long the connection has waited with no request (0 while one runs)."""
-        if self._requests or self._idle_since is None:
+        if self._requests or self._idle_since is None or self._head_pending:
             return 0.0
         return now - self._idle_since
 
@@ -527,6 +545,7 @@ class FastCGIConnection(SocketIO):
                 self._buffered += request.feed(data.data)
         elif kind is f.Request:
             event = cast(f.Request, event)
+            self._head_pending = False
             self.keep_conn = event.keep_conn
             request = _RequestWire(self, event.request_id)
             self._requests[event.request_id] = request

@@ -87,9 +87,6 @@ class FastCGIHost(CycleHost, Protocol):
     def fastcgi_connections(self) -> set[FastCGIConnection]:
         """The live connections, told to close when idle on a graceful shutdown."""
 
-    def request_served(self) -> None:
-        """Count one request (``max_requests`` counts requests, not connections)."""
-
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start ``fn(*args)`` in the server's connection nursery."""
 
@@ -177,15 +174,18 @@ class FastCGIConnection(SocketIO):
         self._tasks: set[trio.CancelScope] = set()
         self._tasks_done: ParkingLot | None = None
 
-    async def run(self, initial: bytes = b"") -> None:
-        """Serve requests until the front-end closes, keep-conn ends or the server stops."""
+    async def run(self, initial: bytes = b"", deadline: float | None = None) -> None:
+        """Serve requests until the front-end closes, keep-conn ends or the server stops
+        (``initial``, ``deadline``: as for :meth:`SCGIConnection.run`)."""
         host = self._host
         host.fastcgi_connections.add(self)
         # The first request's head must come within header_timeout, the whole head and
         # not each read (a byte every few seconds must not hold us); later, the server's
         # sweep closes idle connections. A deadline on the reads, not on the nursery:
         # setting and lifting a scope's deadline costs more per connection.
-        self._head_deadline = trio.current_time() + host.config.header_timeout
+        self._head_deadline = (
+            trio.current_time() + host.config.header_timeout if deadline is None else deadline
+        )
         try:
             try:
                 if initial:
@@ -560,7 +560,6 @@ class FastCGIConnection(SocketIO):
         self._buffered -= request.buffered
         request.buffered = 0
         self._served += 1
-        self._host.request_served()
         if not self._requests:
             if self._broken or self._stopping or not self._keep_conn:
                 if not self._inline or self._helper:

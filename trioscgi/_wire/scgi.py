@@ -63,11 +63,13 @@ class SCGIConnection(SocketIO):
         )
         self._aborted = False
 
-    async def run(self, initial: bytes = b"") -> None:
+    async def run(self, initial: bytes = b"", deadline: float | None = None) -> None:
         """Read the request head, run the ASGI cycle, close the connection.
 
         Args:
             initial: bytes already read from the socket (``protocol = "auto"``).
+            deadline: when the head must be in (trio time), if the caller's wait for
+                ``initial`` already counted against ``header_timeout``.
         """
         conn = self._conn
         config = self._host.config
@@ -77,7 +79,8 @@ class SCGIConnection(SocketIO):
                 # read first rather than ask the parser about an empty buffer.
                 # header_timeout bounds the whole head, not each read: a
                 # byte every few seconds (slowloris) must not hold us.
-                deadline = trio.current_time() + config.header_timeout
+                if deadline is None:
+                    deadline = trio.current_time() + config.header_timeout
                 conn.receive_data(initial or await self.recv(0.0, deadline))
                 event = conn.next_event()
                 while event is p.NEED_DATA:

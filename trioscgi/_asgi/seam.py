@@ -95,6 +95,9 @@ class CycleHost(Protocol):
     def request_cut(self, scope: dict[str, Any], started: float) -> None:
         """The request's task was cancelled while the app ran (``started``: trio time)."""
 
+    def request_served(self) -> None:
+        """Count one request against ``max_requests`` (requests, not connections)."""
+
 
 def error_response(status: int) -> tuple[p.Response, bytes]:
     """The head and body of an error trioscgi answers itself (plain text)."""

@@ -31,8 +31,6 @@ __all__ = ["FILE_EXTENSIONS", "HTTPCycle"]
 log = logging.getLogger("trioscgi")
 
 
-_ERRORS = {status: error_response(status) for status in (400, 408, 413, 431, 500, 503)}
-
 # Advertised in every HTTP scope (ASGI extensions); the values carry no options.
 FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
@@ -189,7 +187,7 @@ class HTTPCycle:
     async def _send_error(self, status: int) -> None:
         if self.disconnected:
             return
-        head, body = _ERRORS[status]
+        head, body = error_response(status)
         try:
             await self._wire.write(head, body, False)
         except ClientDisconnected:

@@ -44,9 +44,17 @@ from trio.lowlevel import ParkingLot
 from .. import fastcgi as f
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
-from .._asgi.seam import CycleHost, error_response
+from .._asgi.seam import CycleHost, error_bytes
 from .._cgi import cgi_head
-from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
+from .sockio import (
+    COALESCE_LIMIT,
+    RECV_SIZE,
+    Bytes,
+    ClientDisconnected,
+    SocketIO,
+    Timeout,
+    body_stalled,
+)
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
@@ -58,8 +66,6 @@ _MAX_BUFFERED = 1 << 20
 # about 50 bytes in CPython, so 2-byte STDIN records would otherwise hold ~30 times
 # _MAX_BUFFERED.
 _CHUNK_COST = 64
-# A body larger than this is framed and written apart from the head, not copied behind it.
-_COALESCE_LIMIT = 16384
 # Seconds between the server sweep's looks at requests running in their connection's own
 # task: one that has not read since the last look gets a reader beside it, so within one
 # to two looks a busy application's ABORT_REQUEST, close or multiplexed neighbour is read.
@@ -518,10 +524,7 @@ class FastCGIConnection(SocketIO):
                 # sees a disconnect (its writes fail, receive() says so).
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
-            head, body = error_response(event.status_hint)
-            self._out.append(
-                self._conn.send_stdout(rid, cgi_head(head.status, head.headers) + body)
-            )
+            self._out.append(self._conn.send_stdout(rid, error_bytes(event.status_hint)))
             self._out.append(self._conn.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
@@ -722,9 +725,7 @@ class _Request:
                 while not self._body and not self._body_ended and not self._gone:
                     await conn.wait_for_input()
             if scope.cancelled_caught:
-                if conn._host.metrics is not None:
-                    conn._host.metrics.timeouts["read"] += 1
-                raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
+                raise body_stalled(conn._host.metrics, patience)
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if self._body:
@@ -747,7 +748,7 @@ class _Request:
         fc = self._conn._conn
         rid = self.request_id
         self.started = True
-        if len(body) > _COALESCE_LIMIT:
+        if len(body) > COALESCE_LIMIT:
             # A large body is framed on its own and written with the head and the
             # END_REQUEST in one sendmsg(), straight from the app's buffer.
             parts: list[Bytes] = []

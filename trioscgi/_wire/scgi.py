@@ -18,31 +18,28 @@ import trio
 
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
-from .._asgi.seam import CycleHost, error_response
-from .._cgi import cgi_head
+from .._asgi.seam import CycleHost, error_bytes
 from .sendfile import sendfile
-from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+from .sockio import (
+    COALESCE_LIMIT,
+    RECV_SIZE,
+    Bytes,
+    ClientDisconnected,
+    SocketIO,
+    Timeout,
+    WriteTimeout,
+    body_stalled,
+)
 
 __all__ = ["SCGIConnection"]
 
 log = logging.getLogger("trioscgi")
 
-# A first body chunk up to this size is copied behind the head and both go
-# out in one send(); a larger one is sent with the head by sendmsg().
-_COALESCE_LIMIT = 16384
 # Reading what is left after an early answer (_reject): at most this much.
 _REJECT_READ_LIMIT = 1 << 20
 # WebSocket needs the extra trioscgi[websocket] (wsproto); without it a handshake is
 # served as plain HTTP, with a warning that says so (docs/websocket.md).
 _WEBSOCKET = importlib.util.find_spec("wsproto") is not None
-
-
-def _error_bytes(status: int) -> bytes:
-    head, body = error_response(status)
-    return cgi_head(head.status, head.headers) + body
-
-
-_ERROR_RESPONSES = {status: _error_bytes(status) for status in (400, 408, 413, 431)}
 
 
 class SCGIConnection(SocketIO):
@@ -119,7 +116,7 @@ class SCGIConnection(SocketIO):
         if self._host.metrics is not None:
             self._host.metrics.rejected(status)
         try:
-            self.sock.send(_ERROR_RESPONSES.get(status) or _ERROR_RESPONSES[400])
+            self.sock.send(error_bytes(status))
         except OSError:
             return
         # Read what already arrived (bounded, fair), so the close does not
@@ -149,11 +146,7 @@ class SCGIConnection(SocketIO):
             # went away mid-upload.
             raise ClientDisconnected(f"client went away during the request body: {exc}") from None
         except Timeout:
-            if self._host.metrics is not None:
-                self._host.metrics.timeouts["read"] += 1
-            raise ClientDisconnected(
-                f"request body stalled for {self._host.config.read_timeout:g} s (read_timeout)"
-            ) from None
+            raise body_stalled(self._host.metrics, self._host.config.read_timeout) from None
         if type(event) is p.Data:
             if conn.body_remaining == 0:
                 conn.next_event()  # EndOfMessage: no I/O needed to know it
@@ -170,7 +163,7 @@ class SCGIConnection(SocketIO):
                 await self.sendall(body, checked=True)
             return
         data = self._conn.send(head)
-        if len(body) > _COALESCE_LIMIT:
+        if len(body) > COALESCE_LIMIT:
             # A large first body goes out with the head in one sendmsg()
             # rather than being copied behind it.
             await self.send_two(data, body, checked=True)

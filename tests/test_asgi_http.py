@@ -145,6 +145,9 @@ class FakeHost:
     def request_cut(self, scope: dict[str, Any], started: float) -> None:
         self.cuts.append(scope)
 
+    def request_served(self) -> None:
+        """max_requests counts in dispatch, not in the cycle: nothing to do here."""
+
 
 def make_scope(method: str = "GET", length: int = 0) -> dict[str, Any]:
     environ = [

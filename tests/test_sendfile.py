@@ -282,7 +282,13 @@ async def serve_one(app: Any, request: bytes | None = None, quit_after: int | No
     front.setblocking(False)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     server = SimpleNamespace(
-        config=Config(), app=app, state=None, access_logger=None, metrics=None, warn_request=print
+        config=Config(),
+        app=app,
+        state=None,
+        access_logger=None,
+        metrics=None,
+        warn_request=print,
+        request_served=lambda: None,
     )
     received: list[bytes] = []
     try:

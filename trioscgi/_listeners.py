@@ -16,7 +16,7 @@ import pwd
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,20 +149,24 @@ def rebind(listener: Listener, config: Config) -> Listener:
 
 
 def _resolve_owner(config: Config) -> tuple[int, int]:
-    uid = gid = -1
-    if config.unix_socket_owner is not None:
-        o = str(config.unix_socket_owner)
-        try:
-            uid = int(o) if o.isdigit() else pwd.getpwnam(o).pw_uid
-        except KeyError:
-            raise BindError(f"unix_socket_owner: no such user {o!r}") from None
-    if config.unix_socket_group is not None:
-        g = str(config.unix_socket_group)
-        try:
-            gid = int(g) if g.isdigit() else grp.getgrnam(g).gr_gid
-        except KeyError:
-            raise BindError(f"unix_socket_group: no such group {g!r}") from None
+    uid = _resolve_id(
+        config.unix_socket_owner, "unix_socket_owner", "user", lambda n: pwd.getpwnam(n).pw_uid
+    )
+    gid = _resolve_id(
+        config.unix_socket_group, "unix_socket_group", "group", lambda n: grp.getgrnam(n).gr_gid
+    )
     return uid, gid
+
+
+def _resolve_id(value: object, key: str, kind: str, by_name: Callable[[str], int]) -> int:
+    """A user or group id from a number or a name; -1 (leave it) when unset."""
+    if value is None:
+        return -1
+    name = str(value)
+    try:
+        return int(name) if name.isdigit() else by_name(name)
+    except KeyError:
+        raise BindError(f"{key}: no such {kind} {name!r}") from None
 
 
 def _check_existing(path: str, desc: str) -> None:

@@ -125,6 +125,10 @@ class Server:
         # Called once when max_requests retires a worker (set by its runner).
         self.on_retiring: Callable[[], None] | None = None
         self.fastcgi_connections: set[FastCGIConnection] = set()
+        # The sweep of the FastCGI connections: its scope, and the event it waits on
+        # while there is no connection to sweep (None while it sweeps).
+        self._sweep = trio.CancelScope()
+        self._sweep_parked: trio.Event | None = None
         self.websocket_sessions: set[Session] = set()
         self._warn_refused = OccasionalWarning(_WARNING_INTERVAL)
         self.warn_request = OccasionalWarning(_WARNING_INTERVAL)
@@ -194,14 +198,16 @@ class Server:
         config = self.config
         async with trio.open_nursery() as connections:
             self._connections = connections
+            if config.protocol != "scgi":
+                # Beside the connections, not the accept loops: it serves them until the
+                # last one ends, through a graceful shutdown too.
+                connections.start_soon(self._sweep_fastcgi_connections)
             # A shutdown() before this point cancelled the scope already: a
             # scope cancelled before it is entered is cancelled once entered.
             with self._accepting:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener)
-                    if config.protocol in ("auto", "fastcgi"):
-                        accepting.start_soon(self._sweep_fastcgi_connections)
                     descriptions = [lst.description for lst in listeners]
                     log.info("listening on %s", ", ".join(descriptions))
                     task_status.started(descriptions)
@@ -209,6 +215,8 @@ class Server:
             # Unix socket files) so the front-end sees the stop at once, then
             # give in-flight requests graceful_timeout to finish.
             self._close_listeners()
+            if not self._active:
+                self._sweep.cancel()  # nothing left for it to serve
             if self._active:
                 log.info(
                     "waiting up to %g s for %s to finish",
@@ -348,24 +356,42 @@ class Server:
                 await checkpoint()
 
     async def _sweep_fastcgi_connections(self) -> None:
-        """Close kept-alive FastCGI connections idle for ``idle_timeout``, and give a
-        request busy in its connection's own task a reader beside it (``look_at_inline``).
+        """Close kept-alive FastCGI connections idle for ``idle_timeout`` (``0``: never),
+        and give a request busy in its connection's own task a reader beside it
+        (``look_at_inline``).
 
         One task for the server instead of a deadline per connection: the
-        per-request path then sets no timer at all.
+        per-request path then sets no timer at all. With no FastCGI connection it
+        sleeps until a connection wakes it (``_handle``); it ends with the last
+        connection once the server stops accepting.
         """
         idle_timeout = self.config.idle_timeout
-        while True:
-            now = trio.current_time()
-            wake = now + min(idle_timeout, INLINE_LOOK)
-            for connection in list(self.fastcgi_connections):
-                connection.look_at_inline()
-                idle = connection.idle_for(now)
-                if idle >= idle_timeout:
-                    connection.close_idle()
-                elif idle > 0:
-                    wake = min(wake, now + idle_timeout - idle)
-            await trio.sleep_until(wake)
+        look = min(idle_timeout, INLINE_LOOK) if idle_timeout > 0 else INLINE_LOOK
+        connections = self.fastcgi_connections
+        with self._sweep:
+            while True:
+                if not connections:
+                    self._sweep_parked = parked = trio.Event()
+                    await parked.wait()
+                    # A new connection needs nothing of us for a look: sleeping first
+                    # makes it one wake-up per look, not per connection, when
+                    # short-lived connections come one at a time.
+                    await trio.sleep(look)
+                    continue
+                now = trio.current_time()
+                wake = now + look
+                # Retiring, a kept connection idle here stays until a request comes or
+                # graceful_timeout (FastCGIConnection.stop_when_idle), not idle_timeout.
+                closing = idle_timeout > 0 and not self.shutting_down
+                for connection in list(connections):
+                    connection.look_at_inline()
+                    if closing:
+                        idle = connection.idle_for(now)
+                        if idle >= idle_timeout:
+                            connection.close_idle()
+                        elif idle > 0:
+                            wake = min(wake, now + idle_timeout - idle)
+                await trio.sleep_until(wake)
 
     def _log_refused(self, listener: Listener, addr: Any) -> None:
         if self.metrics is not None:
@@ -381,12 +407,10 @@ class Server:
             protocol = self.config.protocol
             if protocol == "scgi":
                 await SCGIConnection(sock, self).run()
-                self.request_served()
             elif protocol == "fastcgi":
-                await FastCGIConnection(sock, self).run()
+                await self._fastcgi(sock)
             elif protocol == "uwsgi":
                 await UWSGIConnection(sock, self).run()
-                self.request_served()
             else:
                 await self._sniff(sock)
         except Exception:
@@ -394,12 +418,25 @@ class Server:
         finally:
             self._active -= 1
             self._below_limit.set()
+            if self.shutting_down and not self._active:
+                self._sweep.cancel()  # the last connection: the sweep's work is done
+
+    async def _fastcgi(
+        self, sock: socket.socket, initial: bytes = b"", deadline: float | None = None
+    ) -> None:
+        parked = self._sweep_parked
+        if parked is not None:
+            self._sweep_parked = None
+            parked.set()  # the sweep sleeps: it has a connection to look at now
+        await FastCGIConnection(sock, self).run(initial, deadline)
 
     async def _sniff(self, sock: socket.socket) -> None:
         """``protocol = "auto"``: the first byte tells FastCGI (version 1) and uwsgi
         (modifier1 0, or 30) from SCGI (a digit)."""
+        # One header_timeout for the whole head, this first byte included.
+        deadline = trio.current_time() + self.config.header_timeout
         try:
-            data = await SocketIO(sock, 0.0).recv(self.config.header_timeout)
+            data = await SocketIO(sock, 0.0).recv(0.0, deadline)
         except Timeout:
             log.info(
                 "request not received within %g s (header_timeout)", self.config.header_timeout
@@ -415,15 +452,13 @@ class Server:
             raise
         first = data[:1]
         if first == b"\x01":
-            await FastCGIConnection(sock, self).run(data)
+            await self._fastcgi(sock, data, deadline)
         elif first in _UWSGI_FIRST:
-            await UWSGIConnection(sock, self).run(data)
-            self.request_served()
+            await UWSGIConnection(sock, self).run(data, deadline)
         elif data:
             # A digit, or garbage: the SCGI parser answers garbage with a 400
             # and a log line saying what it found.
-            await SCGIConnection(sock, self).run(data)
-            self.request_served()
+            await SCGIConnection(sock, self).run(data, deadline)
         else:
             sock.close()  # connected and closed without a byte
 

@@ -43,37 +43,43 @@ async def serve_request(
             missing REQUEST_METHOD advises, the metrics' label).
         tunnel: the raw stream the front-end opens after a 101, when the wire has one
             (SCGI, uwsgi): a WebSocket handshake then runs as a WebSocket session.
-    """
-    notes: list[str] = []
-    try:
-        scope = http_scope(
-            environ,
-            root_path=host.config.root_path,
-            state=host.state,
-            notes=notes,
-            wire=protocol,
-            websocket=tunnel is not None,
-        )
-    except ScopeError as exc:
-        log.info("bad request: %s; answered 400", exc)
-        if host.metrics is not None:
-            host.metrics.rejected(400)
-        await HTTPCycle(wire, host).refuse(400, body_done=body_done)
-        return
-    for note in notes:
-        host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
-    if scope["type"] == "http":
-        await HTTPCycle(wire, host).run(scope, body_done=body_done, protocol=protocol)
-        return
-    from .websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
 
-    assert tunnel is not None
-    session = WebSocketCycle(wire, tunnel, host)
-    if host.metrics is None:
-        await session.run(scope)
-        return
-    host.metrics.websocket_open += 1
+    Each request is counted (``host.request_served()``) once it ends.
+    """
     try:
-        await session.run(scope)
+        notes: list[str] = []
+        try:
+            scope = http_scope(
+                environ,
+                root_path=host.config.root_path,
+                state=host.state,
+                notes=notes,
+                wire=protocol,
+                websocket=tunnel is not None,
+            )
+        except ScopeError as exc:
+            log.info("bad request: %s; answered 400", exc)
+            if host.metrics is not None:
+                host.metrics.rejected(400)
+            await HTTPCycle(wire, host).refuse(400, body_done=body_done)
+            return
+        for note in notes:
+            host.warn_request("%s %s: %s", scope.get("method", "GET"), scope["path"], note)
+        if scope["type"] == "http":
+            await HTTPCycle(wire, host).run(scope, body_done=body_done, protocol=protocol)
+            return
+        from .websocket import WebSocketCycle  # noqa: PLC0415 - wsproto: an extra
+
+        assert tunnel is not None
+        session = WebSocketCycle(wire, tunnel, host)
+        if host.metrics is None:
+            await session.run(scope)
+            return
+        host.metrics.websocket_open += 1
+        try:
+            await session.run(scope)
+        finally:
+            host.metrics.websocket_done(session.status, session.close_code)
     finally:
-        host.metrics.websocket_done(session.status, session.close_code)
+        # The one place every request passes, whatever its wire: max_requests counts here.
+        host.request_served()

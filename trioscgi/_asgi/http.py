@@ -32,8 +32,6 @@ __all__ = ["FILE_EXTENSIONS", "HTTPCycle"]
 log = logging.getLogger("trioscgi")
 
 
-_ERRORS = {status: error_response(status) for status in (400, 408, 413, 431, 500, 503)}
-
 # Advertised in every HTTP scope (ASGI extensions); the values carry no options.
 FILE_EXTENSIONS: dict[str, dict[str, Any]] = {
     "http.response.pathsend": {},
@@ -182,15 +180,16 @@ class HTTPCycle:
         if not self._request_done:
             await self._drain()
 
-    def _write_timed_out(self) -> None:
+    def _write_failed(self, exc: ClientDisconnected) -> None:
+        # The front-end is gone or stopped reading (WriteTimeout, counted).
         self.disconnected = True
-        if self._host.metrics is not None:
+        if isinstance(exc, WriteTimeout) and self._host.metrics is not None:
             self._host.metrics.timeouts["write"] += 1
 
     async def _send_error(self, status: int) -> None:
         if self.disconnected:
             return
-        head, body = _ERRORS[status]
+        head, body = error_response(status)
         try:
             await self._wire.write(head, body, False)
         except ClientDisconnected:
@@ -270,11 +269,8 @@ class HTTPCycle:
                 return
             try:
                 await self._wire.write(first, body, more)
-            except WriteTimeout:
-                self._write_timed_out()
-                raise
-            except ClientDisconnected:
-                self.disconnected = True
+            except ClientDisconnected as exc:
+                self._write_failed(exc)
                 raise
             self.response_bytes += len(body)
             if not more:
@@ -360,11 +356,8 @@ class HTTPCycle:
         first = self._head_to_send(head)
         try:
             sent = await self._wire.write_file(first, fd, offset, count, more)
-        except WriteTimeout:
-            self._write_timed_out()
-            raise
-        except ClientDisconnected:
-            self.disconnected = True
+        except ClientDisconnected as exc:
+            self._write_failed(exc)
             raise
         except OSError as exc:
             # The file could not be read: the application's error, not an

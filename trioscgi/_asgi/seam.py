@@ -3,19 +3,22 @@
 A wire (``_wire.scgi``, ``_wire.fastcgi``) implements :class:`Wire` for each request (and
 :class:`Tunnel` where the front-end opens a raw stream after a ``101``); the server
 implements :class:`CycleHost`; the ASGI layer (``dispatch``, ``http``, ``websocket``) uses
-them and :func:`error_response`. Nothing here imports the rest of the ASGI layer, so the HTTP
-cycle and the WebSocket session can both import it without importing each other
-(docs/architecture.md).
+them and :func:`error_response`, the one home of the errors trioscgi answers itself
+(:func:`error_bytes`: the same as a CGI response, for the wires' own answers). Nothing
+here imports the rest of the ASGI layer, so the HTTP cycle and the WebSocket session can
+both import it without importing each other (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import scgi as p
+from .._cgi import cgi_head
 from .._types import ASGIApp, Bytes
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from .._config import Config
     from .._counters import WorkerMetrics
 
-__all__ = ["CycleHost", "Session", "Tunnel", "Wire", "error_response"]
+__all__ = ["CycleHost", "Session", "Tunnel", "Wire", "error_bytes", "error_response"]
 
 
 class Wire(Protocol):
@@ -95,9 +98,14 @@ class CycleHost(Protocol):
     def request_cut(self, scope: dict[str, Any], started: float) -> None:
         """The request's task was cancelled while the app ran (``started``: trio time)."""
 
+    def request_served(self) -> None:
+        """Count one request against ``max_requests`` (requests, not connections)."""
 
+
+@functools.cache
 def error_response(status: int) -> tuple[p.Response, bytes]:
-    """The head and body of an error trioscgi answers itself (plain text)."""
+    """The head and body of an error trioscgi answers itself (plain text), built once per
+    status: the one home of these answers, for the cycles and the wires alike."""
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}\n".encode()
     head = p.Response(
@@ -108,6 +116,14 @@ def error_response(status: int) -> tuple[p.Response, bytes]:
         ],
     )
     return head, body
+
+
+@functools.cache
+def error_bytes(status: int) -> bytes:
+    """:func:`error_response` as a whole CGI response (head and body), for a wire that
+    answers a request itself before any cycle runs (a bad head, a refused body)."""
+    head, body = error_response(status)
+    return cgi_head(head.status, head.headers) + body
 
 
 class Tunnel(Protocol):

@@ -48,11 +48,19 @@ import trio
 from .. import fastcgi as f
 from .. import scgi as p
 from .._asgi.dispatch import serve_request
-from .._asgi.seam import CycleHost, error_response
+from .._asgi.seam import CycleHost, error_bytes
 from .._cgi import cgi_head
 from .._turns import ReadTurn, WriteTurn
 from .sendfile import read_piece
-from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout
+from .sockio import (
+    COALESCE_LIMIT,
+    RECV_SIZE,
+    Bytes,
+    ClientDisconnected,
+    SocketIO,
+    Timeout,
+    body_stalled,
+)
 
 __all__ = ["INLINE_LOOK", "FastCGIConnection"]
 
@@ -64,8 +72,6 @@ _MAX_BUFFERED = 1 << 20
 # about 50 bytes in CPython, so 2-byte STDIN records would otherwise hold ~30 times
 # _MAX_BUFFERED.
 _CHUNK_COST = 64
-# A body larger than this is framed and written apart from the head, not copied behind it.
-_COALESCE_LIMIT = 16384
 # Seconds between the server sweep's looks at requests running in their connection's own
 # task: one that has not read since the last look gets a reader beside it, so within one
 # to two looks a busy application's ABORT_REQUEST, close or multiplexed neighbour is read.
@@ -113,9 +119,6 @@ class FastCGIHost(CycleHost, Protocol):
     @property
     def fastcgi_connections(self) -> set[FastCGIConnection]:
         """The live connections, told to close when idle on a graceful shutdown."""
-
-    def request_served(self) -> None:
-        """Count one request (``max_requests`` counts requests, not connections)."""
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
         """Start ``fn(*args)`` in the server's connection nursery."""
@@ -205,15 +208,18 @@ class FastCGIConnection(SocketIO):
         self._tasks: set[trio.CancelScope] = set()
         self._tasks_done: trio.Event | None = None  # set when the last task ends (joining)
 
-    async def run(self, initial: bytes = b"") -> None:
-        """Serve requests until the front-end closes, keep-conn ends or the server stops."""
+    async def run(self, initial: bytes = b"", deadline: float | None = None) -> None:
+        """Serve requests until the front-end closes, keep-conn ends or the server stops
+        (``initial``, ``deadline``: as for :meth:`OneShotConnection.run`)."""
         host = self.host
         host.fastcgi_connections.add(self)
         # The first request's head must come within header_timeout, the whole head and
         # not each read (a byte every few seconds must not hold us); later, the server's
         # sweep closes idle connections. A deadline on the reads, not on the nursery:
         # setting and lifting a scope's deadline costs more per connection.
-        self._head_deadline = trio.current_time() + host.config.header_timeout
+        self._head_deadline = (
+            trio.current_time() + host.config.header_timeout if deadline is None else deadline
+        )
         try:
             try:
                 if initial:
@@ -593,8 +599,7 @@ class FastCGIConnection(SocketIO):
                 # sees a disconnect (its writes fail, receive() says so).
                 running.rejected()
             log.info("bad request: %s; answered %d", event.reason, event.status_hint)
-            head, body = error_response(event.status_hint)
-            self._out.append(self.core.send_stdout(rid, cgi_head(head.status, head.headers) + body))
+            self._out.append(self.core.send_stdout(rid, error_bytes(event.status_hint)))
             self._out.append(self.core.end_request(rid))
 
     # --- shared by the requests -----------------------------------------------------
@@ -631,7 +636,6 @@ class FastCGIConnection(SocketIO):
         self._buffered -= request.buffered
         request.buffered = 0
         self._served += 1
-        self.host.request_served()
         if not self._requests:
             if self.broken or self._stopping or not self.keep_conn:
                 if not self._inline or self._helper:
@@ -800,9 +804,7 @@ class _RequestWire:
                 while not self._body and not self._body_ended and not self._gone:
                     await conn.wait_for_input()
             if scope.cancelled_caught:
-                if conn.host.metrics is not None:
-                    conn.host.metrics.timeouts["read"] += 1
-                raise ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
+                raise body_stalled(conn.host.metrics, patience)
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         if self._body:
@@ -824,7 +826,7 @@ class _RequestWire:
         fc = conn.core
         rid = self.request_id
         self.started = True
-        if len(body) > _COALESCE_LIMIT:
+        if len(body) > COALESCE_LIMIT:
             # A large body is framed on its own and written with the head and the
             # END_REQUEST in one sendmsg(), straight from the app's buffer.
             parts: list[Bytes] = []

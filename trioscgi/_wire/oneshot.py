@@ -25,7 +25,16 @@ from .. import scgi as p
 from .._asgi.dispatch import serve_request
 from .._asgi.seam import CycleHost, error_response
 from .sendfile import sendfile
-from .sockio import RECV_SIZE, Bytes, ClientDisconnected, SocketIO, Timeout, WriteTimeout
+from .sockio import (
+    COALESCE_LIMIT,
+    RECV_SIZE,
+    Bytes,
+    ClientDisconnected,
+    SocketIO,
+    Timeout,
+    WriteTimeout,
+    body_stalled,
+)
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -34,9 +43,6 @@ __all__ = ["OneShotConnection", "error_responses"]
 
 log = logging.getLogger("trioscgi")
 
-# A first body chunk up to this size is copied behind the head and both go
-# out in one send(); a larger one is sent with the head by sendmsg().
-_COALESCE_LIMIT = 16384
 # Reading what is left after an early answer (_reject): at most this much.
 _REJECT_READ_LIMIT = 1 << 20
 # WebSocket needs the extra trioscgi[websocket] (wsproto); without it a handshake is
@@ -100,11 +106,13 @@ class OneShotConnection(SocketIO):
         self._conn = self._new_core(config)
         self._aborted = False
 
-    async def run(self, initial: bytes = b"") -> None:
+    async def run(self, initial: bytes = b"", deadline: float | None = None) -> None:
         """Read the request head, run the ASGI cycle, close the connection.
 
         Args:
             initial: bytes already read from the socket (``protocol = "auto"``).
+            deadline: when the head must be in (trio time), if the caller's wait for
+                ``initial`` already counted against ``header_timeout``.
         """
         conn = self._conn
         config = self._host.config
@@ -115,7 +123,8 @@ class OneShotConnection(SocketIO):
                 # read first rather than ask the parser about an empty buffer.
                 # header_timeout bounds the whole head, not each read: a
                 # byte every few seconds (slowloris) must not hold us.
-                deadline = trio.current_time() + config.header_timeout
+                if deadline is None:
+                    deadline = trio.current_time() + config.header_timeout
                 conn.receive_data(initial or await self.recv(0.0, deadline))
                 event = conn.next_event()
                 while event is need_data:
@@ -187,11 +196,7 @@ class OneShotConnection(SocketIO):
             # went away mid-upload.
             raise ClientDisconnected(f"client went away during the request body: {exc}") from None
         except Timeout:
-            if self._host.metrics is not None:
-                self._host.metrics.timeouts["read"] += 1
-            raise ClientDisconnected(
-                f"request body stalled for {self._host.config.read_timeout:g} s (read_timeout)"
-            ) from None
+            raise body_stalled(self._host.metrics, self._host.config.read_timeout) from None
         if type(event) is self._DATA:
             data: bytes = event.data  # type: ignore[attr-defined]
             if conn.body_remaining == 0:
@@ -209,7 +214,7 @@ class OneShotConnection(SocketIO):
                 await self.sendall(body, checked=True)
             return
         data = self._head_bytes(head)
-        if len(body) > _COALESCE_LIMIT:
+        if len(body) > COALESCE_LIMIT:
             # A large first body goes out with the head in one sendmsg()
             # rather than being copied behind it.
             await self.send_two(data, body, checked=True)

@@ -23,6 +23,7 @@ import socket
 import struct
 import termios
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 from trio.lowlevel import (
@@ -35,9 +36,25 @@ from trio.lowlevel import (
 from .._errors import ClientDisconnected, Timeout, WriteTimeout
 from .._types import RECV_SIZE, Bytes
 
+if TYPE_CHECKING:
+    from .._counters import WorkerMetrics
+
 # The errors and constants are defined in the leaves (_errors, _types) so that the ASGI
 # layer needs nothing of this module; they are named here too for the wires' convenience.
-__all__ = ["RECV_SIZE", "Bytes", "ClientDisconnected", "SocketIO", "Timeout", "WriteTimeout"]
+__all__ = [
+    "COALESCE_LIMIT",
+    "RECV_SIZE",
+    "Bytes",
+    "ClientDisconnected",
+    "SocketIO",
+    "Timeout",
+    "WriteTimeout",
+    "body_stalled",
+]
+
+# A first body chunk up to this size is copied behind the response head and both go out
+# in one send(); a larger one goes out beside it (sendmsg), not copied.
+COALESCE_LIMIT = 16384
 
 # Successful syscalls in a row (no wait in between) before one schedule point.
 _YIELD_EVERY = 16
@@ -57,6 +74,14 @@ def _unsent(sock: socket.socket) -> int:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
     except OSError:
         return -1
+
+
+def body_stalled(metrics: WorkerMetrics | None, patience: float) -> ClientDisconnected:
+    """A request body that sent nothing for ``read_timeout`` (``patience``): counted, and
+    the error that ends the request, with the message the log shows."""
+    if metrics is not None:
+        metrics.timeouts["read"] += 1
+    return ClientDisconnected(f"request body stalled for {patience:g} s (read_timeout)")
 
 
 class SocketIO:

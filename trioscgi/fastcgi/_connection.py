@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from struct import Struct
 from struct import error as StructError
 from typing import Final
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from .._core.errors import LocalProtocolError, RemoteProtocolError
+from .._core.events import NEED_DATA, _NeedData
 from ._events import Abort, ConnectionClosed, Data, EndOfMessage, Event, Rejected, Request
 from ._records import (
     ABORT_REQUEST,
@@ -61,16 +61,6 @@ __all__ = [
     "Connection",
 ]
 
-
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA: Final = _NeedData.NEED_DATA
-"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
 
 # Default limits. 64 KiB of PARAMS is the SCGI core's header limit: it is
 # lighttpd's request-header limit and more than nginx forwards by default

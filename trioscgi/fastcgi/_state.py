@@ -7,11 +7,12 @@ own states; the connection itself is open, closed or broken.
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
+from .._core.enums import Named
 
-class State(enum.Enum):
+
+class State(Named):
     """A state of the connection or of one of its requests."""
 
     # A request, from BEGIN_REQUEST until the server's end_request().
@@ -24,13 +25,6 @@ class State(enum.Enum):
     OPEN = "OPEN"
     CLOSED = "CLOSED"  # EOF seen at a record boundary, nothing half-received
     ERROR = "ERROR"  # the peer sent garbage; the connection stays here
-
-    def __repr__(self) -> str:
-        return self.name
-
-    # Members are singletons: hash them by identity, in C. (Enum's own
-    # __hash__ is Python code, a call on every `state in KNOWN`.)
-    __hash__ = object.__hash__
 
 
 RECV_PARAMS: Final = State.RECV_PARAMS

@@ -9,6 +9,7 @@ from .._core.errors import RemoteProtocolError
 from .._core.events import NEED_DATA, Event, _NeedData
 from .._core.oneshot import (
     CLOSED,
+    FRESH,
     RECV_BODY,
     RECV_HEADERS,
     OneShotConnection,
@@ -115,7 +116,9 @@ class Connection(OneShotConnection):
             if max_body_size is not None and max_body_size < 0:
                 raise ValueError("max_body_size must not be negative")
         self.max_header_size = max_header_size
-        OneShotConnection.__init__(self, RECV_HEADERS, max_body_size)
+        self.max_body_size = max_body_size
+        self._their_state = RECV_HEADERS
+        self._our_state, self._buf, self._eof, self._body_left = FRESH
 
     def _next_head(self) -> Event | _NeedData:
         # The usual case first: the whole head in one read (a bytes buffer is

@@ -10,7 +10,7 @@ from typing import Final
 from .._cgi import cgi_head
 from .._core.errors import RemoteProtocolError
 from .._core.events import NEED_DATA, Event, ResponseBase, _NeedData
-from .._core.oneshot import RECV_BODY, RECV_HEADER, OneShotConnection, new_event
+from .._core.oneshot import FRESH, RECV_BODY, RECV_HEADER, OneShotConnection, new_event
 from ._errors import UnsupportedModifier
 from ._events import REQUEST_MODIFIERS, Request
 
@@ -247,7 +247,9 @@ class Connection(OneShotConnection):
             raise ValueError("max_body_size must not be negative")
         self.max_vars_size = max_vars_size
         self.max_vars = max_vars
-        OneShotConnection.__init__(self, RECV_HEADER, max_body_size)
+        self.max_body_size = max_body_size
+        self._their_state = RECV_HEADER
+        self._our_state, self._buf, self._eof, self._body_left = FRESH
 
     def _next_head(self) -> Event | _NeedData:
         buf = self._buf

@@ -85,17 +85,24 @@ END_OF_MESSAGE: Final = EndOfMessage._make()
 CONNECTION_CLOSED: Final = ConnectionClosed._make()
 
 
+def check_body_limit(max_body_size: int | None) -> None:
+    """Refuse a negative ``max_body_size`` (``None``: no limit), when a connection is made."""
+    if max_body_size is not None and max_body_size < 0:
+        raise ValueError("max_body_size must not be negative")
+
+
 # What a new connection holds besides its head state and limits: our state, the
-# buffer, EOF, the body still to come. A subclass's __init__ unpacks it in one step
-# (a call to a shared __init__ costs a new connection about 800 instructions).
+# buffer, EOF, the body still to come. A subclass's __init__ unpacks it, after its
+# head state, in one step (a call to a shared __init__ costs a new connection about
+# 800 instructions).
 FRESH: Final[tuple[State, bytes, bool, int]] = (SEND_RESPONSE, b"", False, 0)
 
 
 class OneShotConnection:
     """The part of an SCGI or uwsgi ``Connection`` that is not the head.
 
-    Subclasses set ``_their_state`` to their head state, the rest from
-    :data:`FRESH`, and ``max_body_size``; they implement
+    Subclasses set ``_their_state`` to their head state and the rest from
+    :data:`FRESH` (one unpacking), and ``max_body_size``; they implement
     ``_next_head()`` (parse the head from ``_buf``: return the ``Request``
     with ``_body_left`` set and the state moved to ``RECV_BODY``, or
     ``NEED_DATA``) and name their ``_response_head`` encoder.

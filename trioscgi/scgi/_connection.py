@@ -13,6 +13,7 @@ from .._core.oneshot import (
     RECV_BODY,
     RECV_HEADERS,
     OneShotConnection,
+    check_body_limit,
     new_event,
 )
 from ._events import Request, Response
@@ -84,6 +85,10 @@ def response_head(event: Response) -> bytes:
     return cgi_head(event.status, event.headers)
 
 
+# A new connection: waiting for the head, the rest as every one-shot connection.
+_FRESH: Final = (RECV_HEADERS, *FRESH)
+
+
 class Connection(OneShotConnection):
     """One SCGI connection, seen from the server.
 
@@ -113,12 +118,10 @@ class Connection(OneShotConnection):
         if max_header_size != DEFAULT_MAX_HEADER_SIZE or max_body_size is not None:
             if max_header_size < 1:
                 raise ValueError("max_header_size must be positive")
-            if max_body_size is not None and max_body_size < 0:
-                raise ValueError("max_body_size must not be negative")
+            check_body_limit(max_body_size)
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
-        self._their_state = RECV_HEADERS
-        self._our_state, self._buf, self._eof, self._body_left = FRESH
+        self._their_state, self._our_state, self._buf, self._eof, self._body_left = _FRESH
 
     def _next_head(self) -> Event | _NeedData:
         # The usual case first: the whole head in one read (a bytes buffer is

@@ -10,7 +10,14 @@ from typing import Final
 from .._cgi import cgi_head
 from .._core.errors import RemoteProtocolError
 from .._core.events import NEED_DATA, Event, ResponseBase, _NeedData
-from .._core.oneshot import FRESH, RECV_BODY, RECV_HEADER, OneShotConnection, new_event
+from .._core.oneshot import (
+    FRESH,
+    RECV_BODY,
+    RECV_HEADER,
+    OneShotConnection,
+    check_body_limit,
+    new_event,
+)
 from ._errors import UnsupportedModifier
 from ._events import REQUEST_MODIFIERS, Request
 
@@ -202,6 +209,10 @@ def response_head(event: ResponseBase) -> bytes:
     return b"HTTP/1.1" + cgi_head(event.status, event.headers)[_STATUS_WORD_LEN:]
 
 
+# A new connection: waiting for the head, the rest as every one-shot connection.
+_FRESH: Final = (RECV_HEADER, *FRESH)
+
+
 class Connection(OneShotConnection):
     """One uwsgi connection, seen from the server.
 
@@ -243,13 +254,12 @@ class Connection(OneShotConnection):
             raise ValueError("max_vars_size must be from 0 to 65535")
         if max_vars < 0:
             raise ValueError("max_vars must not be negative")
-        if max_body_size is not None and max_body_size < 0:
-            raise ValueError("max_body_size must not be negative")
+        if max_body_size is not None:  # no call for the default
+            check_body_limit(max_body_size)
         self.max_vars_size = max_vars_size
         self.max_vars = max_vars
         self.max_body_size = max_body_size
-        self._their_state = RECV_HEADER
-        self._our_state, self._buf, self._eof, self._body_left = FRESH
+        self._their_state, self._our_state, self._buf, self._eof, self._body_left = _FRESH
 
     def _next_head(self) -> Event | _NeedData:
         buf = self._buf

@@ -1171,6 +1171,30 @@ def test_state_tables_agree() -> None:
     assert repr(NEED_DATA) == "NEED_DATA"
 
 
+def test_the_parser_sets_states_from_the_table() -> None:
+    # One home per rule: every state the core gives a request is read from
+    # REQUEST_TRANSITIONS (the ON_* names of _state.py), never spelled out in
+    # the parser, so that the table can't say one thing and the parser another.
+    import ast
+
+    import trioscgi.fastcgi._connection as module
+    import trioscgi.fastcgi._state as states
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    targets = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and target.attr == "state":
+                    assert isinstance(node.value, ast.Name), ast.unparse(node)
+                    targets.append(node.value.id)
+    assert len(targets) >= 6
+    for name in targets:
+        assert name.startswith("ON_"), name
+        after = getattr(states, name)
+        assert after in REQUEST_TRANSITIONS.values(), name
+
+
 def test_exports() -> None:
     import trioscgi
 

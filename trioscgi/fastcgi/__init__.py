@@ -13,6 +13,8 @@ with nothing but bytes::
     sock.sendall(conn.end_request(event.request_id))
 """
 
+from .._core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from . import _records
 from ._connection import (
     DEFAULT_MAX_CONNS,
     DEFAULT_MAX_PARAMS_SIZE,
@@ -21,7 +23,6 @@ from ._connection import (
     PAIR_COST,
     Connection,
 )
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     Abort,
     ConnectionClosed,
@@ -31,31 +32,7 @@ from ._events import (
     Rejected,
     Request,
 )
-from ._records import (
-    ABORT_REQUEST,
-    AUTHORIZER,
-    BEGIN_REQUEST,
-    CANT_MPX_CONN,
-    DATA,
-    END_REQUEST,
-    FCGI_LISTENSOCK_FILENO,
-    FILTER,
-    GET_VALUES,
-    GET_VALUES_RESULT,
-    HEADER_LEN,
-    KEEP_CONN,
-    MAX_CONTENT_LENGTH,
-    OVERLOADED,
-    PARAMS,
-    REQUEST_COMPLETE,
-    RESPONDER,
-    STDERR,
-    STDIN,
-    STDOUT,
-    UNKNOWN_ROLE,
-    UNKNOWN_TYPE,
-    VERSION_1,
-)
+from ._records import *  # noqa: F403  (the spec's constants: _records.__all__)
 from ._state import (
     ABORTED,
     CLOSED,
@@ -68,53 +45,11 @@ from ._state import (
     State,
 )
 
-__all__ = [
-    "ABORTED",
-    "ABORT_REQUEST",
-    "AUTHORIZER",
-    "BEGIN_REQUEST",
-    "CANT_MPX_CONN",
-    "CLOSED",
-    "DATA",
-    "DEFAULT_MAX_CONNS",
-    "DEFAULT_MAX_PARAMS_SIZE",
-    "DEFAULT_MAX_PENDING_OUTPUT",
-    "DONE",
-    "END_REQUEST",
-    "ERROR",
-    "FCGI_LISTENSOCK_FILENO",
-    "FILTER",
-    "GET_VALUES",
-    "GET_VALUES_RESULT",
-    "HEADER_LEN",
-    "KEEP_CONN",
-    "MAX_CONTENT_LENGTH",
-    "NEED_DATA",
-    "OPEN",
-    "OVERLOADED",
-    "PAIR_COST",
-    "PARAMS",
-    "RECV_PARAMS",
-    "RECV_STDIN",
-    "REJECTED",
-    "REQUEST_COMPLETE",
-    "RESPONDER",
-    "STDERR",
-    "STDIN",
-    "STDOUT",
-    "UNKNOWN_ROLE",
-    "UNKNOWN_TYPE",
-    "VERSION_1",
-    "Abort",
-    "Connection",
-    "ConnectionClosed",
-    "Data",
-    "EndOfMessage",
-    "Event",
-    "LocalProtocolError",
-    "ProtocolError",
-    "Rejected",
-    "RemoteProtocolError",
-    "Request",
-    "State",
-]
+# The connection and its limits, its events, its errors, its states, the record constants.
+__all__ = ["DEFAULT_MAX_CONNS", "DEFAULT_MAX_PARAMS_SIZE", "DEFAULT_MAX_PENDING_OUTPUT"]
+__all__ += ["NEED_DATA", "PAIR_COST", "Connection"]
+__all__ += ["Abort", "ConnectionClosed", "Data", "EndOfMessage", "Event", "Rejected", "Request"]
+__all__ += ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ += ["ABORTED", "DONE", "RECV_PARAMS", "RECV_STDIN", "REJECTED", "State"]
+__all__ += ["CLOSED", "ERROR", "OPEN"]
+__all__ += _records.__all__

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from struct import Struct
 from struct import error as StructError
 from typing import Final
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from .._core.errors import LocalProtocolError, RemoteProtocolError
+from .._core.events import NEED_DATA, _NeedData
 from ._events import Abort, ConnectionClosed, Data, EndOfMessage, Event, Rejected, Request
 from ._records import (
     ABORT_REQUEST,
@@ -46,10 +46,14 @@ from ._state import (
     ERROR,
     HALF_RECEIVED,
     KNOWN,
+    ON_ABORT,
+    ON_BEGIN_REQUEST,
+    ON_END_OF_MESSAGE,
+    ON_REJECTED,
+    ON_REQUEST,
     OPEN,
     RECV_PARAMS,
     RECV_STDIN,
-    REJECTED,
     State,
 )
 
@@ -61,16 +65,6 @@ __all__ = [
     "Connection",
 ]
 
-
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA: Final = _NeedData.NEED_DATA
-"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
 
 # Default limits. 64 KiB of PARAMS is the SCGI core's header limit: it is
 # lighttpd's request-header limit and more than nginx forwards by default
@@ -535,7 +529,7 @@ class Connection:
                                 _set_data(data, buf[start:stop])
                                 return data
                             self._pos = nxt
-                            req.state = DONE
+                            req.state = ON_END_OF_MESSAGE
                             return _END_OF_MESSAGES.get(rid) or _end_of_message(rid)
                         _check_stdin(rid, state)
                         # REJECTED or ABORTED: dropped.
@@ -565,7 +559,7 @@ class Connection:
                                     if self.max_body_size is not None:
                                         return self._request(rid, req, pairs)
                                     # self._request(), without the cost of a call.
-                                    req.state = RECV_STDIN
+                                    req.state = ON_REQUEST
                                     request = _new(Request)
                                     _set_request_id(request, rid)
                                     _set_params(request, pairs)
@@ -616,7 +610,7 @@ class Connection:
                     else:
                         # _Request(keep_conn), without the cost of a call.
                         req = _new(_Request)
-                        req.state = RECV_PARAMS
+                        req.state = ON_BEGIN_REQUEST
                         req.keep_conn = keep_conn
                         req.params = None
                         req.received = 0
@@ -776,7 +770,7 @@ class Connection:
                         f"request {rid}: CONTENT_LENGTH {value[:32]!r} is over the limit"
                         f" of {max_body_size} bytes",
                     )
-        req.state = RECV_STDIN
+        req.state = ON_REQUEST
         request = _new(Request)
         _set_request_id(request, rid)
         _set_params(request, params)
@@ -793,7 +787,7 @@ class Connection:
         )
 
     def _reject(self, rid: int, req: _Request, status: int, reason: str) -> Event:
-        req.state = REJECTED
+        req.state = ON_REJECTED
         req.params = None
         return Rejected._make(
             request_id=rid, status_hint=status, reason=reason, keep_conn=req.keep_conn
@@ -864,7 +858,7 @@ class Connection:
             return None
         if state is ABORTED:
             return None
-        req.state = ABORTED
+        req.state = ON_ABORT
         return Abort._make(request_id=rid)
 
     def _refuse(self, rid: int, protocol_status: int, keep_conn: bool) -> None:

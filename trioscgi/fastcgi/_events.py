@@ -10,9 +10,9 @@ without the checks, since it has already proved what it found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from ._errors import LocalProtocolError
+from .._core.errors import LocalProtocolError
+from .._core.events import Event
 
 __all__ = [
     "Abort",
@@ -23,22 +23,6 @@ __all__ = [
     "Rejected",
     "Request",
 ]
-
-_E = TypeVar("_E", bound="Event")
-
-
-class Event:
-    """Base class of every event."""
-
-    __slots__ = ()
-
-    @classmethod
-    def _make(cls: type[_E], **fields: Any) -> _E:
-        # The parser's path: no validation, no keyword checks.
-        self = object.__new__(cls)
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
-        return self
 
 
 def _check_request_id(request_id: object) -> None:

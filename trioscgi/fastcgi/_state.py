@@ -7,11 +7,12 @@ own states; the connection itself is open, closed or broken.
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
+from .._core.enums import Named
 
-class State(enum.Enum):
+
+class State(Named):
     """A state of the connection or of one of its requests."""
 
     # A request, from BEGIN_REQUEST until the server's end_request().
@@ -24,13 +25,6 @@ class State(enum.Enum):
     OPEN = "OPEN"
     CLOSED = "CLOSED"  # EOF seen at a record boundary, nothing half-received
     ERROR = "ERROR"  # the peer sent garbage; the connection stays here
-
-    def __repr__(self) -> str:
-        return self.name
-
-    # Members are singletons: hash them by identity, in C. (Enum's own
-    # __hash__ is Python code, a call on every `state in KNOWN`.)
-    __hash__ = object.__hash__
 
 
 RECV_PARAMS: Final = State.RECV_PARAMS
@@ -64,6 +58,26 @@ REQUEST_TRANSITIONS: Final[dict[tuple[State | None, str], State | None]] = {
     (REJECTED, "end_request"): None,
     (ABORTED, "end_request"): None,
 }
+
+
+def _target(what: str) -> State:
+    # Where every row for `what` leads, the one state the parser sets for it
+    # without looking its row up (the row is the state it has just tested).
+    # Import fails if the rows disagree or lead out of the table (None: the
+    # parser frees the id instead).
+    (after,) = {after for (_, name), after in REQUEST_TRANSITIONS.items() if name == what}
+    if after is None:
+        raise ValueError(f"{what} ends the request: no state to set")
+    return after
+
+
+# The states the parser sets, read from the table: the table is their one home, and
+# the parser pays nothing for it (a module global, as a bare state was).
+ON_BEGIN_REQUEST: Final = _target("BEGIN_REQUEST")
+ON_REQUEST: Final = _target("Request")
+ON_END_OF_MESSAGE: Final = _target("EndOfMessage")
+ON_REJECTED: Final = _target("Rejected")
+ON_ABORT: Final = _target("Abort")
 
 # Ids whose input is still arriving: EOF while one exists loses part of a
 # request, so it is an error, not ConnectionClosed.

@@ -10,17 +10,9 @@ with nothing but bytes::
     sock.sendall(conn.send(Response(status=200, headers=[(b"content-type", b"text/plain")])))
 """
 
-from ._connection import DEFAULT_MAX_HEADER_SIZE, NEED_DATA, Connection, response_head
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._events import (
-    ConnectionClosed,
-    Data,
-    EndOfMessage,
-    Event,
-    Request,
-    Response,
-)
-from ._state import (
+from .._core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .._core.events import NEED_DATA, ConnectionClosed, Data, EndOfMessage, Event
+from .._core.oneshot import (
     CLOSED,
     DONE,
     ERROR,
@@ -30,27 +22,12 @@ from ._state import (
     SEND_RESPONSE,
     State,
 )
+from ._connection import DEFAULT_MAX_HEADER_SIZE, Connection, response_head
+from ._events import Request, Response
 
-__all__ = [
-    "CLOSED",
-    "DEFAULT_MAX_HEADER_SIZE",
-    "DONE",
-    "ERROR",
-    "NEED_DATA",
-    "RECV_BODY",
-    "RECV_HEADERS",
-    "SEND_BODY",
-    "SEND_RESPONSE",
-    "Connection",
-    "ConnectionClosed",
-    "Data",
-    "EndOfMessage",
-    "Event",
-    "LocalProtocolError",
-    "ProtocolError",
-    "RemoteProtocolError",
-    "Request",
-    "Response",
-    "State",
-    "response_head",
-]
+# The connection, its events, its errors, its states.
+__all__ = ["DEFAULT_MAX_HEADER_SIZE", "NEED_DATA", "Connection", "response_head"]
+__all__ += ["ConnectionClosed", "Data", "EndOfMessage", "Event", "Request", "Response"]
+__all__ += ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ += ["RECV_BODY", "RECV_HEADERS", "SEND_BODY", "SEND_RESPONSE", "State"]
+__all__ += ["CLOSED", "DONE", "ERROR"]

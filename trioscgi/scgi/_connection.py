@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
 from .._cgi import cgi_head
-from ._errors import LocalProtocolError, RemoteProtocolError
-from ._events import (
-    ConnectionClosed,
-    Data,
-    EndOfMessage,
-    Event,
-    Request,
-    Response,
-)
-from ._state import (
+from .._core.errors import RemoteProtocolError
+from .._core.events import NEED_DATA, Event, _NeedData
+from .._core.oneshot import (
     CLOSED,
-    DONE,
-    ERROR,
-    OUR_TRANSITIONS,
+    FRESH,
     RECV_BODY,
     RECV_HEADERS,
-    SEND_RESPONSE,
-    State,
+    OneShotConnection,
+    check_body_limit,
+    new_event,
 )
+from ._events import Request, Response
 
 __all__ = ["NEED_DATA", "Connection"]
 
-
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA: Final = _NeedData.NEED_DATA
-"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
 
 # Default limits. 64 KiB of SCGI headers is lighttpd's request-header limit
 # and more than nginx forwards by default (4 x 8 KiB large_client_header_buffers).
@@ -50,13 +32,8 @@ _DEFAULT_MAX_DIGITS: Final = len(str(DEFAULT_MAX_HEADER_SIZE))
 
 # The parser's fast path for its own events: validated construction is for
 # user code, and what the parser built is valid already (h11 skips the checks
-# for its own events too). Set the slot directly, and share the two
-# field-less events, which are frozen and compare equal anyway.
-_new = object.__new__
+# for its own events too). Set the slot directly.
 _set_environ = Request.__dict__["environ"].__set__
-_set_data = Data.__dict__["data"].__set__
-_END_OF_MESSAGE: Final = EndOfMessage._make()
-_CONNECTION_CLOSED: Final = ConnectionClosed._make()
 
 
 # Netstring lengths already proved and converted, for the short path in
@@ -100,7 +77,19 @@ def _digits(limit: int) -> int:
     return len(str(limit))
 
 
-class Connection:
+def response_head(event: Response) -> bytes:
+    """The CGI header block of a response: ``Status: 200 OK``, the headers, a blank line.
+
+    The same bytes start an SCGI response and a FastCGI STDOUT stream.
+    """
+    return cgi_head(event.status, event.headers)
+
+
+# A new connection: waiting for the head, the rest as every one-shot connection.
+_FRESH: Final = (RECV_HEADERS, *FRESH)
+
+
+class Connection(OneShotConnection):
     """One SCGI connection, seen from the server.
 
     Feed it what the socket reads with :meth:`receive_data`, take the
@@ -116,15 +105,9 @@ class Connection:
             hint 413 before any of the body is read.
     """
 
-    __slots__ = (
-        "_body_left",
-        "_buf",
-        "_eof",
-        "_our_state",
-        "_their_state",
-        "max_body_size",
-        "max_header_size",
-    )
+    __slots__ = ("max_header_size",)
+
+    _response_head = staticmethod(response_head)
 
     def __init__(
         self,
@@ -135,186 +118,95 @@ class Connection:
         if max_header_size != DEFAULT_MAX_HEADER_SIZE or max_body_size is not None:
             if max_header_size < 1:
                 raise ValueError("max_header_size must be positive")
-            if max_body_size is not None and max_body_size < 0:
-                raise ValueError("max_body_size must not be negative")
+            check_body_limit(max_body_size)
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
-        self._their_state = RECV_HEADERS
-        self._our_state = SEND_RESPONSE
-        self._buf: bytes | bytearray = b""
-        self._eof = False
-        self._body_left = 0
+        self._their_state, self._our_state, self._buf, self._eof, self._body_left = _FRESH
 
-    # --- state -----------------------------------------------------------------
-
-    @property
-    def their_state(self) -> State:
-        """The state of the peer's side: the request."""
-        return self._their_state
-
-    @property
-    def our_state(self) -> State:
-        """The state of our side: the response."""
-        return self._our_state
-
-    @property
-    def states(self) -> dict[str, State]:
-        """Both states, as ``{"their": ..., "our": ...}``."""
-        return {"their": self._their_state, "our": self._our_state}
-
-    @property
-    def body_remaining(self) -> int:
-        """Request body bytes announced by CONTENT_LENGTH and not yet received."""
-        return self._body_left
-
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]:
-        """Bytes received but not consumed, and whether EOF was seen."""
-        return bytes(self._buf), self._eof
-
-    # --- receiving -------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the socket; ``b""`` means the peer closed (EOF)."""
-        if data:
-            if self._eof:
-                raise LocalProtocolError("received data after EOF")
-            buf = self._buf
-            if not buf:
-                # Keep a reference, not a copy, but never to a caller's
-                # mutable buffer: it may be reused for the next read.
-                if type(data) is not bytes:
-                    data = bytes(data)
-                self._buf = data
-            elif isinstance(buf, bytearray):
-                buf += data
-            else:
-                self._buf = bytearray(buf) + data
-        else:
-            self._eof = True
-
-    def next_event(self) -> Event | _NeedData:
-        """The next event of the request, or :data:`NEED_DATA`.
-
-        Returns:
-            :class:`Request` first, then :class:`Data` (all the body bytes
-            buffered so far, up to CONTENT_LENGTH) until :class:`EndOfMessage`,
-            then :class:`ConnectionClosed` once EOF is seen (and again on every
-            later call, like h11). :data:`NEED_DATA` when the buffered bytes
-            don't make the next event yet.
-
-        Raises:
-            RemoteProtocolError: the peer sent something invalid. The
-                connection's peer side is then in ``ERROR`` for good.
-        """
-        state = self._their_state
-        if state is RECV_HEADERS:
-            # The usual case first: the whole head in one read (a bytes
-            # buffer is always a single read), proved valid here with as few
-            # operations as possible and nothing that raises. Anything else
-            # (an error, a short buffer, a limit, a 6-digit length, a
-            # duplicate name, another SCGI...) goes to the general parser,
-            # which starts again from the first byte and says what is wrong.
-            buf = self._buf
-            if type(buf) is not bytes:
-                return self._general_head_event()
-            if buf[-2:] == b"\x00,":
-                # Nothing after the head (every GET): split the buffer as it
-                # is, the length stuck to the first name, and no copy at all.
-                parts = buf.split(b"\x00")
-                first = parts[0]
-                size = _FIRSTS.get(first) or _proved_first(first)
-                # first is the digits, ':' and CONTENT_LENGTH: the buffer is
-                # those, the rest of the block and ','. (If it is longer, a
-                # body that ends in NUL and ',' follows.)
-                if not (
-                    size
-                    and len(buf) == len(first) - _FIRST_NAME_LEN + size + 2
-                    and size <= self.max_header_size
-                ):
-                    return self._general_head_event()
-                parts[0] = b"CONTENT_LENGTH"
-                block = buf  # no NUL before the first name
-                rest = b""
-            else:
-                # A body (or more) in the same read: the length, then the
-                # block with its ',' (parts ends with b",", as above).
-                digits, _, rest = buf.partition(b":")
-                size = _LENGTHS.get(digits) or _proved_length(digits, digits, _LENGTHS)
-                # rest: the block, its ',' and whatever follows. The block
-                # ends with NUL. (Without a ':', or with a block cut short,
-                # the slice is shorter.)
-                if not (
-                    size and rest[size - 1 : size + 1] == b"\x00," and size <= self.max_header_size
-                ):
-                    return self._general_head_event()
-                block = rest[: size + 1]  # no copy when nothing follows
-                parts = block.split(b"\x00")
-                if parts[0] != b"CONTENT_LENGTH":
-                    return self._general_head_event()
-                rest = rest[size + 1 :]
-            # parts: the strings, then b",". CONTENT_LENGTH is first; its
-            # value is digits ("0" for every GET).
-            value = parts[1]
-            if value == b"0":
-                content_length = 0
-            elif value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS:
-                content_length = int(value)
-            else:
-                return self._general_head_event()
-            if not (
-                # An even number of strings, then the ','.
-                len(parts) & 1
-                # No empty name (a truth test each).
-                and all(parts[0::2])
-                # No second CONTENT_LENGTH: partition() hands back the block
-                # itself when the separator isn't there, and takes its one
-                # argument faster than find() parses its three. (`in` is
-                # slower still: bytes.__contains__ tries the needle as an
-                # int first and pays for the TypeError.)
-                and not block.partition(b"\x00CONTENT_LENGTH\x00")[1]
-            ):
-                return self._general_head_event()
-            # SCGI=1 when present, proved as in _next_head_event.
-            scgi = block.split(b"\x00SCGI\x00")
-            if not ((len(scgi) == 2 and scgi[1][:2] == b"1\x00") or len(scgi) == 1):
-                return self._general_head_event()
-            max_body_size = self.max_body_size
-            if max_body_size is not None and content_length > max_body_size:
-                return self._general_head_event()
-            self._buf = rest
-            self._body_left = content_length
-            self._their_state = RECV_BODY
-            request = _new(Request)
-            pairs = iter(parts)
-            # zip() drops the odd b"," at the end. Not strict=True: keyword
-            # arguments cost a slow call path.
-            _set_environ(request, [*zip(pairs, pairs)])  # noqa: B905
-            return request
-        try:
-            if state is RECV_BODY:
-                if not self._body_left:
-                    self._their_state = DONE
-                    return _END_OF_MESSAGE
-                return self._next_body_event()
-            if state is DONE:
-                if self._eof:
-                    self._their_state = CLOSED
-                    return _CONNECTION_CLOSED
-                return NEED_DATA
-            if state is CLOSED:
-                return _CONNECTION_CLOSED
-            raise RemoteProtocolError("can't receive after a protocol error")
-        except RemoteProtocolError:
-            self._their_state = ERROR
-            raise
-
-    def _general_head_event(self) -> Event | _NeedData:
-        try:
+    def _next_head(self) -> Event | _NeedData:
+        # The usual case first: the whole head in one read (a bytes buffer is
+        # always a single read), proved valid here with as few operations as
+        # possible and nothing that raises. Anything else (an error, a short
+        # buffer, a limit, a 6-digit length, a duplicate name, another SCGI...)
+        # goes to the general parser, which starts again from the first byte
+        # and says what is wrong. (next_event() puts the state in ERROR on
+        # RemoteProtocolError.)
+        buf = self._buf
+        if type(buf) is not bytes:
             return self._next_head_event()
-        except RemoteProtocolError:
-            self._their_state = ERROR
-            raise
+        if buf[-2:] == b"\x00,":
+            # Nothing after the head (every GET): split the buffer as it
+            # is, the length stuck to the first name, and no copy at all.
+            parts = buf.split(b"\x00")
+            first = parts[0]
+            size = _FIRSTS.get(first) or _proved_first(first)
+            # first is the digits, ':' and CONTENT_LENGTH: the buffer is
+            # those, the rest of the block and ','. (If it is longer, a
+            # body that ends in NUL and ',' follows.)
+            if not (
+                size
+                and len(buf) == len(first) - _FIRST_NAME_LEN + size + 2
+                and size <= self.max_header_size
+            ):
+                return self._next_head_event()
+            parts[0] = b"CONTENT_LENGTH"
+            block = buf  # no NUL before the first name
+            rest = b""
+        else:
+            # A body (or more) in the same read: the length, then the
+            # block with its ',' (parts ends with b",", as above).
+            digits, _, rest = buf.partition(b":")
+            size = _LENGTHS.get(digits) or _proved_length(digits, digits, _LENGTHS)
+            # rest: the block, its ',' and whatever follows. The block
+            # ends with NUL. (Without a ':', or with a block cut short,
+            # the slice is shorter.)
+            if not (
+                size and rest[size - 1 : size + 1] == b"\x00," and size <= self.max_header_size
+            ):
+                return self._next_head_event()
+            block = rest[: size + 1]  # no copy when nothing follows
+            parts = block.split(b"\x00")
+            if parts[0] != b"CONTENT_LENGTH":
+                return self._next_head_event()
+            rest = rest[size + 1 :]
+        # parts: the strings, then b",". CONTENT_LENGTH is first; its
+        # value is digits ("0" for every GET).
+        value = parts[1]
+        if value == b"0":
+            content_length = 0
+        elif value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS:
+            content_length = int(value)
+        else:
+            return self._next_head_event()
+        if not (
+            # An even number of strings, then the ','.
+            len(parts) & 1
+            # No empty name (a truth test each).
+            and all(parts[0::2])
+            # No second CONTENT_LENGTH: partition() hands back the block
+            # itself when the separator isn't there, and takes its one
+            # argument faster than find() parses its three. (`in` is
+            # slower still: bytes.__contains__ tries the needle as an
+            # int first and pays for the TypeError.)
+            and not block.partition(b"\x00CONTENT_LENGTH\x00")[1]
+        ):
+            return self._next_head_event()
+        # SCGI=1 when present, proved as in _next_head_event.
+        scgi = block.split(b"\x00SCGI\x00")
+        if not ((len(scgi) == 2 and scgi[1][:2] == b"1\x00") or len(scgi) == 1):
+            return self._next_head_event()
+        max_body_size = self.max_body_size
+        if max_body_size is not None and content_length > max_body_size:
+            return self._next_head_event()
+        self._buf = rest
+        self._body_left = content_length
+        self._their_state = RECV_BODY
+        request = new_event(Request)
+        pairs = iter(parts)
+        # zip() drops the odd b"," at the end. Not strict=True: keyword
+        # arguments cost a slow call path.
+        _set_environ(request, [*zip(pairs, pairs)])  # noqa: B905
+        return request
 
     def _next_head_event(self) -> Event | _NeedData:
         buf = self._buf
@@ -404,16 +296,10 @@ class Connection:
                     raise RemoteProtocolError(f"SCGI version is not 1: {parts[2 * i + 1][:32]!r}")
         # "0" (every GET) is common enough to skip the int() call.
         content_length = 0 if value == b"0" else int(value)
-        max_body_size = self.max_body_size
-        if max_body_size is not None and content_length > max_body_size:
-            raise RemoteProtocolError(
-                f"body of {content_length} bytes is over the limit of {max_body_size}",
-                413,
-            )
+        self._body_left = self._body_size(content_length)
         self._buf = buf[end + 1 :]
-        self._body_left = content_length
         self._their_state = RECV_BODY
-        request = _new(Request)
+        request = new_event(Request)
         pairs = iter(parts)
         # Not strict=True: the count is even (checked above) and keyword
         # arguments cost a slow call path.
@@ -434,7 +320,7 @@ class Connection:
                     # Connected and closed without a byte: a health check or a
                     # front-end giving up early. Not an error worth a log line.
                     self._their_state = CLOSED
-                    return _CONNECTION_CLOSED
+                    return self._closed_before_head()
                 return NEED_DATA
             bad = next(i for i, b in enumerate(head) if not 0x30 <= b <= 0x39)
             raise RemoteProtocolError(
@@ -457,65 +343,3 @@ class Connection:
                 f"connection closed in the netstring length after {len(buf)} bytes"
             )
         return NEED_DATA
-
-    def _next_body_event(self) -> Event | _NeedData:
-        left = self._body_left
-        if left == 0:
-            self._their_state = DONE
-            return _END_OF_MESSAGE
-        buf = self._buf
-        if buf:
-            if len(buf) <= left:
-                data = buf if type(buf) is bytes else bytes(buf)
-                self._buf = b""
-            else:
-                data = bytes(buf[:left])
-                self._buf = buf[left:]
-            self._body_left = left - len(data)
-            event = _new(Data)
-            _set_data(event, data)
-            return event
-        if self._eof:
-            raise RemoteProtocolError(f"connection closed with {left} bytes of body missing")
-        return NEED_DATA
-
-    # --- sending ---------------------------------------------------------------
-
-    def send(self, event: Event) -> bytes:
-        """The bytes that put ``event`` on the wire.
-
-        ``Response`` becomes a CGI header block (``Status: 200 OK``, the
-        headers, a blank line), ``Data`` passes through, ``EndOfMessage``
-        is empty: the response ends when the connection closes.
-
-        Raises:
-            LocalProtocolError: the event is not allowed in our state.
-        """
-        state = self._our_state
-        try:
-            new_state = OUR_TRANSITIONS[state, type(event).__name__]
-        except KeyError:
-            if state is not ERROR:
-                self._our_state = ERROR
-            raise LocalProtocolError(
-                f"can't send {type(event).__name__} in state {state!r}"
-            ) from None
-        self._our_state = new_state
-        if type(event) is Data:
-            data = event.data
-            return data if type(data) is bytes else bytes(data)
-        if type(event) is Response:
-            return cgi_head(event.status, event.headers)
-        return b""
-
-    def send_failed(self) -> None:
-        """Note that sending failed: our side goes to ``ERROR``."""
-        self._our_state = ERROR
-
-
-def response_head(event: Response) -> bytes:
-    """The CGI header block of a response: ``Status: 200 OK``, the headers, a blank line.
-
-    The same bytes start an SCGI response and a FastCGI STDOUT stream.
-    """
-    return cgi_head(event.status, event.headers)

@@ -1,37 +1,18 @@
 """A sans-I/O uwsgi server-side protocol core (the request packet of uWSGI's protocol).
 
-Bytes in, events out; events in, bytes out. It imports no trio, does no
-logging and reads no clock, so it runs under any I/O library and in tests
-with nothing but bytes::
-
-    conn = Connection()
-    conn.receive_data(sock.recv(65536))
-    event = conn.next_event()   # Request, Data, EndOfMessage, ConnectionClosed or NEED_DATA
-    sock.sendall(conn.send(Response(status=200, headers=[(b"content-type", b"text/plain")])))
-
-The response goes back as an HTTP/1.1 status line and headers, which is
-what nginx's uwsgi module and Apache mod_proxy_uwsgi read.
+Used like :mod:`trioscgi.scgi`, whose shape it shares (one request per
+connection, a head then a ``CONTENT_LENGTH``-framed body, a response head
+then its body): the same states, the same ``Data``, ``EndOfMessage`` and
+``ConnectionClosed`` events, the same errors, all from trioscgi._core. No
+I/O, no trio, no logging, no clock. What differs is the head: a 4-byte
+packet header and a block of u16-sized vars in, where SCGI has a netstring;
+and out, an HTTP/1.1 status line and headers (what nginx's uwsgi module and
+Apache mod_proxy_uwsgi read) where SCGI writes CGI's ``Status:``.
 """
 
-from ._connection import (
-    DEFAULT_MAX_VARS,
-    DEFAULT_MAX_VARS_SIZE,
-    HEADER_LEN,
-    NEED_DATA,
-    Connection,
-    response_head,
-)
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError, UnsupportedModifier
-from ._events import (
-    REQUEST_MODIFIERS,
-    ConnectionClosed,
-    Data,
-    EndOfMessage,
-    Event,
-    Request,
-    Response,
-)
-from ._state import (
+from .._core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .._core.events import NEED_DATA, ConnectionClosed, Data, EndOfMessage, Event
+from .._core.oneshot import (
     CLOSED,
     DONE,
     ERROR,
@@ -41,31 +22,21 @@ from ._state import (
     SEND_RESPONSE,
     State,
 )
+from ._connection import (
+    DEFAULT_MAX_VARS,
+    DEFAULT_MAX_VARS_SIZE,
+    HEADER_LEN,
+    Connection,
+    response_head,
+)
+from ._errors import UnsupportedModifier
+from ._events import REQUEST_MODIFIERS, Request, Response
 
-__all__ = [
-    "CLOSED",
-    "DEFAULT_MAX_VARS",
-    "DEFAULT_MAX_VARS_SIZE",
-    "DONE",
-    "ERROR",
-    "HEADER_LEN",
-    "NEED_DATA",
-    "RECV_BODY",
-    "RECV_HEADER",
-    "REQUEST_MODIFIERS",
-    "SEND_BODY",
-    "SEND_RESPONSE",
-    "Connection",
-    "ConnectionClosed",
-    "Data",
-    "EndOfMessage",
-    "Event",
-    "LocalProtocolError",
-    "ProtocolError",
-    "RemoteProtocolError",
-    "Request",
-    "Response",
-    "State",
-    "UnsupportedModifier",
-    "response_head",
-]
+# The connection and its packet, its events, its errors, its states.
+__all__ = ["DEFAULT_MAX_VARS", "DEFAULT_MAX_VARS_SIZE", "NEED_DATA", "Connection"]
+__all__ += ["HEADER_LEN", "REQUEST_MODIFIERS", "response_head"]
+__all__ += ["ConnectionClosed", "Data", "EndOfMessage", "Event", "Request", "Response"]
+__all__ += ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ += ["UnsupportedModifier"]
+__all__ += ["RECV_BODY", "RECV_HEADER", "SEND_BODY", "SEND_RESPONSE", "State"]
+__all__ += ["CLOSED", "DONE", "ERROR"]

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from struct import Struct
 from struct import error as StructError
-from typing import Final, Protocol
+from typing import Final
 
-from .._cgi import reason as _reason
-from ._errors import LocalProtocolError, RemoteProtocolError, UnsupportedModifier
-from ._events import (
-    REQUEST_MODIFIERS,
-    ConnectionClosed,
-    Data,
-    EndOfMessage,
-    Event,
-    Request,
-    Response,
-)
-from ._state import (
-    CLOSED,
-    DONE,
-    ERROR,
-    OUR_TRANSITIONS,
+from .._cgi import cgi_head
+from .._core.errors import RemoteProtocolError
+from .._core.events import NEED_DATA, Event, ResponseBase, _NeedData
+from .._core.oneshot import (
+    FRESH,
     RECV_BODY,
     RECV_HEADER,
-    SEND_RESPONSE,
-    State,
+    OneShotConnection,
+    check_body_limit,
+    new_event,
 )
+from ._errors import UnsupportedModifier
+from ._events import REQUEST_MODIFIERS, Request
 
 __all__ = [
     "DEFAULT_MAX_VARS",
@@ -39,16 +30,6 @@ __all__ = [
     "response_head",
 ]
 
-
-class _NeedData(enum.Enum):
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-NEED_DATA: Final = _NeedData.NEED_DATA
-"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
 
 HEADER_LEN: Final = 4
 """The packet header: modifier1 (u8), datasize (u16 little-endian), modifier2 (u8)."""
@@ -70,16 +51,10 @@ DEFAULT_MAX_VARS: Final = 1024
 # any real body, and it keeps int() on hostile input cheap.
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
 
-# The parser's fast path for its own events (STYLE.md 3): set the slots
-# directly, and share the two field-less events, which are frozen and
-# compare equal anyway.
-_new = object.__new__
+# The parser's fast path for its own events (STYLE.md 3): set the slots directly.
 _set_environ = Request.__dict__["environ"].__set__
 _set_modifier1 = Request.__dict__["modifier1"].__set__
 _set_modifier2 = Request.__dict__["modifier2"].__set__
-_set_data = Data.__dict__["data"].__set__
-_END_OF_MESSAGE: Final = EndOfMessage._make()
-_CONNECTION_CLOSED: Final = ConnectionClosed._make()
 
 
 def _reject_modifiers(modifier1: int, modifier2: int) -> UnsupportedModifier:
@@ -278,42 +253,30 @@ def _parse_vars_checked(block: bytes, max_vars: int) -> tuple[list[tuple[bytes, 
     return pairs, int(content_length)
 
 
-class _HasHead(Protocol):
-    # What response_head() reads: a uwsgi Response, or the SCGI core's (the
-    # ASGI cycle builds that one for every wire), both validated already.
-    @property
-    def status(self) -> int: ...
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]: ...
-
-
 # An HTTP/1.1 status line, not CGI's `Status:`: Apache mod_proxy_uwsgi
 # fails the request (502 from Apache 2.4.71) unless the first line matches
 # "HTTP/#.# ###*" (or "HTTP/# ###*"), and nginx's uwsgi module parses an HTTP status line first,
 # falling back to a `Status:` header only when there is none. A reason phrase
-# always: Apache keeps it as the status line, nginx forwards it.
-_STATUS_LINES: Final = {
-    code: b"HTTP/1.1 %d %s\r\n" % (code, _reason(code)) for code in range(100, 600)
-}
+# always: Apache keeps it as the status line, nginx forwards it. Otherwise
+# the head is CGI's, byte for byte: the CGI head with its first word
+# swapped, one short copy rather than a second encoder.
+_STATUS_WORD_LEN: Final = len(b"Status:")
 
 
-def response_head(event: _HasHead) -> bytes:
+def response_head(event: ResponseBase) -> bytes:
     """The head of a response as uwsgi front-ends read it: status line, headers, blank line.
 
     ``event`` is a :class:`Response` (or the SCGI core's, whose checks are
     the same): its headers are not checked again here.
     """
-    status = event.status
-    headers = event.headers
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
-    if not headers:
-        return line + b"\r\n"
-    return line + b"".join([b"%s: %s\r\n" % pair for pair in headers]) + b"\r\n"
+    return b"HTTP/1.1" + cgi_head(event.status, event.headers)[_STATUS_WORD_LEN:]
 
 
-class Connection:
+# A new connection: waiting for the head, the rest as every one-shot connection.
+_FRESH: Final = (RECV_HEADER, *FRESH)
+
+
+class Connection(OneShotConnection):
     """One uwsgi connection, seen from the server.
 
     Feed it what the socket reads with :meth:`receive_data`, take the
@@ -324,6 +287,8 @@ class Connection:
     block's size as a little-endian u16, ``modifier2``), the vars (each a
     little-endian u16 size and a name, a u16 size and a value), then the
     body, ``CONTENT_LENGTH`` bytes (none when it is absent or empty).
+    A packet that is not a request makes :meth:`next_event` raise
+    :class:`UnsupportedModifier`, a :class:`RemoteProtocolError`.
 
     Args:
         max_vars_size: the largest vars block accepted, in bytes (at most
@@ -337,16 +302,9 @@ class Connection:
             hint 413 before any of the body is read.
     """
 
-    __slots__ = (
-        "_body_left",
-        "_buf",
-        "_eof",
-        "_our_state",
-        "_their_state",
-        "max_body_size",
-        "max_vars",
-        "max_vars_size",
-    )
+    __slots__ = ("max_vars", "max_vars_size")
+
+    _response_head = staticmethod(response_head)
 
     def __init__(
         self,
@@ -359,109 +317,20 @@ class Connection:
             raise ValueError("max_vars_size must be from 0 to 65535")
         if max_vars < 0:
             raise ValueError("max_vars must not be negative")
-        if max_body_size is not None and max_body_size < 0:
-            raise ValueError("max_body_size must not be negative")
+        if max_body_size is not None:  # no call for the default
+            check_body_limit(max_body_size)
         self.max_vars_size = max_vars_size
         self.max_vars = max_vars
         self.max_body_size = max_body_size
-        self._their_state = RECV_HEADER
-        self._our_state = SEND_RESPONSE
-        self._buf: bytes | bytearray = b""
-        self._eof = False
-        self._body_left = 0
+        self._their_state, self._our_state, self._buf, self._eof, self._body_left = _FRESH
 
-    # --- state -----------------------------------------------------------------
-
-    @property
-    def their_state(self) -> State:
-        """The state of the peer's side: the request."""
-        return self._their_state
-
-    @property
-    def our_state(self) -> State:
-        """The state of our side: the response."""
-        return self._our_state
-
-    @property
-    def states(self) -> dict[str, State]:
-        """Both states, as ``{"their": ..., "our": ...}``."""
-        return {"their": self._their_state, "our": self._our_state}
-
-    @property
-    def body_remaining(self) -> int:
-        """Request body bytes announced by CONTENT_LENGTH and not yet received."""
-        return self._body_left
-
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]:
-        """Bytes received but not consumed, and whether EOF was seen."""
-        return bytes(self._buf), self._eof
-
-    # --- receiving -------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes read from the socket; ``b""`` means the peer closed (EOF)."""
-        if data:
-            if self._eof:
-                raise LocalProtocolError("received data after EOF")
-            buf = self._buf
-            if not buf:
-                # Keep a reference, not a copy, but never to a caller's
-                # mutable buffer: it may be reused for the next read.
-                if type(data) is not bytes:
-                    data = bytes(data)
-                self._buf = data
-            elif isinstance(buf, bytearray):
-                buf += data
-            else:
-                self._buf = bytearray(buf) + data
-        else:
-            self._eof = True
-
-    def next_event(self) -> Event | _NeedData:
-        """The next event of the request, or :data:`NEED_DATA`.
-
-        Returns:
-            :class:`Request` first, then :class:`Data` (all the body bytes
-            buffered so far, up to CONTENT_LENGTH) until :class:`EndOfMessage`,
-            then :class:`ConnectionClosed` once EOF is seen (and again on every
-            later call, like h11). :data:`NEED_DATA` when the buffered bytes
-            don't make the next event yet.
-
-        Raises:
-            RemoteProtocolError: the peer sent something invalid
-                (:class:`UnsupportedModifier` for a packet that is not a
-                request). The connection's peer side is then in ``ERROR``
-                for good.
-        """
-        state = self._their_state
-        try:
-            if state is RECV_HEADER:
-                return self._next_request()
-            if state is RECV_BODY:
-                return self._next_body_event()
-            if state is DONE:
-                if self._eof:
-                    self._their_state = CLOSED
-                    return _CONNECTION_CLOSED
-                return NEED_DATA
-            if state is CLOSED:
-                return _CONNECTION_CLOSED
-            raise RemoteProtocolError("can't receive after a protocol error")
-        except RemoteProtocolError:
-            self._their_state = ERROR
-            raise
-
-    def _next_request(self) -> Event | _NeedData:
+    def _next_head(self) -> Event | _NeedData:
         buf = self._buf
         have = len(buf)
         if have < HEADER_LEN:
             if self._eof:
                 if not have:
-                    # Connected and closed without a byte: a health check or a
-                    # front-end giving up early. Not an error worth a log line.
-                    self._their_state = CLOSED
-                    return _CONNECTION_CLOSED
+                    return self._closed_before_head()
                 raise RemoteProtocolError(
                     f"connection closed in the packet header after {have} bytes"
                 )
@@ -485,70 +354,11 @@ class Connection:
             return NEED_DATA
         block = bytes(buf[HEADER_LEN:end])
         environ, content_length = _parse_vars(block, self.max_vars)
-        max_body_size = self.max_body_size
-        if max_body_size is not None and content_length > max_body_size:
-            raise RemoteProtocolError(
-                f"body of {content_length} bytes is over the limit of {max_body_size}", 413
-            )
+        self._body_left = self._body_size(content_length)
         self._buf = buf[end:] if have > end else b""
-        self._body_left = content_length
         self._their_state = RECV_BODY
-        request = _new(Request)
+        request = new_event(Request)
         _set_environ(request, environ)
         _set_modifier1(request, modifier1)
         _set_modifier2(request, modifier2)
         return request
-
-    def _next_body_event(self) -> Event | _NeedData:
-        left = self._body_left
-        if left == 0:
-            self._their_state = DONE
-            return _END_OF_MESSAGE
-        buf = self._buf
-        if buf:
-            if len(buf) <= left:
-                data = buf if type(buf) is bytes else bytes(buf)
-                self._buf = b""
-            else:
-                data = bytes(buf[:left])
-                self._buf = buf[left:]
-            self._body_left = left - len(data)
-            event = _new(Data)
-            _set_data(event, data)
-            return event
-        if self._eof:
-            raise RemoteProtocolError(f"connection closed with {left} bytes of body missing")
-        return NEED_DATA
-
-    # --- sending ---------------------------------------------------------------
-
-    def send(self, event: Event) -> bytes:
-        """The bytes that put ``event`` on the wire.
-
-        ``Response`` becomes an HTTP/1.1 status line and headers (see
-        :func:`response_head`), ``Data`` passes through, ``EndOfMessage`` is
-        empty: the response ends when the connection closes.
-
-        Raises:
-            LocalProtocolError: the event is not allowed in our state.
-        """
-        state = self._our_state
-        try:
-            new_state = OUR_TRANSITIONS[state, type(event).__name__]
-        except KeyError:
-            if state is not ERROR:
-                self._our_state = ERROR
-            raise LocalProtocolError(
-                f"can't send {type(event).__name__} in state {state!r}"
-            ) from None
-        self._our_state = new_state
-        if type(event) is Data:
-            data = event.data
-            return data if type(data) is bytes else bytes(data)
-        if type(event) is Response:
-            return response_head(event)
-        return b""
-
-    def send_failed(self) -> None:
-        """Note that sending failed: our side goes to ``ERROR``."""
-        self._our_state = ERROR

@@ -1,6 +1,8 @@
-"""The errors of the uwsgi protocol core."""
+"""The errors of the uwsgi core: the cores' one hierarchy (trioscgi._core.errors), and its own."""
 
 from __future__ import annotations
+
+from .._core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
     "LocalProtocolError",
@@ -8,38 +10,6 @@ __all__ = [
     "RemoteProtocolError",
     "UnsupportedModifier",
 ]
-
-
-class ProtocolError(Exception):
-    """Something broke the uwsgi protocol.
-
-    Never raised directly: it is either a :class:`LocalProtocolError` (this
-    side misused the API) or a :class:`RemoteProtocolError` (the peer sent
-    something invalid). ``error_status_hint`` is the HTTP status a server
-    should answer with when a response is still possible.
-    """
-
-    def __init__(self, msg: str, error_status_hint: int = 400) -> None:
-        if type(self) is ProtocolError:
-            raise TypeError("tried to raise ProtocolError directly; use a subclass")
-        super().__init__(msg)
-        self.error_status_hint = error_status_hint
-
-
-class LocalProtocolError(ProtocolError):
-    """This side tried to do something the protocol does not allow.
-
-    For example, a response header containing CR or LF, or sending a body
-    before the response head.
-    """
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer (the front-end) sent something invalid.
-
-    The connection is then in the ``ERROR`` state for good: answer with
-    ``error_status_hint`` if possible, and close.
-    """
 
 
 class UnsupportedModifier(RemoteProtocolError):

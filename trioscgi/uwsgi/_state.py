@@ -1,60 +1,18 @@
 """The states of a uwsgi connection and every rule that moves between them.
 
 The uwsgi protocol carries exactly one request per connection (there is no
-keep-alive), so each side walks its states once: the peer's (the request)
-and ours (the response). The two sides are independent, so an error answer
-can be sent while the request is broken or unfinished.
+keep-alive), so each side walks its states once, as in SCGI: the states and
+our side's table are SCGI's too (trioscgi._core.oneshot); the peer's table
+starts from uwsgi's own head state, ``RECV_HEADER``.
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Final
 
+from .._core.oneshot import OUR_TRANSITIONS, RECV_HEADER, State, their_transitions
 
-class State(enum.Enum):
-    """A state of one side of the connection."""
+__all__ = ["OUR_TRANSITIONS", "THEIR_TRANSITIONS", "State"]
 
-    # The peer's side: the request.
-    RECV_HEADER = "RECV_HEADER"  # waiting for the 4-byte header and the vars block
-    RECV_BODY = "RECV_BODY"  # reading CONTENT_LENGTH bytes of body
-    # Our side: the response.
-    SEND_RESPONSE = "SEND_RESPONSE"  # the response head is still to be sent
-    SEND_BODY = "SEND_BODY"  # head sent, body bytes may follow
-    # Both sides.
-    DONE = "DONE"  # this side's message is complete
-    CLOSED = "CLOSED"  # the peer closed its end after the request (or before it)
-    ERROR = "ERROR"  # a protocol error happened; the side stays here
-
-    def __repr__(self) -> str:
-        return self.name
-
-    # Members are singletons: hash them by identity, in C.
-    __hash__ = object.__hash__
-
-
-RECV_HEADER: Final = State.RECV_HEADER
-RECV_BODY: Final = State.RECV_BODY
-SEND_RESPONSE: Final = State.SEND_RESPONSE
-SEND_BODY: Final = State.SEND_BODY
-DONE: Final = State.DONE
-CLOSED: Final = State.CLOSED
-ERROR: Final = State.ERROR
-
-# (state, event class name) -> next state. Anything not listed is a
-# protocol error. Event classes are named rather than imported to keep
-# this table free of cycles; the tests hold the parser to this table.
-THEIR_TRANSITIONS: Final[dict[tuple[State, str], State]] = {
-    (RECV_HEADER, "Request"): RECV_BODY,
-    (RECV_HEADER, "ConnectionClosed"): CLOSED,  # connected and closed without a byte
-    (RECV_BODY, "Data"): RECV_BODY,
-    (RECV_BODY, "EndOfMessage"): DONE,
-    (DONE, "ConnectionClosed"): CLOSED,
-    (CLOSED, "ConnectionClosed"): CLOSED,  # asked again: still closed (as h11)
-}
-
-OUR_TRANSITIONS: Final[dict[tuple[State, str], State]] = {
-    (SEND_RESPONSE, "Response"): SEND_BODY,
-    (SEND_BODY, "Data"): SEND_BODY,
-    (SEND_BODY, "EndOfMessage"): DONE,
-}
+# (state, event class name) -> next state. Anything not listed is a protocol error.
+THEIR_TRANSITIONS: Final[dict[tuple[State, str], State]] = their_transitions(RECV_HEADER)

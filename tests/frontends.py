@@ -426,21 +426,15 @@ http {{
 
 
 @contextlib.contextmanager
-def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
-    """Run nginx in front of ``backend`` (``unix:/path`` or ``host:port``).
-
-    Variants (URL prefixes): ``stock`` = "", ``prefix`` = "/app", ``noparams`` = "/noparams",
-    ``unbuffered`` = "/unbuffered" (``scgi_request_buffering off``).
-    """
+def _run_nginx_conf(
+    name: str, workdir: Path | None, config: Callable[[Path, int], str], variants: dict[str, str]
+) -> Iterator[FrontEnd]:
+    """Run nginx on the ``config(dir, port)`` it is given, in a work dir of its own."""
     binary = find_binary("nginx")
-    scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
-    if scgi_params is None:
-        missing("nginx's scgi_params file")
-    assert scgi_params is not None
-    with _workdir(workdir, "nginx") as d:
+    with _workdir(workdir, name) as d:
         port = free_port()
         conf = d / "nginx.conf"
-        conf.write_text(nginx_config(d, port, backend, scgi_params))
+        conf.write_text(config(d, port))
         error_log = d / "error.log"
         argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
         with _running(
@@ -449,15 +443,30 @@ def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd
             workdir=d,
             port=port,
             error_log=error_log,
-            variants={
-                "stock": "",
-                "prefix": "/app",
-                "noparams": "/noparams",
-                "unbuffered": "/unbuffered",
-            },
+            variants=variants,
             stop_signal=signal.SIGQUIT,  # graceful: finish in-flight requests
         ) as fe:
             yield fe
+
+
+@contextlib.contextmanager
+def run_nginx(backend: str, *, workdir: Path | None = None) -> Iterator[FrontEnd]:
+    """Run nginx in front of ``backend`` (``unix:/path`` or ``host:port``).
+
+    Variants (URL prefixes): ``stock`` = "", ``prefix`` = "/app", ``noparams`` = "/noparams",
+    ``unbuffered`` = "/unbuffered" (``scgi_request_buffering off``).
+    """
+    scgi_params = next((p for p in NGINX_SCGI_PARAMS_CANDIDATES if os.path.exists(p)), None)
+    if scgi_params is None:
+        missing("nginx's scgi_params file")
+    assert scgi_params is not None
+    with _run_nginx_conf(
+        "nginx",
+        workdir,
+        lambda d, port: nginx_config(d, port, backend, scgi_params),
+        {"stock": "", "prefix": "/app", "noparams": "/noparams", "unbuffered": "/unbuffered"},
+    ) as fe:
+        yield fe
 
 
 def nginx_version() -> tuple[int, ...]:
@@ -808,29 +817,14 @@ def run_nginx_fastcgi(
     "/unbuffered" (``fastcgi_request_buffering off``). ``keep_conn=True``: all of them
     with ``fastcgi_keep_conn on`` and an upstream ``keepalive 8``.
     """
-    binary = find_binary("nginx")
     fastcgi_params = _nginx_fastcgi_params()
-    with _workdir(workdir, "nginx-fcgi") as d:
-        port = free_port()
-        conf = d / "nginx.conf"
-        conf.write_text(nginx_fastcgi_config(d, port, backend, fastcgi_params, keep_conn=keep_conn))
-        error_log = d / "error.log"
-        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
-        with _running(
-            "nginx",
-            argv=argv,
-            workdir=d,
-            port=port,
-            error_log=error_log,
-            variants={
-                "stock": "",
-                "prefix": "/app",
-                "noparams": "/noparams",
-                "unbuffered": "/unbuffered",
-            },
-            stop_signal=signal.SIGQUIT,
-        ) as fe:
-            yield fe
+    with _run_nginx_conf(
+        "nginx-fcgi",
+        workdir,
+        lambda d, port: nginx_fastcgi_config(d, port, backend, fastcgi_params, keep_conn=keep_conn),
+        {"stock": "", "prefix": "/app", "noparams": "/noparams", "unbuffered": "/unbuffered"},
+    ) as fe:
+        yield fe
 
 
 def nginx_mixed_config(
@@ -901,28 +895,13 @@ def run_nginx_mixed(
     backend: str, *, workdir: Path | None = None, keepalive_timeout: str = "60s"
 ) -> Iterator[FrontEnd]:
     """Run nginx with :func:`nginx_mixed_config` in front of ``backend``."""
-    binary = find_binary("nginx")
-    with _workdir(workdir, "nginx-mixed") as d:
-        port = free_port()
-        conf = d / "nginx.conf"
-        conf.write_text(nginx_mixed_config(d, port, backend, keepalive_timeout=keepalive_timeout))
-        error_log = d / "error.log"
-        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
-        with _running(
-            "nginx",
-            argv=argv,
-            workdir=d,
-            port=port,
-            error_log=error_log,
-            variants={
-                "scgi": "/scgi",
-                "fastcgi": "/fcgi",
-                "fastcgi-keep": "/fcgi-keep",
-                "uwsgi": "/uwsgi",
-            },
-            stop_signal=signal.SIGQUIT,
-        ) as fe:
-            yield fe
+    with _run_nginx_conf(
+        "nginx-mixed",
+        workdir,
+        lambda d, port: nginx_mixed_config(d, port, backend, keepalive_timeout=keepalive_timeout),
+        {"scgi": "/scgi", "fastcgi": "/fcgi", "fastcgi-keep": "/fcgi-keep", "uwsgi": "/uwsgi"},
+    ) as fe:
+        yield fe
 
 
 @contextlib.contextmanager
@@ -1294,29 +1273,14 @@ def run_nginx_uwsgi(backend: str, *, workdir: Path | None = None) -> Iterator[Fr
     (plus ``uwsgi_param SCRIPT_NAME``), ``prefix30`` = "/m30" (plus ``uwsgi_modifier1
     30``), ``unbuffered`` = "/unbuffered" (``uwsgi_request_buffering off``).
     """
-    binary = find_binary("nginx")
     uwsgi_params = _nginx_uwsgi_params()
-    with _workdir(workdir, "nginx-uwsgi") as d:
-        port = free_port()
-        conf = d / "nginx.conf"
-        conf.write_text(nginx_uwsgi_config(d, port, backend, uwsgi_params))
-        error_log = d / "error.log"
-        argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(error_log)]
-        with _running(
-            "nginx",
-            argv=argv,
-            workdir=d,
-            port=port,
-            error_log=error_log,
-            variants={
-                "stock": "",
-                "prefix": "/app",
-                "prefix30": "/m30",
-                "unbuffered": "/unbuffered",
-            },
-            stop_signal=signal.SIGQUIT,
-        ) as fe:
-            yield fe
+    with _run_nginx_conf(
+        "nginx-uwsgi",
+        workdir,
+        lambda d, port: nginx_uwsgi_config(d, port, backend, uwsgi_params),
+        {"stock": "", "prefix": "/app", "prefix30": "/m30", "unbuffered": "/unbuffered"},
+    ) as fe:
+        yield fe
 
 
 @contextlib.contextmanager
